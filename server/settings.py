@@ -1,0 +1,100 @@
+"""Every setting codeserve reads, from CODESERVE_* environment variables, a .env file or the CLI.
+
+Built once in the entry point and passed down; nothing here reads the environment at import time.
+Validators only check shape and range so that a bad value fails at start with the variable named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Precision = Literal["auto", "bf16", "fp16", "fp8", "awq"]
+Role = Literal["completion", "chat"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CATALOG_PATH = REPO_ROOT / "configs" / "models.yaml"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "codeserve"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CODESERVE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- what to serve -------------------------------------------------------------------------
+    model: str = Field("auto", description="'auto', a catalog id, or a local model directory")
+    precision: Precision = Field("auto", description="weight precision; 'auto' lets the planner choose")
+    tensor_parallel_size: Literal["auto"] | int = Field("auto", description="'auto' or 1/2/4/8")
+    max_model_len: int | None = Field(
+        None, ge=256, description="target context in tokens; default 8192, or the model's max if lower"
+    )
+    max_concurrent_sequences: int = Field(
+        8, ge=1, le=1024, description="sequences the KV cache must hold at max_model_len"
+    )
+    gpu_memory_utilization: float = Field(0.90, gt=0.0, le=0.99)
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    max_num_batched_tokens: int = Field(
+        8192, ge=256, description="prefill chunk size; bounds the activation peak vLLM profiles"
+    )
+    role: Role = Field("completion", description="completion: base models with FIM; chat: instruct models")
+    families: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allow-list of catalog families; empty = the default families"
+    )
+    gpus: str | None = Field(None, description="simulate a GPU inventory, e.g. '2xA100-80GB' or '1xT4,1xL4'")
+    catalog_path: Path = DEFAULT_CATALOG_PATH
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    cpu_memory_fraction: float = Field(
+        0.5, gt=0.0, le=0.9, description="share of RAM a CPU plan may use (weights + KV cache)"
+    )
+    auto_quantize: bool = True
+
+    # --- serving -------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    public_metrics: bool = True
+    max_concurrent_requests: int = Field(64, ge=1, description="requests handled at once")
+    max_queued_requests: int = Field(256, ge=0, description="requests waiting beyond that; then 429")
+    shutdown_timeout_s: float = Field(30.0, ge=0.0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _families_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("tensor_parallel_size", mode="before")
+    @classmethod
+    def _tp(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and value not in (1, 2, 4, 8):
+            raise ValueError("must be 'auto' or one of 1, 2, 4, 8")
+        return value
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from CODESERVE_API_KEYS plus one per non-empty line of CODESERVE_API_KEYS_FILE."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys

@@ -1,0 +1,98 @@
+"""The catalog loads, covers the families people run, and a broken entry is named precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.planner.catalog import Catalog, CatalogError, load_catalog
+from server.settings import DEFAULT_CATALOG_PATH
+
+REQUIRED_FAMILIES = {"qwen2.5-coder", "deepseek-coder", "starcoder2", "starcoder", "codellama", "wizardcoder",
+                     "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2"}
+
+
+def test_covers_every_family(catalog: Catalog) -> None:
+    assert set(catalog.families) >= REQUIRED_FAMILIES
+
+
+@pytest.mark.parametrize("model_id", [
+    "codellama-7b", "codellama-13b", "codellama-34b", "codellama-70b", "starcoder-15b", "starcoder2-3b",
+    "starcoder2-7b", "starcoder2-15b", "wizardcoder-15b", "wizardcoder-33b", "deepseek-coder-1.3b",
+    "deepseek-coder-6.7b", "deepseek-coder-33b", "deepseek-coder-v2-lite", "deepseek-coder-v2",
+    "codet5p-220m", "codegen-350m-mono", "codegen-16b-mono", "incoder-1b", "incoder-6b", "codegeex-13b",
+    "codegeex4-9b", "polycoder-2.7b", "phi-1", "qwen2.5-coder-0.5b", "qwen2.5-coder-32b", "codestral-22b",
+    "smollm2-135m-instruct",
+])
+def test_required_entries_exist(catalog: Catalog, model_id: str) -> None:
+    assert catalog.get(model_id) is not None
+
+
+def test_superseded_entries_name_a_real_replacement(catalog: Catalog) -> None:
+    for entry in catalog.models:
+        if entry.superseded_by:
+            assert catalog.get(entry.superseded_by) is not None, entry.id
+
+
+def test_exactly_one_bundled_model(catalog: Catalog) -> None:
+    assert [e.id for e in catalog.models if e.bundled] == ["smollm2-135m-instruct"]
+
+
+def _write_catalog(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    models = [dict(m) for m in raw["models"][:3]]
+    for m in models:
+        m["architecture"] = dict(m["architecture"])
+    mutate(models)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def _drop_params(models: list[dict]) -> None:
+    del models[1]["params"]
+
+
+def _bad_layers(models: list[dict]) -> None:
+    models[2]["architecture"]["layers"] = "many"
+
+
+def _unsupported_without_reason(models: list[dict]) -> None:
+    models[0]["vllm"] = {"status": "unsupported", "architecture": "X"}
+
+
+def _duplicate(models: list[dict]) -> None:
+    models[1]["id"] = models[0]["id"]
+
+
+def _bad_heads(models: list[dict]) -> None:
+    models[0]["architecture"]["kv_heads"] = 3
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (_drop_params, "entry 'qwen2.5-coder-0.5b-instruct', field params: Field required"),
+    (_bad_layers, "entry 'qwen2.5-coder-1.5b', field architecture.layers"),
+    (_unsupported_without_reason, "entry 'qwen2.5-coder-0.5b', field vllm"),
+    (_duplicate, "duplicate id 'qwen2.5-coder-0.5b'"),
+    (_bad_heads, "attention_heads 14 is not a multiple of kv_heads 3"),
+], ids=["missing-field", "wrong-type", "unsupported-needs-reason", "duplicate-id", "heads-vs-kv"])
+def test_broken_entry_names_file_entry_and_field(tmp_path: Path, mutate, expected: str) -> None:
+    path = _write_catalog(tmp_path, mutate)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="CODESERVE_CATALOG_PATH"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [unclosed")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(path)

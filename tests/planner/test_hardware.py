@@ -1,0 +1,180 @@
+"""GPU detection through NVML (a fake that answers like pynvml), simulated specs, the CPU fallback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from server.planner import hardware
+from server.planner.hardware import GPU_TABLE, HardwareSpecError, from_nvml, simulated
+from tests.conftest import FIXED_CPU
+
+GIB = 1024**3
+
+
+class FakeNvmlError(Exception):
+    pass
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class _Pci:
+    busId: bytes
+
+
+class FakeNvml:
+    """Answers the pynvml calls hardware.py makes, for a described machine."""
+
+    NVMLError = FakeNvmlError
+    NVML_FEATURE_ENABLED = 1
+    NVML_NVLINK_MAX_LINKS = 4
+
+    def __init__(self, devices: list[dict], links: dict[int, list[int]] | None = None):
+        self.devices = devices
+        self.links = links or {}
+        self.initialised = False
+        self.shutdown_called = False
+
+    def nvmlInit(self) -> None:
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self.shutdown_called = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return self.devices[handle]["name"].encode()
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-{handle:04d}-aaaa"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Memory:
+        d = self.devices[handle]
+        return _Memory(d["total"], d.get("free", d["total"]), 0)
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: int) -> tuple[int, int]:
+        return self.devices[handle]["cc"]
+
+    def nvmlDeviceGetPciInfo(self, handle: int) -> _Pci:
+        return _Pci(f"00000000:{handle + 1:02X}:00.0".encode())
+
+    def nvmlDeviceGetNvLinkState(self, handle: int, link: int) -> int:
+        peers = self.links.get(handle, [])
+        if link >= len(peers):
+            raise FakeNvmlError("NVML_ERROR_INVALID_ARGUMENT")
+        return self.NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: int, link: int) -> _Pci:
+        return self.nvmlDeviceGetPciInfo(self.links[handle][link])
+
+
+def _a100s(n: int) -> list[dict]:
+    return [{"name": "NVIDIA A100-SXM4-80GB", "total": 80 * GIB, "free": 79 * GIB, "cc": (8, 0)} for _ in range(n)]
+
+
+def test_nvml_reads_every_device() -> None:
+    nvml = FakeNvml(_a100s(2), links={0: [1, 1], 1: [0, 0]})
+    inv = from_nvml(nvml, None, FIXED_CPU)
+    assert inv.source == "nvml"
+    assert [g.name for g in inv.gpus] == ["NVIDIA A100-SXM4-80GB"] * 2
+    assert inv.gpus[0].total_bytes == 80 * GIB and inv.gpus[0].free_bytes == 79 * GIB
+    assert inv.gpus[0].compute_capability == (8, 0)
+    assert inv.gpus[0].nvlink_peers == frozenset({1}) and inv.gpus[1].nvlink_peers == frozenset({0})
+    assert nvml.shutdown_called
+
+
+def test_no_nvlink_means_no_peers() -> None:
+    inv = from_nvml(FakeNvml(_a100s(2)), None, FIXED_CPU)
+    assert all(g.nvlink_peers == frozenset() for g in inv.gpus)
+
+
+@pytest.mark.parametrize(("visible", "expected"), [
+    ("2,0", [2, 0]),
+    ("1", [1]),
+    ("", []),
+    ("0,7,1", [0]),  # CUDA stops at the first invalid ordinal
+    ("GPU-0003", [3]),
+], ids=["reorder", "one", "empty", "invalid-stops", "uuid"])
+def test_cuda_visible_devices(visible: str, expected: list[int]) -> None:
+    devices = [{"name": f"GPU{i}", "total": (i + 1) * GIB, "cc": (8, 9)} for i in range(4)]
+    inv = from_nvml(FakeNvml(devices), visible, FIXED_CPU)
+    assert [g.total_bytes // GIB - 1 for g in inv.gpus] == expected
+    assert [g.index for g in inv.gpus] == list(range(len(expected)))  # renumbered as CUDA sees them
+
+
+def test_visible_devices_renumber_nvlink_peers() -> None:
+    inv = from_nvml(FakeNvml(_a100s(3), links={1: [2], 2: [1]}), "2,1", FIXED_CPU)
+    assert inv.gpus[0].nvlink_peers == frozenset({1})
+
+
+def test_zero_devices_is_a_cpu_inventory() -> None:
+    assert from_nvml(FakeNvml([]), None, FIXED_CPU).source == "cpu"
+
+
+def test_nvml_failure_falls_back_to_cpu() -> None:
+    class Broken(FakeNvml):
+        def nvmlInit(self) -> None:
+            raise FakeNvmlError("NVML Shared Library Not Found")
+
+    inv = hardware.detect(None, nvml=Broken([]))
+    assert inv.gpus == () and inv.source == "cpu"
+    assert "NVML Shared Library Not Found" in inv.notes[0]
+
+
+def test_real_pynvml_on_this_machine_falls_back_to_cpu() -> None:
+    # No driver here: nvidia-ml-py raises NVMLError_LibraryNotFound, which must not escape.
+    pytest.importorskip("pynvml")
+    inv = hardware.detect(None)
+    assert inv.cpu.cores >= 1 and inv.cpu.ram_total_bytes > 0
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("2xA100-80GB", ["A100-80GB"] * 2),
+    ("1xL4", ["L4"]),
+    ("8xH100", ["H100"] * 8),
+    ("1xT4,1xL4", ["T4", "L4"]),
+    ("T4", ["T4"]),
+    ("2 x a10g", ["A10G"] * 2),
+    ("none", []),
+], ids=lambda v: str(v))
+def test_spec(spec: str, names: list[str]) -> None:
+    inv = simulated(spec, FIXED_CPU)
+    assert [g.name for g in inv.gpus] == names
+    for g in inv.gpus:
+        assert g.total_bytes == GPU_TABLE[g.name].total_bytes
+
+
+def test_spec_nvlink_only_within_sxm_parts() -> None:
+    inv = simulated("4xH100", FIXED_CPU)
+    assert inv.gpus[0].nvlink_peers == frozenset({1, 2, 3})
+    assert simulated("2xL40S", FIXED_CPU).gpus[0].nvlink_peers == frozenset()
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("2xB9000", "unknown GPU 'B9000'"),
+    ("x", "unknown GPU 'x'"),
+    ("2xA100,,", "cannot parse"),
+    ("0xT4", "between 1 and 64"),
+], ids=["unknown", "junk", "empty-part", "zero"])
+def test_bad_spec(spec: str, message: str) -> None:
+    with pytest.raises(HardwareSpecError, match=message) as info:
+        simulated(spec, FIXED_CPU)
+    if "unknown" in message:
+        assert "A100-80GB" in str(info.value) and "T4" in str(info.value)  # lists the known ones
+
+
+def test_table_entries_cite_a_source() -> None:
+    for gpu in GPU_TABLE.values():
+        assert gpu.source and gpu.bandwidth_gb_s > 0 and gpu.total_bytes > 8 * GIB

@@ -1,0 +1,194 @@
+"""The planner over GPU inventories: table cases, golden plans, properties, pins and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from server.planner import candidates as rules
+from server.planner.catalog import Catalog
+from server.planner.hardware import Inventory, simulated
+from server.planner.memory import GIB
+from server.planner.plan import NoFit, Plan, plan
+from tests.conftest import FIXED_CPU, make_settings
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _plan(catalog: Catalog, spec: str, **settings: object) -> Plan:
+    return plan(simulated(spec, FIXED_CPU), catalog, make_settings(**settings))
+
+
+# (inventory, role, expected model, precision, tp, replicas): the defaults a user gets.
+TABLE = [
+    ("none", "completion", "smollm2-135m-instruct", "bf16", 1, 1),
+    ("1xT4", "completion", "qwen2.5-coder-7b", "awq", 1, 1),
+    ("1xL4", "completion", "qwen2.5-coder-7b", "bf16", 1, 1),
+    ("1xA10G", "completion", "qwen2.5-coder-7b", "bf16", 1, 1),
+    ("2xA10G", "completion", "qwen2.5-coder-32b", "awq", 2, 1),
+    ("1xA100-40GB", "completion", "qwen2.5-coder-14b", "fp8", 1, 1),
+    ("1xA100-80GB", "completion", "qwen2.5-coder-32b", "fp8", 1, 1),
+    ("1xA100-80GB", "chat", "qwen2.5-coder-32b-instruct", "fp8", 1, 1),
+    ("2xA100-80GB", "completion", "deepseek-coder-v2", "awq", 2, 1),
+    ("4xL40S", "completion", "deepseek-coder-v2", "awq", 4, 1),
+    ("8xH100", "completion", "deepseek-coder-v2", "bf16", 8, 1),
+    ("8xH100", "chat", "deepseek-coder-v2-instruct", "bf16", 8, 1),
+    ("1xT4,1xL4", "completion", "qwen2.5-coder-7b", "bf16", 1, 1),
+    ("4xL4", "completion", "qwen2.5-coder-32b", "fp8", 4, 1),
+    ("1xV100-16GB", "completion", "qwen2.5-coder-3b", "fp16", 1, 1),
+]
+
+
+@pytest.mark.parametrize(("spec", "role", "model", "precision", "tp", "replicas"), TABLE,
+                         ids=[f"{t[0]}-{t[1]}" for t in TABLE])
+def test_default_choice(catalog: Catalog, spec: str, role: str, model: str, precision: str, tp: int,
+                        replicas: int) -> None:
+    result = _plan(catalog, spec, role=role)
+    chosen = result.chosen
+    assert (chosen.model.id, chosen.precision, chosen.tensor_parallel_size, chosen.replicas) == (
+        model, precision, tp, replicas)
+    assert chosen.memory.total <= chosen.memory.budget
+
+
+def test_leftover_gpus_become_replicas(catalog: Catalog) -> None:
+    # 8 x L4, Qwen2.5-Coder-14B in bf16: 29.5 GB of weights need 4 GPUs with the KV cache; two copies.
+    result = _plan(catalog, "8xL4", model="qwen2.5-coder-14b", precision="bf16")
+    assert (result.chosen.tensor_parallel_size, result.chosen.replicas) == (4, 2)
+
+
+GOLDEN_CASES = ["none", "1xT4", "1xA100-80GB", "2xA100-80GB", "8xH100", "1xT4,1xL4"]
+
+
+def _golden_view(result: Plan) -> dict:
+    data = result.to_dict()
+    data["inventory"].pop("cpu")  # the machine running the test is not part of the plan's logic
+    data["rejected"] = data["rejected"][:40]
+    return data
+
+
+@pytest.mark.parametrize("spec", GOLDEN_CASES)
+def test_golden_plan(catalog: Catalog, spec: str) -> None:
+    path = GOLDEN / f"{spec.replace(',', '+')}.json"
+    actual = _golden_view(_plan(catalog, spec))
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    assert actual == json.loads(path.read_text()), f"regenerate with UPDATE_GOLDEN=1 if intended: {path}"
+
+
+INVENTORY_LADDER = ["1xT4", "1xL4", "1xA100-40GB", "1xA100-80GB", "2xA100-80GB", "4xH100", "8xH100", "8xH200"]
+
+
+@pytest.mark.parametrize("role", ["completion", "chat"])
+def test_more_memory_never_yields_a_smaller_model(catalog: Catalog, role: str) -> None:
+    sizes = [rules.effective_params(_plan(catalog, spec, role=role).chosen.model) for spec in INVENTORY_LADDER]
+    assert sizes == sorted(sizes)
+
+
+@pytest.mark.parametrize("spec", [*INVENTORY_LADDER, "1xT4,1xL4", "2xA10G", "4xL40S"])
+def test_every_option_fits_and_has_valid_tp(catalog: Catalog, spec: str) -> None:
+    result = _plan(catalog, spec, role="completion")
+    for option in [result.chosen, *result.fallbacks]:
+        assert option.memory.total <= option.memory.budget
+        assert rules.tp_problem(option.model.architecture, option.tensor_parallel_size) is None
+        assert option.engine_args["tensor_parallel_size"] == option.tensor_parallel_size
+        if option.precision == "awq":
+            group = option.awq_group_size
+            assert group is not None
+            assert all(f % group == 0 for f in rules.quantized_in_features(option.model.architecture,
+                                                                            option.tensor_parallel_size))
+
+
+def test_fallbacks_are_ranked_after_the_choice(catalog: Catalog) -> None:
+    result = _plan(catalog, "1xA100-80GB")
+    ranks = [rules.effective_params(o.model) for o in [result.chosen, *result.fallbacks]]
+    assert ranks == sorted(ranks, reverse=True)
+    assert result.fallbacks, "a fallback must exist for the engine's out-of-memory retry"
+
+
+def test_rejections_explain_why(catalog: Catalog) -> None:
+    result = _plan(catalog, "1xT4")
+    reasons = {(r.model, r.precision, r.tensor_parallel_size): r.reason for r in result.rejected}
+    assert "fp8 needs compute capability 8.0+; T4 has 7.5" in reasons[("qwen2.5-coder-7b", "fp8", 1)]
+    assert "budget is" in reasons[("qwen2.5-coder-32b", "awq", 1)]
+    assert "superseded by qwen2.5-coder-14b" in reasons[("starcoder2-15b", None, None)]
+
+
+def test_pinned_model_is_honoured(catalog: Catalog) -> None:
+    result = _plan(catalog, "1xA100-80GB", model="starcoder2-15b")
+    assert result.chosen.model.id == "starcoder2-15b" and result.chosen.precision == "bf16"
+
+
+def test_pinned_precision_is_honoured(catalog: Catalog) -> None:
+    result = _plan(catalog, "1xA100-80GB", precision="awq")
+    assert result.chosen.precision == "awq"
+    assert all(o.precision == "awq" for o in result.fallbacks)
+
+
+def test_pinned_tp_is_honoured(catalog: Catalog) -> None:
+    result = _plan(catalog, "4xA100-80GB", tensor_parallel_size=4, model="qwen2.5-coder-7b")
+    assert result.chosen.tensor_parallel_size == 4 and result.chosen.replicas == 1
+
+
+@pytest.mark.parametrize(("spec", "settings", "message"), [
+    ("1xT4", {"precision": "bf16"}, "bf16 needs compute capability 8.0+; T4 has 7.5"),
+    ("1xT4", {"model": "qwen2.5-coder-32b", "precision": "fp16"}, "budget is"),
+    ("1xA100-80GB", {"model": "codegen-16b-mono"}, "vLLM cannot serve CodeGenForCausalLM"),
+    ("1xA100-80GB", {"model": "no-such-model"}, "CODESERVE_MODEL='no-such-model'"),
+    ("1xA100-80GB", {"families": ["nope"]}, "CODESERVE_FAMILIES names unknown families"),
+    ("1xA100-80GB", {"model": "qwen2.5-coder-7b", "max_model_len": 65536}, "exceeds the model's context"),
+    ("2xA100-80GB", {"model": "qwen2.5-coder-7b", "tensor_parallel_size": 4}, "only 2 x A100-80GB"),
+    ("none", {"tensor_parallel_size": 2}, "tensor parallel needs GPUs"),
+], ids=["bf16-on-t4", "too-big", "unsupported-arch", "unknown-model", "unknown-family", "context",
+        "tp-over-gpus", "tp-on-cpu"])
+def test_refusals_say_why(catalog: Catalog, spec: str, settings: dict, message: str) -> None:
+    with pytest.raises(NoFit) as info:
+        _plan(catalog, spec, **settings)
+    text = str(info.value) + " ".join(r.reason for r in info.value.rejected)
+    assert message in text
+
+
+def test_no_fit_names_settings_to_change(catalog: Catalog) -> None:
+    with pytest.raises(NoFit) as info:
+        _plan(catalog, "1xT4", model="codellama-70b")
+    assert "CODESERVE_MAX_MODEL_LEN" in str(info.value) and "T4" in str(info.value)
+
+
+def test_families_allow_list_opts_into_superseded_models(catalog: Catalog) -> None:
+    result = _plan(catalog, "1xA100-80GB", families=["starcoder2"])
+    assert result.chosen.model.family == "starcoder2"
+
+
+def test_less_context_and_concurrency_fits_a_bigger_model(catalog: Catalog) -> None:
+    roomy = _plan(catalog, "1xL4", max_model_len=2048, max_concurrent_sequences=2).chosen
+    default = _plan(catalog, "1xL4").chosen
+    assert rules.effective_params(roomy.model) > rules.effective_params(default.model)
+
+
+def test_free_memory_caps_the_budget(catalog: Catalog) -> None:
+    inv = simulated("1xA100-80GB", FIXED_CPU)
+    busy = Inventory(gpus=tuple(g.__class__(g.index, g.name, g.total_bytes, 20 * GIB, g.compute_capability)
+                                for g in inv.gpus), cpu=FIXED_CPU, source="simulated")
+    chosen = plan(busy, catalog, make_settings()).chosen
+    assert chosen.memory.budget <= 20 * GIB
+    assert chosen.engine_args["gpu_memory_utilization"] <= 20 / 80
+
+
+def test_turing_runs_fp16_activations(catalog: Catalog) -> None:
+    assert _plan(catalog, "1xT4").chosen.engine_args["dtype"] == "float16"
+
+
+def test_cpu_plan_uses_the_bundled_model_with_eager_mode(catalog: Catalog) -> None:
+    chosen = _plan(catalog, "none").chosen
+    assert chosen.model.bundled and chosen.device == "cpu"
+    assert chosen.engine_args["enforce_eager"] is True
+    assert int(chosen.engine_env["VLLM_CPU_KVCACHE_SPACE"]) >= 1
+
+
+def test_cpu_plan_takes_a_larger_local_model(catalog: Catalog) -> None:
+    result = plan(simulated("none", FIXED_CPU), catalog, make_settings(),
+                  local_models=frozenset({"qwen2.5-coder-1.5b"}))
+    assert result.chosen.model.id == "qwen2.5-coder-1.5b"
+    assert result.fallbacks[0].model.bundled

@@ -1,0 +1,61 @@
+"""The command line as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from server.cli import main
+
+
+def test_plan_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "2xA100-80GB", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["model"]) >= {"id", "params"}
+    for key in ("precision", "tensor_parallel_size", "replicas", "max_model_len", "engine_args", "fallbacks"):
+        assert key in data
+    assert set(data["memory"]["per_gpu_bytes"]) >= {"weights", "kv_cache", "activation", "overhead", "total",
+                                                     "budget"}
+    assert set(data["rejected"][0]) == {"model", "precision", "tensor_parallel_size", "reason"}
+
+
+def test_plan_table_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "1xT4"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen    qwen2.5-coder-7b  awq" in out and "rejected" in out and "fallbacks" in out
+
+
+def test_plan_is_fast_from_a_fresh_process() -> None:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "server.cli", "plan", "--gpus", "8xH100"], check=True,
+                   capture_output=True)
+    print(f"codeserve plan took {time.monotonic() - started:.2f} s")  # figure, not a timed assertion
+
+
+def test_bad_spec_exits_2_with_the_known_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "3xFOO"]) == 2
+    assert "unknown GPU 'FOO'" in capsys.readouterr().err
+
+
+def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODESERVE_GPU_MEMORY_UTILIZATION", "1.5")
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--gpus", "1xL4"])
+    assert "CODESERVE_GPU_MEMORY_UTILIZATION" in str(info.value)
+
+
+def test_invalid_tp_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODESERVE_TENSOR_PARALLEL_SIZE", "3")
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--gpus", "1xL4"])
+    assert "CODESERVE_TENSOR_PARALLEL_SIZE" in str(info.value)
+
+
+def test_models_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2.5-coder-32b" in out and "codegen-16b-mono" in out and "unsupported" in out
