@@ -1,0 +1,35 @@
+"""API keys: `Authorization: Bearer <key>` (or `api-key`, as Azure-style clients send), compared in
+constant time. Keys are never logged."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from .errors import Unauthorized
+
+
+class KeyCheck:
+    def __init__(self, keys: list[str]):
+        self._keys = [k.encode() for k in keys if k]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def __call__(self, request: Request) -> None:
+        if not self._keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("api-key", "")
+        if not presented:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        candidate = presented.encode()
+        # Compare against every key (no early exit) so timing says nothing about which one matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not matched:
+            raise Unauthorized("invalid API key")

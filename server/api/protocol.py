@@ -1,0 +1,164 @@
+"""OpenAI (and llama.cpp) request models. Validation here names the field that is wrong.
+
+Unknown fields are tolerated: IDE clients send extras (Copilot's `extra`, `nwo`, `code_annotations`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+MAX_N = 16  # choices per request; Copilot asks for 1 or 3
+MAX_STOP = 32  # Continue sends more than OpenAI's 4 stop strings
+
+
+def _nullable_number(kind: str, **bounds: float) -> WithJsonSchema:
+    """OpenAI marks sampling numbers nullable (null = default); the schema says so, the model stores the default."""
+    return WithJsonSchema({"anyOf": [{"type": kind, **bounds}, {"type": "null"}]})
+
+
+# A string, a list of strings, or null: what OpenAI accepts for `stop`. Normalised to a list.
+_STOP_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "string", "minLength": 1},
+    {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP},
+    {"type": "null"},
+]})
+Stop = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP), _STOP_SCHEMA]
+
+
+class _Request(BaseModel):
+    # strict: a JSON string or boolean where a number is due is an error, not silently coerced
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+    include_usage: bool = False
+
+
+def _stop_list(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+class _Sampling(_Request):
+    model: str | None = None
+    temperature: Annotated[float, _nullable_number("number", minimum=0, maximum=2)] = Field(1.0, ge=0.0, le=2.0)
+    top_p: Annotated[float, _nullable_number("number", exclusiveMinimum=0, maximum=1)] = Field(1.0, gt=0.0, le=1.0)
+    n: Annotated[int, _nullable_number("integer", minimum=1, maximum=MAX_N)] = Field(1, ge=1, le=MAX_N)
+    stop: Stop = Field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: Annotated[float, _nullable_number("number", minimum=-2, maximum=2)] = Field(0.0, ge=-2, le=2)
+    frequency_penalty: Annotated[float, _nullable_number("number", minimum=-2, maximum=2)] = Field(0.0, ge=-2, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        return _stop_list(value)
+
+    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", "n", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        if value is None:
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)] | Annotated[
+        list[int], Field(min_length=1)]
+    suffix: str | None = None  # Tabby's vllm backend sends null: same as absent
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
+
+    @model_validator(mode="after")
+    def _checks(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported; leave it unset")
+        if self.suffix and self.echo:
+            raise ValueError("echo cannot be combined with suffix")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [list(self.prompt)]
+        return list(self.prompt)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class InputExtra(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    filename: str = ""
+    text: str = ""
+
+
+class LlamaCppRequest(_Request):
+    """llama.cpp's /infill and /completion (llama.vscode, llama.vim, Continue's llama.cpp provider)."""
+
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InputExtra] = Field(default_factory=list)
+    prompt: str = ""
+    n_predict: int = Field(-1, ge=-1)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    stop: Stop = Field(default_factory=list)
+    seed: int | None = Field(None)
+    stream: bool = False
+    n_cmpl: int = Field(1, ge=1, le=MAX_N)
+    response_fields: list[str] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        return _stop_list(value)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, value: Any) -> Any:
+        return None if value in (None, -1, 4294967295) else value  # llama.cpp's "random" seeds

@@ -1,0 +1,1 @@
+"""Route modules; app.py lists them all in one place."""

@@ -1,0 +1,49 @@
+"""Operations: liveness, readiness, the plan, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import NotFound, NotReady
+from ..serving import Runtime
+
+router = APIRouter()
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process is alive (the model may still be loading)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    runtime = _runtime(request)
+    body = {"status": runtime.status, "detail": runtime.detail}
+    return JSONResponse(body, status_code=200 if runtime.ready else 503)
+
+
+@router.get("/v1/plan")
+async def plan(request: Request) -> dict[str, Any]:
+    runtime = _runtime(request)
+    if runtime.plan is None:
+        raise NotReady("no plan yet")
+    return runtime.plan
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text"}})
+async def metrics(request: Request) -> Response:
+    runtime = _runtime(request)
+    if runtime.metrics is None:
+        raise NotFound("metrics are disabled")
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

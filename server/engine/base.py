@@ -1,0 +1,81 @@
+"""The Engine protocol: what generation needs from an inference engine, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class EngineError(RuntimeError):
+    """The engine failed while serving a request (not the client's fault)."""
+
+
+class EngineStartError(RuntimeError):
+    """The engine could not start (out of memory, missing weights, bad arguments)."""
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Engine-agnostic sampling parameters, already validated by the protocol layer."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New output of one of the request's n sequences since its previous Delta."""
+
+    index: int
+    text: str
+    token_count: int  # tokens this delta adds
+    finish_reason: str | None  # "stop" | "length" | None while running
+    prompt_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class Engine(Protocol):
+    model_id: str
+    max_model_len: int
+
+    def generate(self, prompt: str | list[int], sampling: SamplingSettings, request_id: str) -> AsyncIterator[Delta]:
+        """Yield deltas until every sequence finished. Cancelling the iteration aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids as the engine would make them (BOS included where the model adds one)."""
+        ...
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied, ready for generation."""
+        ...
+
+    def special_tokens(self) -> set[str]:
+        """Strings the tokenizer encodes as single special tokens (FIM markers are checked against it)."""
+        ...
+
+    def num_unfinished_requests(self) -> int: ...
+
+    async def shutdown(self) -> None: ...

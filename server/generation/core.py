@@ -1,0 +1,155 @@
+"""What every endpoint shares: the served model, prompt preparation, context checks, running the
+engine for several prompts x n choices, and cleaning up (abort) however the caller leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..api.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound
+from ..engine.base import Delta, Engine, EngineError, SamplingSettings
+from ..fim import FimTemplate, hole_messages, template_for
+from ..metrics import RequestObserver
+from ..planner.catalog import ModelEntry
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    entry: ModelEntry
+    max_model_len: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def fim(self) -> FimTemplate | None:
+        return template_for(self.entry.fim)
+
+    @property
+    def fills_holes_by_chat(self) -> bool:
+        """No FIM tokens, but an instruct model: holes are filled through its chat template."""
+        return self.fim is None and self.entry.role == "instruct"
+
+    def accepts(self, name: str | None) -> bool:
+        return name in (None, "", self.id, self.entry.repo)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    token_ids: list[int]
+    stop: tuple[str, ...] = ()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Generator:
+    """Runs prepared prompts on the engine; one per server."""
+
+    def __init__(self, engine: Engine, served: ServedModel):
+        self.engine = engine
+        self.served = served
+
+    def check_model(self, name: str | None) -> None:
+        if not self.served.accepts(name):
+            raise ModelNotFound(f"the model '{name}' does not exist; this server serves '{self.served.id}'",
+                                param="model")
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def text_prompt(self, text: str | list[int], suffix: str | None = None) -> Prompt:
+        if isinstance(text, list):
+            if suffix:
+                raise InvalidRequest("'suffix' needs a text prompt, not token ids", param="suffix")
+            return Prompt(list(text))
+        if not suffix:
+            return Prompt(self.engine.tokenize(text))
+        fim = self.served.fim
+        if fim is not None:
+            return Prompt(self.engine.tokenize(fim.prompt(text, suffix)), fim.stop)
+        if self.served.fills_holes_by_chat:
+            return self.chat_prompt(hole_messages(text, suffix))
+        raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot be "
+                             "honoured; send the prefix alone", param="suffix")
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
+        # The template already writes the special tokens (BOS included where the model has one).
+        return Prompt(self.engine.tokenize(self.engine.chat_prompt(messages), add_special_tokens=False))
+
+    def token_budget(self, prompt: Prompt, max_tokens: int | None, param: str = "max_tokens") -> int:
+        """max_tokens, clamped to what the context leaves; 400 when the prompt alone is too long."""
+        limit = self.served.max_model_len
+        used = len(prompt.token_ids)
+        if used >= limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, your prompt is {used} tokens. "
+                "Please reduce the length of the prompt.", param="prompt")
+        room = limit - used
+        return room if max_tokens is None else min(max_tokens, room)
+
+    # ---- running -------------------------------------------------------------------------------
+    async def run(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
+                  observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
+        """(choice index, delta) for every prompt x n choice. Greedy n > 1 runs once and is copied
+        (vLLM refuses n > 1 without sampling; greedy choices would be identical anyway)."""
+        copies = sampling.n if sampling.temperature == 0 and sampling.n > 1 else 1
+        engine_sampling = replace(sampling, n=1) if copies > 1 else sampling
+        streams = [self._one(p, engine_sampling, f"{request_id}-{i}", observer) for i, p in enumerate(prompts)]
+        merged = streams[0] if len(streams) == 1 else _merge(streams)
+        async for prompt_index, delta in _indexed(merged, len(streams)):
+            for copy in range(copies):
+                choice = prompt_index * sampling.n + (copy if copies > 1 else delta.index)
+                yield choice, delta
+
+    async def _one(self, prompt: Prompt, sampling: SamplingSettings, request_id: str,
+                   observer: RequestObserver) -> AsyncIterator[Delta]:
+        sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop)
+        finished = False
+        observer.prompt_tokens(len(prompt.token_ids))
+        try:
+            async for delta in self.engine.generate(prompt.token_ids, sampling, request_id):
+                observer.tokens(delta.token_count)
+                yield delta
+            finished = True
+        except EngineError as exc:
+            raise EngineFailure(str(exc)) from exc
+        finally:
+            if not finished:  # client went away, or an error: free the engine's slot now
+                await asyncio.shield(self.engine.abort(request_id))
+
+
+async def _indexed(stream: AsyncIterator[Delta] | AsyncIterator[tuple[int, Delta]],
+                   count: int) -> AsyncIterator[tuple[int, Delta]]:
+    async for item in stream:
+        yield item if count > 1 else (0, item)  # type: ignore[misc]
+
+
+async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave several engine streams as their deltas arrive; cancel all if the consumer stops."""
+    queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async for delta in stream:
+                await queue.put((index, delta))
+            await queue.put((index, None))
+        except BaseException as exc:  # forwarded to the consumer, which re-raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

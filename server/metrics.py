@@ -1,0 +1,154 @@
+"""Every Prometheus metric codeserve exports, defined once, in a registry the entry point chooses.
+
+In production that is prometheus_client's default REGISTRY, where vLLM registers its own `vllm:*`
+metrics, so one /metrics endpoint shows both. Tests pass a fresh registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:
+    from .planner.plan import Plan
+
+# IDE latency: completions are judged at 100-300 ms, chat answers run to tens of seconds.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+                     7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                         0.5, 1.0, 2.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        r = registry
+        self.requests = Counter("codeserve_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.in_flight = Gauge("codeserve_requests_in_flight", "Generation requests being served",
+                               ["endpoint"], registry=r)
+        self.cancelled = Counter("codeserve_requests_cancelled", "Requests whose client went away before the end",
+                                 ["endpoint"], registry=r)
+        self.rejected = Counter("codeserve_requests_rejected", "Requests refused with 429 (server full)",
+                                ["endpoint"], registry=r)
+        self.queue_time = Histogram("codeserve_queue_time_seconds", "Wait for a free request slot",
+                                    ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.ttft = Histogram("codeserve_time_to_first_token_seconds", "Request arrival to first generated token",
+                              ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.itl = Histogram("codeserve_inter_token_latency_seconds", "Time between generated tokens",
+                             ["endpoint"], buckets=INTER_TOKEN_BUCKETS_S, registry=r)
+        self.e2e = Histogram("codeserve_request_duration_seconds", "Request arrival to last byte",
+                             ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
+        self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
+                                         registry=r)
+        self.gpu_used = Gauge("codeserve_gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu", "name"],
+                              registry=r)
+        self.gpu_free = Gauge("codeserve_gpu_memory_free_bytes", "GPU memory free (NVML)", ["gpu", "name"],
+                              registry=r)
+        self.gpu_total = Gauge("codeserve_gpu_memory_total_bytes", "GPU memory total (NVML)", ["gpu", "name"],
+                               registry=r)
+        self.resident = Gauge("codeserve_resident_memory_bytes",
+                              "Resident memory of the server and its engine processes", registry=r)
+        self.resident.set_function(_resident_bytes)
+        self.plan_info = Info("codeserve_plan", "The plan being served", registry=r)
+        self.plan_memory = Gauge("codeserve_plan_memory_bytes", "Planned memory per device by component",
+                                 ["component"], registry=r)
+        self.ready = Gauge("codeserve_ready", "1 once the engine has loaded and answered a warm-up", registry=r)
+        self.engine_unfinished = Gauge("codeserve_engine_unfinished_requests",
+                                       "Requests the engine still holds (running or waiting)", registry=r)
+
+    def watch_engine(self, unfinished: Callable[[], int]) -> None:
+        self.engine_unfinished.set_function(lambda: float(unfinished()))
+
+    def set_plan(self, plan: Plan) -> None:
+        chosen = plan.chosen
+        self.plan_info.info({
+            "model": chosen.model.id,
+            "precision": chosen.precision,
+            "tensor_parallel_size": str(chosen.tensor_parallel_size),
+            "replicas": str(chosen.replicas),
+            "engine": "vllm-cpu" if chosen.device == "cpu" else "vllm",
+            "max_model_len": str(plan.max_model_len),
+            "device": chosen.device_name,
+        })
+        for component, value in chosen.memory.to_dict().items():
+            self.plan_memory.labels(component).set(value)
+
+    def request(self, endpoint: str) -> RequestObserver:
+        return RequestObserver(self, endpoint)
+
+
+def _resident_bytes() -> float:
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue  # exited between listing and reading
+    return float(total)
+
+
+class RequestObserver:
+    """One request's timeline: arrival, first token, each later token, end."""
+
+    def __init__(self, metrics: Metrics | None, endpoint: str, clock: Callable[[], float] = time.perf_counter):
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.clock = clock
+        self.started = clock()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.generated = 0
+        self.prompt = 0
+        self.error_status: int | None = None  # an error reported inside an already-started stream
+        self._in_flight = False
+
+    def begin(self) -> None:
+        if self.metrics is not None and not self._in_flight:
+            self.metrics.in_flight.labels(self.endpoint).inc()
+            self.metrics.queue_time.labels(self.endpoint).observe(self.clock() - self.started)
+            self._in_flight = True
+
+    def prompt_tokens(self, count: int) -> None:
+        self.prompt += count
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.labels(self.endpoint).inc(count)
+
+    def tokens(self, count: int) -> None:
+        if count <= 0:
+            return
+        now = self.clock()
+        if self.metrics is not None:
+            if self.first_token_at is None:
+                self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
+            elif self.last_token_at is not None:
+                # several tokens in one delta: spread the gap over them
+                gap = (now - self.last_token_at) / count
+                for _ in range(count):
+                    self.metrics.itl.labels(self.endpoint).observe(gap)
+            self.metrics.generation_tokens.labels(self.endpoint).inc(count)
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.generated += count
+
+    def end(self, status: int, cancelled: bool = False) -> None:
+        if self.metrics is None:
+            return
+        m = self.metrics
+        if self._in_flight:
+            m.in_flight.labels(self.endpoint).dec()
+            self._in_flight = False
+        m.requests.labels(self.endpoint, str(status)).inc()
+        if cancelled:
+            m.cancelled.labels(self.endpoint).inc()
+        if status == 429:
+            m.rejected.labels(self.endpoint).inc()
+        if status < 400 and not cancelled:
+            m.e2e.labels(self.endpoint).observe(self.clock() - self.started)

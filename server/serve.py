@@ -1,0 +1,137 @@
+"""`codeserve serve`: settings -> hardware -> plan -> model directory -> vLLM engine -> HTTP.
+
+The HTTP server comes up first so that /health answers during a long model load; /ready turns 200
+once the engine has loaded and answered a warm-up request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from .api.app import build_app
+from .api.auth import KeyCheck
+from .api.limits import Limiter
+from .api.serving import Runtime
+from .engine.base import Engine, EngineStartError, SamplingSettings
+from .generation.core import Generator, ServedModel
+from .metrics import Metrics
+from .planner import hardware
+from .planner.catalog import load_catalog
+from .planner.plan import NoFit, Option, Plan, plan
+from .prepare import resolve_model_dir
+from .settings import Settings
+
+log = logging.getLogger("codeserve")
+
+
+def _engine_args(option: Option, settings: Settings, model_setting: str) -> dict[str, Any]:
+    args = dict(option.engine_args)
+    if args["model"] == option.model.repo:  # no prequantized repo chosen: prefer a local directory
+        args["model"] = resolve_model_dir(settings.cache_dir, option.model, model_setting)
+    return args
+
+
+def start_engine(result: Plan, settings: Settings) -> tuple[Engine, Option]:
+    """Start the chosen option; on out-of-memory, the plan's next fallback (said in the log)."""
+    from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
+
+    last_error: EngineStartError | None = None
+    for option in [result.chosen, *result.fallbacks]:
+        if option.needs_quantization:
+            log.warning("skipping %s %s: it needs a 4-bit checkpoint that is not published; run "
+                        "`codeserve quantize %s` to make one", option.model.id, option.precision, option.model.id)
+            continue
+        if last_error is not None:
+            log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
+                        option.tensor_parallel_size, last_error)
+        log.info("starting vLLM: %s %s tp=%d on %s", option.model.id, option.precision,
+                 option.tensor_parallel_size, option.device_name)
+        try:
+            return VllmEngine.start(_engine_args(option, settings, settings.model), option.engine_env), option
+        except EngineStartError as exc:
+            if not exc.out_of_memory:
+                raise
+            last_error = exc
+    raise EngineStartError(f"no option of the plan could start; last error: {last_error}")
+
+
+async def warm_up(engine: Engine) -> None:
+    async for _ in engine.generate(engine.tokenize("def"), SamplingSettings(max_tokens=1, temperature=0),
+                                   "warmup"):
+        pass
+
+
+async def load(runtime: Runtime, result: Plan, settings: Settings) -> None:
+    try:
+        engine, option = await asyncio.to_thread(start_engine, result, settings)
+        await warm_up(engine)
+    except Exception as exc:  # reported on /ready; the process stays up so operators can read it
+        log.exception("the engine failed to start")
+        runtime.status, runtime.detail = "failed", str(exc)
+        return
+    runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
+    runtime.status, runtime.ready = "ready", True
+    if runtime.metrics is not None:
+        runtime.metrics.ready.set(1)
+        runtime.metrics.watch_engine(engine.num_unfinished_requests)
+    log.info("ready: serving %s on %s", option.model.id, option.device_name)
+
+
+def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
+    return Runtime(limiter=Limiter(settings.max_concurrent_requests, settings.max_queued_requests),
+                   keys=KeyCheck(settings.all_api_keys()), metrics=metrics)
+
+
+class _Server(uvicorn.Server):
+    """Flags the runtime as stopping as soon as SIGTERM arrives, so /ready turns 503 while draining."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.runtime.status, self.runtime.ready = "stopping", False
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    catalog = load_catalog(settings.catalog_path)
+    inventory = hardware.detect(settings.gpus)
+    from .cli import local_models
+
+    try:
+        result = plan(inventory, catalog, settings, local_models(settings, catalog))
+    except NoFit as exc:
+        log.error("%s", exc)
+        return 2
+    metrics = Metrics(REGISTRY)
+    metrics.set_plan(result)
+    runtime = make_runtime(settings, metrics)
+    runtime.plan = result.to_dict()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load(runtime, result, settings))
+        runtime.tasks.add(task)
+        yield
+        runtime.status, runtime.ready = "stopping", False
+        task.cancel()
+        if runtime.generator is not None:
+            await runtime.generator.engine.shutdown()
+            log.info("engine stopped")
+
+    app = build_app(runtime, public_ops=settings.public_metrics)
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=int(settings.shutdown_timeout_s), access_log=False)
+    _Server(config, runtime).run()
+    return 0

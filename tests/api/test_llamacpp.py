@@ -1,0 +1,65 @@
+"""llama.cpp's /infill and /completion as llama.vscode, llama.vim and Continue call them."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.api.conftest import Served
+
+
+def test_infill_builds_the_fim_prompt_with_extra_context(fake: Served) -> None:
+    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n    return y\n", "prompt": "y",
+            "input_extra": [{"filename": "util.py", "text": "def g(): pass"}], "n_predict": 4,
+            "samplers": ["top_k", "top_p"], "t_max_prompt_ms": 500, "t_max_predict_ms": 1000, "id_slot": 0,
+            "cache_prompt": True, "model": ""}
+    response = httpx.post(fake.url + "/infill", json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["content"] and data["tokens_predicted"] == 4 and data["stop"] is True
+    assert "generation_settings" in data and data["timings"]["predicted_n"] == 4
+    expected = ("<|fim_prefix|>util.py\ndef g(): pass\ndef f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>")
+    assert fake.engine.prompts[-1] == fake.engine.tokenize(expected) + fake.engine.tokenize("y")
+
+
+def test_infill_warm_up_with_n_predict_zero(fake: Served) -> None:
+    response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 0})
+    assert response.status_code == 200 and response.json()["content"] == ""
+    assert fake.engine.prompts == []  # answered without generating
+
+
+def test_llama_vim_response_fields_and_compact_json(fake: Served) -> None:
+    response = httpx.post(fake.url + "/infill", headers={"Authorization": "Bearer"}, json={
+        "input_prefix": "x = ", "input_suffix": "", "n_predict": 3, "model": "",
+        "response_fields": ["content", "timings/prompt_n", "timings/predicted_n", "tokens_cached"]})
+    assert response.status_code == 200
+    assert '"content":"' in response.text  # llama.vim drops bodies without it (compact JSON)
+    data = response.json()
+    assert set(data) == {"content", "timings/prompt_n", "timings/predicted_n", "tokens_cached"}
+    assert data["timings/predicted_n"] == 3
+
+
+def test_n_cmpl_returns_an_array(fake: Served) -> None:
+    data = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 2,
+                                                   "n_cmpl": 2, "temperature": 0.5}).json()
+    assert isinstance(data, list) and len(data) == 2 and all(d["content"] for d in data)
+
+
+def test_infill_stream(fake: Served) -> None:
+    response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 3,
+                                                       "stream": True})
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [e["stop"] for e in events] == [False, False, False, True]
+    assert events[-1]["tokens_predicted"] == 3
+
+
+def test_llamacpp_completion(fake: Served) -> None:
+    data = httpx.post(fake.url + "/completion", json={"prompt": "def f():", "n_predict": 5}).json()
+    assert data["content"] and data["tokens_predicted"] == 5
+    assert fake.engine.prompts[-1] == fake.engine.tokenize("def f():")
+
+
+def test_bad_n_predict_is_named(fake: Served) -> None:
+    response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "n_predict": -5})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n_predict"

@@ -1,0 +1,220 @@
+"""End to end on the real engine: `codeserve serve` (vLLM's CPU build + the bundled SmolLM2-135M), driven
+by the `openai` SDK. The server starts once for the module (~50 s); the last test stops it with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from server.planner.catalog import load_catalog
+from server.prepare import prepare_bundled
+from server.settings import DEFAULT_CATALOG_PATH, Settings
+from tests.serverutil import free_port
+
+pytestmark = pytest.mark.e2e
+MODEL = "smollm2-135m-instruct"
+START_TIMEOUT_S = 400
+
+
+@dataclass
+class Live:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    model_dir: Path
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = httpx.get(self.url + "/metrics").text
+        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?") + r" (\S+)"
+        values = [float(m.group(m.lastindex or 1)) for m in re.finditer(r"^" + pattern + "$", text, re.M)]
+        return sum(values)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    model_dir = prepare_bundled(settings.cache_dir, load_catalog(DEFAULT_CATALOG_PATH).bundled())
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port),
+           "CODESERVE_MAX_CONCURRENT_SEQUENCES": "4", "CODESERVE_SHUTDOWN_TIMEOUT_S": "60"}
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("server not ready in time:\n" + log.read_text()[-3000:])
+    yield Live(url, process, log, model_dir)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def client(live: Live) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(live: Live):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(live.model_dir)
+
+
+def test_models(client: openai.OpenAI, live: Live) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(live.url + "/v1/models").json()["data"][0]["max_model_len"] == 8192
+    plan = httpx.get(live.url + "/v1/plan").json()
+    assert plan["model"]["id"] == MODEL and plan["device"] == "cpu"
+
+
+def test_greedy_completion_usage_matches_the_tokenizer(client: openai.OpenAI, tokenizer) -> None:
+    prompt = "def fibonacci(n):\n"
+    result = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+    assert result.usage is not None
+    assert result.usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert result.choices[0].finish_reason in ("length", "stop")
+    if result.choices[0].finish_reason == "length":
+        assert result.usage.completion_tokens == 16
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+    assert again.choices[0].text == result.choices[0].text  # greedy is deterministic
+
+
+def test_streaming_equals_blocking(client: openai.OpenAI) -> None:
+    prompt = "import os\n\ndef list_files(path):\n"
+    blocking = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, temperature=0)
+    stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == blocking.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == blocking.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_chat_counts_the_templated_prompt(client: openai.OpenAI, tokenizer) -> None:
+    messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+    result = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)  # type: ignore[arg-type]
+    assert result.choices[0].message.content
+    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = templated["input_ids"] if hasattr(templated, "keys") else templated  # BatchEncoding in transformers 5
+    assert result.usage is not None and result.usage.prompt_tokens == len(ids)
+
+
+def test_chat_streaming(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}],
+                                            max_tokens=8, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_fill_in_the_middle_through_the_chat_template(client: openai.OpenAI) -> None:
+    # SmolLM2 has no FIM tokens: codeserve asks the instruct model to fill the hole.
+    result = client.completions.create(model=MODEL, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))",
+                                       max_tokens=24, temperature=0)
+    assert result.choices[0].text.strip()
+    assert result.usage is not None and result.usage.prompt_tokens > 20  # the instruction was sent too
+
+
+def test_n_choices_with_sampling(client: openai.OpenAI) -> None:
+    result = client.completions.create(model=MODEL, prompt="# a list of fruits\nfruits = [", max_tokens=8, n=3,
+                                       temperature=1.0, seed=7)
+    assert sorted(c.index for c in result.choices) == [0, 1, 2]
+    assert result.usage is not None
+    assert result.usage.completion_tokens == sum(1 for _ in range(3)) * 8 or result.usage.completion_tokens <= 24
+
+
+def test_stop_string_ends_the_text(client: openai.OpenAI) -> None:
+    prompt = "def fibonacci(n):\n"
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0).choices[0].text
+    words = [w for w in re.findall(r"\w+", full) if len(w) > 1]
+    assert words, full
+    stop = words[min(1, len(words) - 1)]
+    cut = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full[:full.index(stop)]
+
+
+def test_errors_are_openai_shaped(client: openai.OpenAI, live: Live) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="x " * 9000, max_tokens=4)
+    assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x")
+    response = httpx.post(live.url + "/v1/completions", json={"prompt": "x", "temperature": "hot"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "temperature"
+
+
+def test_disconnect_aborts_the_engine_request(live: Live) -> None:
+    cancelled_before = live.metric("codeserve_requests_cancelled_total")
+    with httpx.Client(timeout=60) as http, http.stream(
+            "POST", live.url + "/v1/completions",
+            # greedy counting goes on until max_tokens: the request is surely still running when we leave
+            json={"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 2000, "stream": True, "temperature": 0}) as response:
+        lines = response.iter_lines()  # kept referenced: a dropped iterator closes the connection early
+        for line in lines:
+            if line.startswith("data: "):
+                break  # tokens are flowing
+        assert live.metric("codeserve_engine_unfinished_requests") == 1
+    # leaving the block closed the connection mid-stream, as an IDE does when the user types on
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and live.metric("codeserve_engine_unfinished_requests") != 0:
+        time.sleep(0.1)
+    assert live.metric("codeserve_engine_unfinished_requests") == 0
+    assert live.metric("vllm:num_requests_running") == 0
+    assert live.metric("codeserve_requests_cancelled_total") == cancelled_before + 1
+    assert live.metric("codeserve_requests_in_flight") == 0
+
+
+def test_llama_vscode_infill(live: Live) -> None:
+    response = httpx.post(live.url + "/infill", json={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n",
+                                                       "n_predict": 8, "temperature": 0}, timeout=60)
+    assert response.status_code == 200 and '"content":"' in response.text
+    assert response.json()["tokens_predicted"] >= 1
+
+
+def test_sigterm_lets_in_flight_requests_finish(live: Live) -> None:
+    result: dict[str, object] = {}
+
+    def long_request() -> None:
+        with httpx.Client(timeout=120) as http:
+            response = http.post(live.url + "/v1/completions",
+                                 json={"prompt": "def main():\n", "max_tokens": 40, "temperature": 0, "stream": True})
+            result["status"] = response.status_code
+            result["done"] = response.text.rstrip().endswith("data: [DONE]")
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and live.metric("codeserve_requests_in_flight") < 1:
+        time.sleep(0.05)
+    live.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=120)
+    assert result == {"status": 200, "done": True}
+    # uvicorn re-raises the signal after its graceful shutdown, so the exit status is "killed by SIGTERM"
+    assert live.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    tail = live.log.read_text().split("Shutting down")[-1]
+    assert "engine stopped" in tail and "Traceback" not in tail
