@@ -58,4 +58,15 @@ else
   rm -f .venv/.codeserve-setup-*
   touch "$stamp"
 fi
+if [ "$want_test" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+  # Prometheus + promtool (Debian's package) for the rule unit tests and the scrape integration test.
+  # The package's service is not started: the tests run their own instance on 127.0.0.1.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's prometheus (promtool)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "setup: promtool not found and cannot apt-get install prometheus here; those tests will be skipped" >&2
+  fi
+fi
 echo "setup: done ($extras); the server command is .venv/bin/codeserve"

@@ -7,13 +7,16 @@ metrics, so one /metrics endpoint shows both. Tests pass a fresh registry.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .planner.hardware import GpuMemory
     from .planner.plan import Plan
 
 # IDE latency: completions are judged at 100-300 ms, chat answers run to tens of seconds.
@@ -46,12 +49,8 @@ class Metrics:
         self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
         self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
                                          registry=r)
-        self.gpu_used = Gauge("codeserve_gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu", "name"],
-                              registry=r)
-        self.gpu_free = Gauge("codeserve_gpu_memory_free_bytes", "GPU memory free (NVML)", ["gpu", "name"],
-                              registry=r)
-        self.gpu_total = Gauge("codeserve_gpu_memory_total_bytes", "GPU memory total (NVML)", ["gpu", "name"],
-                               registry=r)
+        self.gpus = _GpuCollector()
+        r.register(self.gpus)
         self.resident = Gauge("codeserve_resident_memory_bytes",
                               "Resident memory of the server and its engine processes", registry=r)
         self.resident.set_function(_resident_bytes)
@@ -61,6 +60,10 @@ class Metrics:
         self.ready = Gauge("codeserve_ready", "1 once the engine has loaded and answered a warm-up", registry=r)
         self.engine_unfinished = Gauge("codeserve_engine_unfinished_requests",
                                        "Requests the engine still holds (running or waiting)", registry=r)
+
+    def watch_gpus(self, snapshot: Callable[[], list[GpuMemory]] | None) -> None:
+        """Poll GPU memory at every scrape (NVML is cheap: microseconds per device)."""
+        self.gpus.snapshot = snapshot
 
     def watch_engine(self, unfinished: Callable[[], int]) -> None:
         self.engine_unfinished.set_function(lambda: float(unfinished()))
@@ -81,6 +84,31 @@ class Metrics:
 
     def request(self, endpoint: str) -> RequestObserver:
         return RequestObserver(self, endpoint)
+
+
+class _GpuCollector(Collector):
+    """codeserve_gpu_memory_{used,free,total}_bytes{gpu,name}, read from NVML when scraped."""
+
+    def __init__(self) -> None:
+        self.snapshot: Callable[[], list[GpuMemory]] | None = None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gpus = self.snapshot() if self.snapshot is not None else []
+        families = self._families()
+        for gpu in gpus:
+            labels = [str(gpu.index), gpu.name]
+            families[0].add_metric(labels, gpu.used_bytes)
+            families[1].add_metric(labels, gpu.free_bytes)
+            families[2].add_metric(labels, gpu.total_bytes)
+        yield from families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return tuple(GaugeMetricFamily(f"codeserve_gpu_memory_{kind}_bytes", f"GPU memory {kind} (NVML)",
+                                       labels=["gpu", "name"]) for kind in ("used", "free", "total"))  # type: ignore[return-value]
 
 
 def _resident_bytes() -> float:

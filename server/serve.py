@@ -115,6 +115,8 @@ def serve(settings: Settings) -> int:
         return 2
     metrics = Metrics(REGISTRY)
     metrics.set_plan(result)
+    if inventory.source == "nvml":
+        metrics.watch_gpus(hardware.gpu_memory_poller())
     runtime = make_runtime(settings, metrics)
     runtime.plan = result.to_dict()
 

@@ -198,6 +198,44 @@ def from_nvml(nvml: Any, visible: str | None, cpu: CpuInfo) -> Inventory:
     return Inventory(gpus=tuple(gpus), cpu=cpu, source="nvml" if gpus else "cpu")
 
 
+@dataclass(frozen=True)
+class GpuMemory:
+    index: int
+    name: str
+    used_bytes: int
+    free_bytes: int
+    total_bytes: int
+
+
+def gpu_memory(nvml: Any, visible: str | None) -> list[GpuMemory]:
+    """Current memory of each visible GPU (polled at every /metrics scrape); [] without NVML."""
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return []
+    try:
+        physical = _visible(nvml, nvml.nvmlDeviceGetCount(), visible)
+        result = []
+        for logical, phys in enumerate(physical):
+            handle = nvml.nvmlDeviceGetHandleByIndex(phys)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            result.append(GpuMemory(logical, _text(nvml.nvmlDeviceGetName(handle)), int(memory.used),
+                                    int(memory.free), int(memory.total)))
+        return result
+    finally:
+        nvml.nvmlShutdown()
+
+
+def gpu_memory_poller() -> Any:
+    """A no-argument function returning gpu_memory() for this machine, or None without nvidia-ml-py."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return lambda: gpu_memory(pynvml, visible)
+
+
 def detect(spec: str | None = None, nvml: Any = None) -> Inventory:
     """The inventory: simulated from `spec` if given, else NVML, else the CPU alone."""
     cpu = cpu_info()
