@@ -23,14 +23,14 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.api.app import build_app  # noqa: E402
-from server.engine.base import Engine, SamplingSettings  # noqa: E402
-from server.generation.core import Generator, ServedModel  # noqa: E402
-from server.planner import hardware  # noqa: E402
-from server.planner.catalog import load_catalog  # noqa: E402
-from server.planner.plan import plan  # noqa: E402
-from server.serve import make_runtime, start_engine  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from server.api.app import build_app
+from server.engine.base import Engine, SamplingSettings
+from server.generation.core import Generator, ServedModel
+from server.planner import hardware
+from server.planner.catalog import load_catalog
+from server.planner.plan import plan
+from server.serve import make_runtime, start_engine
+from server.settings import Settings
 
 PROMPTS = [
     "def quicksort(items):\n",
@@ -135,7 +135,8 @@ def report(rounds: dict[str, list[Round]], model: str, args: argparse.Namespace)
         tokens = sum(s.tokens for r in rs for s in r.samples)
         wall = sum(r.wall_s for r in rs)
         summary[path] = (tokens / wall, pct(ttfts, 50), pct(ttfts, 95))
-        print(f"{path:7s} {tokens / wall:8.1f} tok/s   TTFT p50 {pct(ttfts, 50):8.1f} ms   p95 {pct(ttfts, 95):8.1f} ms")
+        print(f"{path:7s} {tokens / wall:8.1f} tok/s   "
+              f"TTFT p50 {pct(ttfts, 50):8.1f} ms   p95 {pct(ttfts, 95):8.1f} ms")
     ratio = summary["http"][0] / summary["direct"][0]
     print(f"throughput ratio http/direct: {ratio:.3f}   "
           f"added TTFT p50 {summary['http'][1] - summary['direct'][1]:+.1f} ms   "

@@ -2,7 +2,7 @@
 # Sets up everything codeserve needs on a fresh machine, idempotently:
 #   a .venv at the repository root holding the `codeserve` command, with the engine extra for this
 #   machine (gpu when nvidia-smi sees a GPU, else cpu) and, with --test, the test tools.
-# Usage: scripts/setup.sh [--test]     Environment: CODESERVE_DEVICE=cpu|gpu to override detection,
+# Usage: scripts/setup.sh [--test]     Environment: CODESERVE_SETUP_DEVICE=cpu|gpu to override detection,
 #        CODESERVE_TORCH_INDEX=URL (PyTorch's CPU wheel index; used only when torch's +cpu build is
 #        not found through the configured package index).
 set -euo pipefail
@@ -16,7 +16,7 @@ for arg in "$@"; do
   esac
 done
 
-device="${CODESERVE_DEVICE:-}"
+device="${CODESERVE_SETUP_DEVICE:-}"
 if [ -z "$device" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=gpu; else device=cpu; fi
 fi
@@ -57,6 +57,9 @@ else
   fi
   rm -f .venv/.codeserve-setup-*
   touch "$stamp"
+fi
+if [ "$want_test" = 1 ]; then
+  .venv/bin/python scripts/install_test_tools.py  # helm and the Compose schema, into .venv
 fi
 if [ "$want_test" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
   # Prometheus + promtool (Debian's package) for the rule unit tests and the scrape integration test.

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/codeserve prepare
-.venv/bin/ruff check server tests
+.venv/bin/ruff check server tests loadtests deploy scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -36,6 +36,9 @@ def _engine_args(option: Option, settings: Settings, model_setting: str) -> dict
     args = dict(option.engine_args)
     if args["model"] == option.model.repo:  # no prequantized repo chosen: prefer a local directory
         args["model"] = resolve_model_dir(settings.cache_dir, option.model, model_setting)
+    if settings.engine_args:
+        log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
+        args.update(settings.engine_args)
     return args
 
 

@@ -7,7 +7,7 @@ Validators only check shape and range so that a bad value fails at start with th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         0.5, gt=0.0, le=0.9, description="share of RAM a CPU plan may use (weights + KV cache)"
     )
     auto_quantize: bool = True
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object of extra vLLM engine arguments merged over the plan's (e.g. multi-node Ray)",
+    )
 
     # --- serving -------------------------------------------------------------------------------
     host: str = "0.0.0.0"

@@ -58,7 +58,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("GPU memory: used vs planned", "bytes", [
         ("used GPU {{gpu}} {{name}}", 'codeserve_gpu_memory_used_bytes{job=~"$job"}'),
         ("total GPU {{gpu}}", 'codeserve_gpu_memory_total_bytes{job=~"$job"}'),
-        ("planned {{component}}", 'codeserve_plan_memory_bytes{job=~"$job", component=~"weights|kv_cache|activation|overhead|budget"}'),
+        ("planned {{component}}",
+         'codeserve_plan_memory_bytes{job=~"$job", component=~"weights|kv_cache|activation|overhead|budget"}'),
     ]),
     ("Process memory (CPU serving)", "bytes", [
         ("resident {{instance}}", 'codeserve_resident_memory_bytes{job=~"$job"}'),

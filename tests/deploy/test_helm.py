@@ -1,0 +1,237 @@
+"""The Helm chart: lint, render with several values files, validate every object against Kubernetes'
+schemas, and check what matters (GPUs, probes, secrets, security, autoscaling, multi-node)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "codeserve"
+VALUES = Path(__file__).parent / "helm_values"
+K8S_VERSION = "1.33.0"
+CRDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "LeaderWorkerSet"}
+
+
+def _helm() -> str:
+    helm = shutil.which("helm", path=str(Path(sys.prefix) / "bin")) or shutil.which("helm")
+    if helm is None:
+        pytest.skip("helm not installed (scripts/setup.sh --test installs it into .venv/bin)")
+    return helm
+
+
+def render(values: str | None = None, *sets: str) -> list[dict[str, Any]]:
+    args = [_helm(), "template", "rel", str(CHART), "--namespace", "ai"]
+    if values:
+        args += ["-f", str(VALUES / values)]
+    for item in sets:
+        args += ["--set", item]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_lint_strict() -> None:
+    result = subprocess.run([_helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", [None, *sorted(p.name for p in VALUES.glob("*.yaml"))])
+def test_rendered_objects_are_valid_kubernetes(values: str | None) -> None:
+    docs = render(values)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            assert doc["apiVersion"] and doc["metadata"]["name"] and doc["spec"]
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises ValidationError
+
+
+@pytest.mark.parametrize(("values", "gpus"), [("cpu.yaml", 0), ("gpu-1.yaml", 1), ("gpu-4-tp.yaml", 4)])
+def test_gpu_requests_equal_the_values(values: str, gpus: int) -> None:
+    resources = container(render(values))["resources"]
+    if gpus:
+        assert resources["limits"]["nvidia.com/gpu"] == gpus and resources["requests"]["nvidia.com/gpu"] == gpus
+    else:
+        assert "nvidia.com/gpu" not in resources.get("limits", {})
+
+
+def test_probes_point_at_health_and_ready() -> None:
+    c = container(render("gpu-1.yaml"))
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1800  # model downloads
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_security_context_is_locked_down() -> None:
+    docs = render("gpu-1.yaml")
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    c = pod["containers"][0]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["runtimeClassName"] == "nvidia"
+
+
+def test_tensor_parallel_gets_shared_memory() -> None:
+    docs = render("gpu-4-tp.yaml")
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    config = by_kind(docs, "ConfigMap")[0]["data"]
+    assert config["CODESERVE_TENSOR_PARALLEL_SIZE"] == "4"
+
+
+def test_existing_secret_is_referenced_never_inlined() -> None:
+    docs = render("existing-secret.yaml")
+    assert by_kind(docs, "Secret") == []
+    env = container(docs)["env"]
+    assert env == [{"name": "CODESERVE_API_KEYS",
+                    "valueFrom": {"secretKeyRef": {"name": "team-codeserve-keys", "key": "keys"}}}]
+    assert "team-codeserve-keys" not in str(by_kind(docs, "ConfigMap"))
+
+
+def test_created_secret_holds_the_keys_and_config_does_not() -> None:
+    docs = render("created-secret.yaml")
+    secret = by_kind(docs, "Secret")[0]
+    assert secret["stringData"] == {"api-keys": "k-one,k-two"}
+    assert "k-one" not in str(by_kind(docs, "ConfigMap")) + str(by_kind(docs, "Deployment"))
+
+
+def test_no_keys_means_no_secret_reference() -> None:
+    docs = render()
+    assert by_kind(docs, "Secret") == [] and container(docs)["env"] is None
+
+
+def test_model_cache_on_a_pvc() -> None:
+    docs = render()
+    pvc = by_kind(docs, "PersistentVolumeClaim")[0]
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert by_kind(render("cpu.yaml"), "PersistentVolumeClaim") == []
+
+
+def test_config_keys_are_real_settings() -> None:
+    fields = {f"CODESERVE_{name.upper()}" for name in Settings.model_fields}
+    for values in [None, *sorted(p.name for p in VALUES.glob("*.yaml"))]:
+        data = by_kind(render(values), "ConfigMap")[0]["data"]
+        unknown = {k for k in data if k.startswith("CODESERVE_") and k not in fields}
+        assert unknown == set(), values
+
+
+def test_autoscaling_hpa() -> None:
+    docs = render("autoscaling-hpa.yaml")
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert "replicas" not in by_kind(docs, "Deployment")[0]["spec"]
+
+
+def test_autoscaling_keda_on_waiting_requests() -> None:
+    scaled = by_kind(render("autoscaling-keda.yaml"), "ScaledObject")[0]
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus" and "vllm:num_requests_waiting" in trigger["metadata"]["query"]
+    assert scaled["spec"]["maxReplicaCount"] == 8
+
+
+def test_monitoring_objects_carry_the_project_rules() -> None:
+    docs = render("gpu-4-tp.yaml")
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    rule = by_kind(docs, "PrometheusRule")[0]
+    assert rule["spec"] == yaml.safe_load((ROOT / "deploy/prometheus/rules/codeserve.yml").read_text())
+
+
+def test_chart_rules_file_is_the_deploy_rules_file() -> None:
+    assert (CHART / "files" / "codeserve-rules.yml").read_text() == \
+        (ROOT / "deploy" / "prometheus" / "rules" / "codeserve.yml").read_text()
+
+
+def test_ingress_disables_buffering_for_streams() -> None:
+    ingress = by_kind(render("gpu-4-tp.yaml"), "Ingress")[0]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+def test_multi_node_uses_a_leader_worker_set() -> None:
+    docs = render("multinode.yaml")
+    assert by_kind(docs, "Deployment") == []
+    lws = by_kind(docs, "LeaderWorkerSet")[0]["spec"]["leaderWorkerTemplate"]
+    assert lws["size"] == 2
+    leader = lws["leaderTemplate"]["spec"]["containers"][0]
+    assert "ray start --head" in leader["command"][-1] and leader["readinessProbe"]["httpGet"]["path"] == "/ready"
+    worker = lws["workerTemplate"]["spec"]["containers"][0]
+    assert "LWS_LEADER_ADDRESS" in worker["command"][-1]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
+    config = by_kind(docs, "ConfigMap")[0]["data"]
+    assert yaml.safe_load(config["CODESERVE_ENGINE_ARGS"]) == {"distributed_executor_backend": "ray",
+                                                                 "pipeline_parallel_size": 2}
+    assert by_kind(docs, "Service")[0]["spec"]["selector"]["role"] == "leader"
+    for pod in (lws["leaderTemplate"], lws["workerTemplate"]):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+                                      "spec": pod["spec"]}, K8S_VERSION, strict=True)
+
+
+def test_helm_test_hook_calls_models() -> None:
+    pod = next(d for d in render() if d["kind"] == "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "/v1/models" in pod["spec"]["containers"][0]["command"][-1]
+
+
+@pytest.mark.parametrize("bad", ["gpu.count=-1", "config.HOME=/x", "service.port=0", "image.flavor=tpu"])
+def test_schema_rejects_bad_values(bad: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError):
+        render(None, bad)
+
+
+# Keys whose contents are free-form data (documented once, on the key itself).
+FREE_FORM = {"config", "resources", "tolerations", "podSecurityContext", "securityContext", "annotations", "hpa",
+             "engineArgs", "nodeSelector", "affinity", "podAnnotations", "hosts", "tls", "labels", "accessModes",
+             "imagePullSecrets"}
+
+
+def test_every_value_is_documented() -> None:
+    """helm-docs style: every leaf (and every free-form map) has a `# --` comment right above it."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):(.*)$", line)
+        if not match:
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        ancestors = [k for _, k in stack]
+        stack.append((indent, key))
+        if any(a in FREE_FORM for a in ancestors):
+            continue
+        if not rest and key not in FREE_FORM:
+            continue  # a section: its leaves carry the docs
+        above = []
+        for j in range(i - 1, -1, -1):
+            if not lines[j].strip().startswith("#"):
+                break
+            above.append(lines[j])
+        if not any(c.strip().startswith("# --") for c in above):
+            undocumented.append(".".join([*ancestors, key]))
+    assert undocumented == []
