@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Precision = Literal["auto", "bf16", "fp16", "fp8", "awq"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq"]
 Role = Literal["completion", "chat"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -78,6 +78,19 @@ class CpuInfo:
     cores: int
     ram_total_bytes: int
     ram_available_bytes: int
+    bf16: bool = False  # native bf16 matmul (x86 AVX512_BF16 / AMX, Arm BF16); else bf16 is emulated, slowly
+
+
+# /proc/cpuinfo flags that give native bf16 matrix math (Linux kernel's x86 and arm64 feature names).
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_has_bf16(cpuinfo_text: str) -> bool:
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and BF16_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,13 @@ class Inventory:
 
 def cpu_info() -> CpuInfo:
     memory = psutil.virtual_memory()
-    return CpuInfo(cores=os.cpu_count() or 1, ram_total_bytes=memory.total, ram_available_bytes=memory.available)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            bf16 = cpu_has_bf16(f.read())
+    except OSError:
+        bf16 = False
+    return CpuInfo(cores=os.cpu_count() or 1, ram_total_bytes=memory.total, ram_available_bytes=memory.available,
+                   bf16=bf16)
 
 
 def _lookup(name: str) -> GpuModel:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from .catalog import Architecture
 
-WeightPrecision = Literal["bf16", "fp16", "fp8", "awq"]
+WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq"]
 KvDtype = Literal["auto", "fp8"]
 
 GIB = 1024**3
@@ -152,6 +152,8 @@ def weight_bytes(
 ) -> int:
     """Bytes of weights one rank holds."""
     counts = param_counts(arch, tp)
+    if precision == "fp32":  # CPU serving on processors without native bf16
+        return counts.total * 4
     embedding_bytes = counts.embedding * 2
     if precision in ("bf16", "fp16"):
         return embedding_bytes + counts.linear * 2
@@ -162,8 +164,9 @@ def weight_bytes(
 
 def kv_dtype_bytes(kv_dtype: KvDtype, weight_precision: WeightPrecision) -> int:
     """vLLM's kv_cache_dtype 'auto' follows the activation dtype (16-bit for every precision here)."""
-    del weight_precision  # fp8 and AWQ checkpoints still run 16-bit activations
-    return 1 if kv_dtype == "fp8" else 2
+    if kv_dtype == "fp8":
+        return 1
+    return 4 if weight_precision == "fp32" else 2  # fp8 and AWQ checkpoints still run 16-bit activations
 
 
 def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1) -> int:

@@ -206,7 +206,7 @@ def _engine_args(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len
     args: dict[str, Any] = {
         "model": entry.repo,
         "served_model_name": [entry.id],
-        "dtype": "bfloat16" if bf16 and precision != "fp16" else "float16",
+        "dtype": {"fp32": "float32", "fp16": "float16"}.get(precision, "bfloat16" if bf16 else "float16"),
         "tensor_parallel_size": tp,
         "max_model_len": max_len,
         "max_num_seqs": max_num_seqs,
@@ -309,7 +309,8 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                                   budget, utilization)
                     _collect(result, entry, precision, tp, options, rejected)
         return options
-    precisions = ["bf16"] if settings.precision == "auto" else [settings.precision]
+    ladder = rules.precision_ladder(None, inventory.cpu.bf16)
+    precisions = ladder if settings.precision == "auto" else [settings.precision]
     budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
     for precision in precisions:
         if pinned_tp not in ("auto", 1):

@@ -3,6 +3,7 @@ by the `openai` SDK. The server starts once for the module (~50 s); the last tes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -297,6 +298,27 @@ def test_dashboard_queries_run_on_real_prometheus(live: Live, prometheus: str) -
     for expr in dashboard.expressions(dashboard.dashboard()):
         assert metric_names(expr) <= series, metric_names(expr) - series
         _query(prometheus, expr.replace("$__rate_interval", "1m").replace("$job", ".*"))
+
+
+def test_locust_smoke_run(live: Live, tmp_path: Path) -> None:
+    """20 s of IDE traffic (FIM completions cut from the stdlib, half abandoned mid-stream, plus chat)."""
+    out = tmp_path / "loadtest"
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[2] / "loadtests" / "run.py"), "--host", live.url,
+         "--users", "3", "--spawn-rate", "3", "--run-time", "20s", "--out", str(out), "--",
+         "--cancel-share", "0.5", "--completion-weight", "3", "--chat-weight", "1", "--max-prefix-tokens", "120",
+         "--max-suffix-tokens", "40", "--completion-max-tokens", "8-24", "--chat-max-tokens", "16-32"],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == [] and summary["server_5xx"] == 0
+    assert summary["by_endpoint"]["completions"]["ttft_ms"]["p50"] is not None
+    assert summary["server"]["in_flight_after"] == 0 and summary["server"]["engine_unfinished_after"] == 0
+    assert summary["cancelled"] > 0
+    for name in ("locust_stats.csv", "report.html", "summary.md", "latency.png"):
+        assert (out / name).stat().st_size > 0, name
+    stats = (out / "locust_stats.csv").read_text()
+    assert "TTFT completions" in stats and "tokens/s completions" in stats
 
 
 def test_sigterm_lets_in_flight_requests_finish(live: Live) -> None:

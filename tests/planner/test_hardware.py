@@ -178,3 +178,17 @@ def test_bad_spec(spec: str, message: str) -> None:
 def test_table_entries_cite_a_source() -> None:
     for gpu in GPU_TABLE.values():
         assert gpu.source and gpu.bandwidth_gb_s > 0 and gpu.total_bytes > 8 * GIB
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("flags\t\t: fpu avx2 fma", False),
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+    ("flags\t\t: fpu amx_bf16 amx_tile", True),
+    ("Features\t: fp asimd bf16 i8mm", True),  # arm64
+    ("Features\t: fp asimd", False),
+    ("", False),
+], ids=["avx2", "avx512-bf16", "amx", "arm-bf16", "arm-plain", "empty"])
+def test_cpu_bf16_detection(flags: str, expected: bool) -> None:
+    from server.planner.hardware import cpu_has_bf16
+
+    assert cpu_has_bf16(f"processor\t: 0\n{flags}\n") is expected

@@ -24,7 +24,7 @@ def _plan(catalog: Catalog, spec: str, **settings: object) -> Plan:
 
 # (inventory, role, expected model, precision, tp, replicas): the defaults a user gets.
 TABLE = [
-    ("none", "completion", "smollm2-135m-instruct", "bf16", 1, 1),
+    ("none", "completion", "smollm2-135m-instruct", "fp32", 1, 1),  # FIXED_CPU has no native bf16
     ("1xT4", "completion", "qwen2.5-coder-7b", "awq", 1, 1),
     ("1xL4", "completion", "qwen2.5-coder-7b", "bf16", 1, 1),
     ("1xA10G", "completion", "qwen2.5-coder-7b", "bf16", 1, 1),
@@ -191,4 +191,19 @@ def test_cpu_plan_takes_a_larger_local_model(catalog: Catalog) -> None:
     result = plan(simulated("none", FIXED_CPU), catalog, make_settings(),
                   local_models=frozenset({"qwen2.5-coder-1.5b"}))
     assert result.chosen.model.id == "qwen2.5-coder-1.5b"
-    assert result.fallbacks[0].model.bundled
+    assert result.fallbacks[-1].model.bundled  # the bundled model stays the last resort
+
+
+@pytest.mark.parametrize(("bf16", "precision", "dtype"), [(False, "fp32", "float32"), (True, "bf16", "bfloat16")],
+                         ids=["avx2-only", "native-bf16"])
+def test_cpu_dtype_follows_native_bf16(catalog: Catalog, bf16: bool, precision: str, dtype: str) -> None:
+    from dataclasses import replace
+
+    chosen = plan(simulated("none", replace(FIXED_CPU, bf16=bf16)), catalog, make_settings()).chosen
+    assert (chosen.precision, chosen.engine_args["dtype"]) == (precision, dtype)
+
+
+def test_fp32_is_refused_on_gpus(catalog: Catalog) -> None:
+    with pytest.raises(NoFit) as info:
+        _plan(catalog, "1xL4", precision="fp32")
+    assert any("fp32 weights are for CPU serving" in r.reason for r in info.value.rejected)

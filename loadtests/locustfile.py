@@ -1,0 +1,246 @@
+"""Locust profile of real IDE traffic against an OpenAI-compatible code server.
+
+Users:
+- IdeCompletionUser: fill-in-the-middle completions cut from real source files (the Python standard
+  library on this machine): prefix up to ~1.5k tokens, suffix up to ~0.5k, max_tokens 16-128, streamed,
+  short think time; a share of requests (default 30%) is cancelled mid-stream by closing the connection,
+  as an IDE does when the user keeps typing.
+- ChatUser: code questions through /v1/chat/completions, streamed, longer answers.
+
+Besides locust's request stats, each stream reports custom entries: "TTFT" (time to first token, ms),
+"ITL" (mean inter-token latency, ms) and "tokens/s" (the stream's decode rate, in the response-time
+column). At the end it writes summary.json / summary.md / latency.png into --summary-dir, checks the
+server's /metrics (in-flight back at 0, the cancelled counter matching the cancellations sent) and sets
+a non-zero exit code when a threshold fails.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+from gevent import GreenletExit
+from locust import HttpUser, between, events, task
+from locust.env import Environment
+
+try:  # run as `locust -f loadtests/locustfile.py` (no package) or imported by tests
+    from loadtests import report
+except ImportError:  # pragma: no cover - locust puts loadtests/ itself on sys.path
+    import report  # type: ignore[no-redef]
+
+CHARS_PER_TOKEN = 4  # source code averages ~3.5-4.5 characters per BPE token
+QUESTIONS = [
+    "Explain what this function does and suggest a clearer name:\n\n{code}",
+    "Find a bug in this code and show the fix:\n\n{code}",
+    "Write unit tests with pytest for this code:\n\n{code}",
+    "Rewrite this code to be more idiomatic Python:\n\n{code}",
+]
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    parser.add_argument("--api-key", default="", env_var="LOADTEST_API_KEY", help="Bearer key for the server")
+    parser.add_argument("--model", default="", env_var="LOADTEST_MODEL", help="model name (default: the served one)")
+    parser.add_argument("--cancel-share", type=float, default=0.3, env_var="LOADTEST_CANCEL_SHARE",
+                        help="share of completion streams the client abandons mid-stream")
+    parser.add_argument("--chat-weight", type=int, default=1, env_var="LOADTEST_CHAT_WEIGHT",
+                        help="chat users per --completion-weight completion users")
+    parser.add_argument("--completion-weight", type=int, default=4, env_var="LOADTEST_COMPLETION_WEIGHT")
+    parser.add_argument("--prefix-only", action="store_true", env_var="LOADTEST_PREFIX_ONLY",
+                        help="send no suffix (for servers without FIM support, e.g. vLLM's own)")
+    parser.add_argument("--max-prefix-tokens", type=int, default=1500, env_var="LOADTEST_MAX_PREFIX_TOKENS")
+    parser.add_argument("--max-suffix-tokens", type=int, default=500, env_var="LOADTEST_MAX_SUFFIX_TOKENS")
+    parser.add_argument("--completion-max-tokens", default="16-128", env_var="LOADTEST_COMPLETION_MAX_TOKENS",
+                        help="range of max_tokens for completions")
+    parser.add_argument("--chat-max-tokens", default="128-384", env_var="LOADTEST_CHAT_MAX_TOKENS",
+                        help="range of max_tokens for chat answers")
+    parser.add_argument("--seed", type=int, default=1234, env_var="LOADTEST_SEED")
+    parser.add_argument("--summary-dir", default="loadtests/out", env_var="LOADTEST_SUMMARY_DIR")
+    parser.add_argument("--fail-p95-ttft-ms", type=float, default=0, env_var="LOADTEST_FAIL_P95_TTFT_MS",
+                        help="fail when p95 time to first token exceeds this (0 = no limit)")
+    parser.add_argument("--fail-error-rate", type=float, default=0.01, env_var="LOADTEST_FAIL_ERROR_RATE")
+    parser.add_argument("--check-server-metrics", action="store_true", default=True)
+
+
+class SourceFiles:
+    """Real code to cut prompts from: the standard library's .py files, read lazily and seeded."""
+
+    def __init__(self, seed: int) -> None:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        self.files = sorted(p for p in root.glob("*.py") if p.stat().st_size > 4000)
+        self.random = random.Random(seed)
+
+    def cut(self, max_prefix_tokens: int, max_suffix_tokens: int) -> tuple[str, str]:
+        text = self.random.choice(self.files).read_text(encoding="utf-8", errors="replace")
+        cursor = self.random.randint(len(text) // 5, len(text) - 1)
+        prefix_chars = self.random.randint(200, max_prefix_tokens * CHARS_PER_TOKEN)
+        suffix_chars = self.random.randint(0, max_suffix_tokens * CHARS_PER_TOKEN)
+        return text[max(0, cursor - prefix_chars):cursor], text[cursor:cursor + suffix_chars]
+
+
+SOURCES: SourceFiles | None = None
+RESULTS = report.Results()
+
+
+def _sources(env: Environment) -> SourceFiles:
+    global SOURCES
+    if SOURCES is None:
+        SOURCES = SourceFiles(env.parsed_options.seed if env.parsed_options else 1234)
+    return SOURCES
+
+
+class _StreamingUser(HttpUser):
+    abstract = True
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.headers = {"Authorization": f"Bearer {options.api_key}"} if options and options.api_key else {}
+        self.model = options.model if options else ""
+        self.random = random.Random((options.seed if options else 0) + id(self))
+
+    def _fire(self, name: str, value: float) -> None:
+        self.environment.events.request.fire(request_type="METRIC", name=name, response_time=value,
+                                             response_length=0, exception=None, context={})
+
+    def stream(self, path: str, body: dict[str, Any], name: str, cancel_after: int | None) -> None:
+        if self.model:
+            body["model"] = self.model
+        start = time.perf_counter()
+        stamps: list[float] = []
+        try:
+            cancelled = self._read(path, body, name, cancel_after, stamps)
+        except GreenletExit:  # the test is stopping mid-stream: that closes the connection too
+            self._record(name, start, stamps, cancelled=True)
+            raise
+        if cancelled is not None:
+            self._record(name, start, stamps, cancelled)
+
+    def _read(self, path: str, body: dict[str, Any], name: str, cancel_after: int | None,
+              stamps: list[float]) -> bool | None:
+        """Stream one response; True if we walked away, False if it finished, None on error."""
+        cancelled = False
+        with self.client.post(path, json=body, headers=self.headers, stream=True, name=name,
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                RESULTS.add_error(name, response.status_code)
+                return None
+            # chunk_size=None: hand over each event as it arrives (a fixed size would wait for more bytes)
+            for line in response.iter_lines(chunk_size=None, decode_unicode=True):
+                if not line or not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    response.failure(event["error"].get("message", "error event"))
+                    RESULTS.add_error(name, 500)
+                    return None
+                if _has_text(event):
+                    stamps.append(time.perf_counter())
+                if _finished(event):
+                    cancel_after = None  # the server is done: closing now would cancel nothing
+                if cancel_after is not None and len(stamps) >= cancel_after:
+                    cancelled = True
+                    response.raw.close() if response.raw is not None else None  # walk away mid-stream
+                    break
+            response.success()
+        return cancelled
+
+    def _record(self, name: str, start: float, stamps: list[float], cancelled: bool) -> None:
+        end = time.perf_counter()
+        ttft_ms = (stamps[0] - start) * 1000 if stamps else None
+        itl_ms = (stamps[-1] - stamps[0]) * 1000 / (len(stamps) - 1) if len(stamps) > 1 else None
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+        if ttft_ms is not None:
+            self._fire(f"TTFT {name}", ttft_ms)
+        if itl_ms is not None:
+            self._fire(f"ITL {name}", itl_ms)
+        if rate is not None:
+            self._fire(f"tokens/s {name}", rate)
+        RESULTS.add(report.Sample(time.time(), name, ttft_ms, itl_ms, (end - start) * 1000, len(stamps), cancelled))
+
+
+def _pick(rng: random.Random, options: Any, name: str) -> int:
+    """A value from a "low-high" range option."""
+    default = {"completion_max_tokens": "16-128", "chat_max_tokens": "128-384"}[name]
+    low, _, high = str(getattr(options, name, default) if options else default).partition("-")
+    return rng.randint(int(low), int(high or low))
+
+
+def _finished(event: dict[str, Any]) -> bool:
+    return any(choice.get("finish_reason") for choice in event.get("choices", []))
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    return any(choice.get("text") or (choice.get("delta") or {}).get("content") for choice in event.get("choices", []))
+
+
+class IdeCompletionUser(_StreamingUser):
+    wait_time = between(0.2, 1.5)  # keystroke pauses
+
+    @task
+    def complete(self) -> None:
+        options = self.environment.parsed_options
+        prefix, suffix = _sources(self.environment).cut(options.max_prefix_tokens if options else 1500,
+                                                         options.max_suffix_tokens if options else 500)
+        body: dict[str, Any] = {"prompt": prefix, "max_tokens": _pick(self.random, options, "completion_max_tokens"),
+                                "temperature": 0.2,
+                                "stream": True, "stop": ["\n\n\n"]}
+        if suffix and not (options and options.prefix_only):
+            body["suffix"] = suffix
+        share = options.cancel_share if options else 0.3
+        cancel_after = self.random.randint(1, 8) if self.random.random() < share else None
+        self.stream("/v1/completions", body, "completions", cancel_after)
+
+
+class ChatUser(_StreamingUser):
+    wait_time = between(2, 6)  # reading the previous answer
+
+    @task
+    def ask(self) -> None:
+        code, _ = _sources(self.environment).cut(300, 0)
+        question = self.random.choice(QUESTIONS).format(code=code)
+        body = {"messages": [{"role": "user", "content": question}],
+                "max_tokens": _pick(self.random, self.environment.parsed_options, "chat_max_tokens"),
+                "temperature": 0.7, "stream": True}
+        self.stream("/v1/chat/completions", body, "chat", None)
+
+
+@events.init.add_listener
+def _weights(environment: Environment, **_: Any) -> None:
+    """The traffic mix from --completion-weight / --chat-weight (0 leaves that user out)."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    IdeCompletionUser.weight, ChatUser.weight = options.completion_weight, options.chat_weight
+    environment.user_classes = [c for c in environment.user_classes if c.weight > 0]
+
+
+@events.test_start.add_listener
+def _start(environment: Environment, **_: Any) -> None:
+    RESULTS.reset()
+    RESULTS.server_before = report.server_metrics(environment.host or "", _headers(environment))
+
+
+@events.quitting.add_listener
+def _finish(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    time.sleep(1.0)  # let the server notice the last disconnects
+    RESULTS.server_after = report.server_metrics(environment.host or "", _headers(environment))
+    summary = RESULTS.summary()
+    failures = report.check(summary, RESULTS, options.fail_p95_ttft_ms if options else 0,
+                            options.fail_error_rate if options else 0.01)
+    summary["failures"] = failures
+    out = Path(options.summary_dir if options else "loadtests/out")
+    report.write(summary, RESULTS, out)
+    print(report.render(summary))
+    if failures:
+        environment.process_exit_code = 1
+
+
+def _headers(environment: Environment) -> dict[str, str]:
+    options = environment.parsed_options
+    return {"Authorization": f"Bearer {options.api_key}"} if options and options.api_key else {}

@@ -1,0 +1,84 @@
+"""One command for a headless load test: against --host, or against the built-in default it starts.
+
+    .venv/bin/python loadtests/run.py                          # starts `codeserve serve`, 60 s, 8 users
+    .venv/bin/python loadtests/run.py --host http://gpu-box:8000 --users 64 --run-time 10m
+    .venv/bin/python loadtests/run.py -- --cancel-share 0.5 --fail-p95-ttft-ms 800   # locust options
+
+Writes locust's CSV (locust_stats.csv, ...) and HTML report plus summary.json / summary.md / latency.png
+into --out, prints the summary, and exits non-zero when locust or a threshold fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+READY_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}
+    log = (out / "server.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"codeserve exited during start; see {out / 'server.log'}")
+        try:
+            if requests.get(host + "/ready", timeout=2).status_code == 200:
+                return process, host
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    process.kill()
+    raise SystemExit(f"codeserve not ready after {READY_TIMEOUT_S} s; see {out / 'server.log'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", help="server to test; omitted: start the built-in default")
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--spawn-rate", type=float, default=4)
+    parser.add_argument("--run-time", default="60s")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("locust_args", nargs="*", help="extra locust options, after --")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    server = None
+    host = args.host
+    if host is None:
+        server, host = start_server(args.out)
+    try:
+        command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
+                   "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
+                   "--run-time", args.run_time, "--csv", str(args.out / "locust"),
+                   "--html", str(args.out / "report.html"), "--summary-dir", str(args.out),
+                   "--only-summary", *args.locust_args]
+        return subprocess.run(command, cwd=ROOT).returncode
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
