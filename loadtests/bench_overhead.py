@@ -121,10 +121,21 @@ async def main(args: argparse.Namespace) -> None:
                 args.concurrency))
             rounds["http"].append(await run_round(
                 lambda i: over_http(client, PROMPTS[i % len(PROMPTS)], args.max_tokens), args.concurrency))
+        # Time to first token alone, one request at a time, alternating the paths: at concurrency 8 it
+        # is dominated by queueing inside the engine, which would drown a millisecond-scale overhead.
+        single: dict[str, list[float]] = {"direct": [], "http": []}
+        for i in range(args.ttft_requests):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            single["direct"].append((await direct(engine, prompt, 2, f"t{i}")).ttft_s * 1000)
+            single["http"].append((await over_http(client, prompt, 2)).ttft_s * 1000)
     server.should_exit = True
     await serving
     await engine.shutdown()
     report(rounds, option.model.id, args)
+    added = [h - d for d, h in zip(single["direct"], single["http"], strict=True)]
+    print(f"single-stream TTFT over {args.ttft_requests} alternating requests: direct p50 "
+          f"{pct(single['direct'], 50):.1f} ms, http p50 {pct(single['http'], 50):.1f} ms; added p50 "
+          f"{pct(added, 50):+.2f} ms, p95 {pct(added, 95):+.2f} ms")
 
 
 def report(rounds: dict[str, list[Round]], model: str, args: argparse.Namespace) -> None:
@@ -149,4 +160,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--ttft-requests", type=int, default=40)
     asyncio.run(main(parser.parse_args()))

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -121,6 +122,36 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .prepare import source_dir
+    from .quantize import runner
+    from .quantize.recipe import Calibration, QuantizeError, QuantSpec, choose_group_size, fingerprint
+
+    settings = _settings({})
+    catalog = load_catalog(settings.catalog_path)
+    entry = catalog.get(args.model)
+    if entry is None:
+        print(f"codeserve: unknown model {args.model!r}; `codeserve models` lists the catalog", file=sys.stderr)
+        return 2
+    if args.method != "awq" or args.bits != 4:
+        print("codeserve: only --method awq --bits 4 (W4A16 with zero points) is supported", file=sys.stderr)
+        return 2
+    try:
+        group = choose_group_size(entry.architecture, args.tp, args.group_size)
+        source = source_dir(settings.cache_dir, entry, settings.model)
+        spec = QuantSpec(entry.id, fingerprint(source), args.method, args.bits, group,
+                         Calibration(args.samples, args.seq_len, args.seed))
+        result = runner.quantize(spec, source, settings.cache_dir, lambda line: print(f"quantize: {line}", flush=True))
+    except QuantizeError as exc:
+        print(f"codeserve: {exc}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        runner.export(result, args.out)
+        result = args.out
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", help="plan for a simulated inventory (the engine still needs real devices)")
     s.add_argument("--model", help="pin a catalog id (CODESERVE_MODEL)")
     s.set_defaults(func=cmd_serve)
+    q = sub.add_parser("quantize", help="make (or reuse) an AWQ 4-bit checkpoint of a catalog model")
+    q.add_argument("model", help="catalog id, e.g. smollm2-135m-instruct")
+    q.add_argument("--method", default="awq")
+    q.add_argument("--bits", type=int, default=4)
+    q.add_argument("--group-size", type=int, choices=(32, 64, 128), help="default: the largest that divides")
+    q.add_argument("--tp", type=int, default=1, help="tensor-parallel degree the checkpoint must split over")
+    q.add_argument("--samples", type=int, default=32, help="calibration samples (code from the stdlib)")
+    q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sample")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, help="also copy the checkpoint here")
+    q.set_defaults(func=cmd_quantize)
     r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir (idempotent)")
     r.set_defaults(func=cmd_prepare)
     return parser

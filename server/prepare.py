@@ -87,6 +87,21 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def source_dir(cache_dir: Path, entry: ModelEntry, model_setting: str) -> Path:
+    """The model's 16-bit weights as a local directory (what quantization reads), downloading them from
+    the Hugging Face Hub into its cache when they are not local yet."""
+    resolved = resolve_model_dir(cache_dir, entry, model_setting)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(entry.repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # offline, gated repo, no disk: say what was needed
+        raise PrepareError(f"quantizing {entry.id} needs its weights ({entry.repo}) locally and the download "
+                           f"failed: {exc}; put a copy in {local_dir(cache_dir, entry)}") from exc
+
+
 def resolve_model_dir(cache_dir: Path, entry: ModelEntry, model_setting: str) -> str:
     """What vLLM should load: a local directory when one is available, else the repo id."""
     if Path(model_setting).is_dir():

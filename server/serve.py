@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,20 +27,48 @@ from .metrics import Metrics
 from .planner import hardware
 from .planner.catalog import load_catalog
 from .planner.plan import NoFit, Option, Plan, plan
-from .prepare import resolve_model_dir
+from .prepare import resolve_model_dir, source_dir
+from .quantize import runner as quantize_runner
+from .quantize.recipe import QuantSpec, fingerprint
 from .settings import Settings
 
 log = logging.getLogger("codeserve")
+# Calibration cost measured here (CPU, SmolLM2-135M, 256-token samples): used only for the log's estimate.
+QUANTIZE_S_PER_BPARAM_SAMPLE = 200.0
 
 
 def _engine_args(option: Option, settings: Settings, model_setting: str) -> dict[str, Any]:
     args = dict(option.engine_args)
-    if args["model"] == option.model.repo:  # no prequantized repo chosen: prefer a local directory
+    if option.needs_quantization:
+        args["model"] = str(_quantized(option, settings))
+        args.pop("quantization", None)  # vLLM detects compressed-tensors W4A16 from the checkpoint
+    elif args["model"] == option.model.repo:  # no prequantized repo chosen: prefer a local directory
         args["model"] = resolve_model_dir(settings.cache_dir, option.model, model_setting)
     if settings.engine_args:
         log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
         args.update(settings.engine_args)
     return args
+
+
+def _quantized(option: Option, settings: Settings) -> Path:
+    """The 4-bit checkpoint the option needs: cached, or made now (CODESERVE_AUTO_QUANTIZE), or refused."""
+    entry = option.model
+    group = option.awq_group_size or 128
+    command = f"codeserve quantize {entry.id} --group-size {group} --tp {option.tensor_parallel_size}"
+    source = source_dir(settings.cache_dir, entry, settings.model)
+    spec = QuantSpec(entry.id, fingerprint(source), group_size=group)
+    existing = quantize_runner.find(settings.cache_dir, spec)
+    if existing is not None:
+        return existing
+    if not settings.auto_quantize:
+        raise EngineStartError(f"the plan needs a 4-bit checkpoint of {entry.id} that no one publishes and "
+                               f"CODESERVE_AUTO_QUANTIZE=false; run `{command}` first, or allow auto-quantization")
+    minutes = max(1, round(QUANTIZE_S_PER_BPARAM_SAMPLE * entry.params / 1e9 * spec.calibration.samples / 60))
+    log.warning("the plan picked %s at AWQ 4-bit (%s) and no published checkpoint exists: quantizing it now "
+                "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
+                "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
+                minutes, quantize_runner.quantized_root(settings.cache_dir))
+    return quantize_runner.quantize(spec, source, settings.cache_dir, lambda line: log.info("quantize: %s", line))
 
 
 def start_engine(result: Plan, settings: Settings) -> tuple[Engine, Option]:
@@ -48,10 +77,6 @@ def start_engine(result: Plan, settings: Settings) -> tuple[Engine, Option]:
 
     last_error: EngineStartError | None = None
     for option in [result.chosen, *result.fallbacks]:
-        if option.needs_quantization:
-            log.warning("skipping %s %s: it needs a 4-bit checkpoint that is not published; run "
-                        "`codeserve quantize %s` to make one", option.model.id, option.precision, option.model.id)
-            continue
         if last_error is not None:
             log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
                         option.tensor_parallel_size, last_error)

@@ -36,8 +36,12 @@ def precision_ladder(capability: tuple[int, int] | None, cpu_bf16: bool = True) 
     return [sixteen, "fp8", "awq"]
 
 
-def precision_problem(precision: WeightPrecision, capability: tuple[int, int] | None, gpu_name: str) -> str | None:
+def precision_problem(precision: WeightPrecision, capability: tuple[int, int] | None, gpu_name: str,
+                      cpu_avx512: bool = True) -> str | None:
     if capability is None:
+        if precision == "awq" and not cpu_avx512:
+            return ("awq on the CPU needs AVX-512: vLLM's CPU 4-bit kernel (cpu_gemm_wna16) is built only into "
+                    "its AVX-512 library; this CPU has AVX2 at most")
         return None if precision in ("fp32", "bf16", "awq") else f"{precision} is not supported by vLLM's CPU backend"
     if precision == "fp32":
         return "fp32 weights are for CPU serving; on a GPU use bf16/fp16"

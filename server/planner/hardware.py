@@ -79,18 +79,28 @@ class CpuInfo:
     ram_total_bytes: int
     ram_available_bytes: int
     bf16: bool = False  # native bf16 matmul (x86 AVX512_BF16 / AMX, Arm BF16); else bf16 is emulated, slowly
+    avx512: bool = False  # vLLM's CPU 4-bit kernels (cpu_gemm_wna16) exist only in its AVX-512 build
 
 
 # /proc/cpuinfo flags that give native bf16 matrix math (Linux kernel's x86 and arm64 feature names).
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-def cpu_has_bf16(cpuinfo_text: str) -> bool:
+def _cpu_flags(cpuinfo_text: str) -> set[str]:
+    flags: set[str] = set()
     for line in cpuinfo_text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features") and BF16_FLAGS & set(value.split()):
-            return True
-    return False
+        if key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
+    return flags
+
+
+def cpu_has_bf16(cpuinfo_text: str) -> bool:
+    return bool(BF16_FLAGS & _cpu_flags(cpuinfo_text))
+
+
+def cpu_has_avx512(cpuinfo_text: str) -> bool:
+    return "avx512f" in _cpu_flags(cpuinfo_text)
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,11 @@ def cpu_info() -> CpuInfo:
     memory = psutil.virtual_memory()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            bf16 = cpu_has_bf16(f.read())
+            text = f.read()
     except OSError:
-        bf16 = False
+        text = ""
     return CpuInfo(cores=os.cpu_count() or 1, ram_total_bytes=memory.total, ram_available_bytes=memory.available,
-                   bf16=bf16)
+                   bf16=cpu_has_bf16(text), avx512=cpu_has_avx512(text))
 
 
 def _lookup(name: str) -> GpuModel:

@@ -240,10 +240,11 @@ def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
 
 def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Settings, max_len: int,
          device: Literal["cuda", "cpu"], device_name: str, capability: tuple[int, int] | None,
-         budget: int, utilization: float) -> Option | str:
+         budget: int, utilization: float, cpu_avx512: bool = True) -> Option | str:
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
-    problem = rules.precision_problem(precision, capability, device_name) or rules.tp_problem(arch, tp)
+    problem = (rules.precision_problem(precision, capability, device_name, cpu_avx512)
+               or rules.tp_problem(arch, tp))
     if problem:
         return problem
     group = None
@@ -316,7 +317,8 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
         if pinned_tp not in ("auto", 1):
             rejected.append(Rejection(entry.id, precision, int(pinned_tp), "tensor parallel needs GPUs"))
             continue
-        result = _try(entry, precision, 1, settings, max_len, "cpu", "cpu", None, budget, 1.0)
+        result = _try(entry, precision, 1, settings, max_len, "cpu", "cpu", None, budget, 1.0,
+                      inventory.cpu.avx512)
         _collect(result, entry, precision, 1, options, rejected)
     return options
 
@@ -374,8 +376,10 @@ def _no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rej
         have = ", ".join(f"{g.name} ({g.total_bytes / GIB:.1f} GiB)" for g in inventory.gpus)
     else:
         have = f"CPU only, {inventory.cpu.ram_total_bytes / GIB:.1f} GiB RAM"
+    # candidate-level reasons (a precision / TP that was tried) say more than model-level exclusions
+    ranked = sorted(rejected, key=lambda r: r.precision is None)
     reasons = "; ".join(f"{r.model} {r.precision or ''} tp={r.tensor_parallel_size or '-'}: {r.reason}"
-                        for r in rejected[:6])
+                        for r in ranked[:6])
     more = f" (+{len(rejected) - 6} more, see `codeserve plan --all`)" if len(rejected) > 6 else ""
     return (f"no model fits {have} with max_model_len={settings.max_model_len or DEFAULT_MAX_MODEL_LEN} x "
             f"{settings.max_concurrent_sequences} sequences at gpu_memory_utilization="
