@@ -76,14 +76,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, ge=0.0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("families", mode="before")
+    @field_validator("families", "api_keys", mode="before")
     @classmethod
-    def _families_csv(cls, value: object) -> object:
-        return _split_csv(value)
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _keys_csv(cls, value: object) -> object:
+    def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
     @field_validator("tensor_parallel_size", mode="before")

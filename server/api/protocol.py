@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 MAX_N = 16  # choices per request; Copilot asks for 1 or 3
 MAX_STOP = 32  # Continue sends more than OpenAI's 4 stop strings
@@ -24,7 +24,8 @@ _STOP_SCHEMA = WithJsonSchema({"anyOf": [
     {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP},
     {"type": "null"},
 ]})
-Stop = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP), _STOP_SCHEMA]
+Stop = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP), _STOP_SCHEMA,
+                 BeforeValidator(lambda value: _stop_list(value))]
 
 
 class _Request(BaseModel):
@@ -57,11 +58,6 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop(cls, value: Any) -> Any:
-        return _stop_list(value)
 
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", "n", mode="before")
     @classmethod
@@ -152,11 +148,6 @@ class LlamaCppRequest(_Request):
     stream: bool = False
     n_cmpl: int = Field(1, ge=1, le=MAX_N)
     response_fields: list[str] | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop(cls, value: Any) -> Any:
-        return _stop_list(value)
 
     @field_validator("seed", mode="before")
     @classmethod
