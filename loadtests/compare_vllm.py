@@ -61,7 +61,7 @@ def run_load(name: str, url: str, out: Path, options: argparse.Namespace) -> dic
     target = out / name
     subprocess.run([sys.executable, str(HERE / "run.py"), "--host", url, "--users", str(options.users),
                     "--spawn-rate", str(options.users), "--run-time", options.run_time, "--out", str(target), "--",
-                    "--prefix-only", "--fail-error-rate", "1"], cwd=ROOT, check=False)
+                    "--prefix-only", "--fail-error-rate", "1", *options.locust_args], cwd=ROOT, check=False)
     return json.loads((target / "summary.json").read_text())
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--run-time", default="90s")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "compare")
+    parser.add_argument("locust_args", nargs="*", help="extra locust options for both runs, after --")
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     settings = Settings()
