@@ -26,9 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server.api.app import build_app
 from server.engine.base import Engine, SamplingSettings
 from server.generation.core import Generator, ServedModel
-from server.planner import hardware
-from server.planner.catalog import load_catalog
-from server.planner.plan import plan
+from server.planning import make_plan
 from server.serve import make_runtime, start_engine
 from server.settings import Settings
 
@@ -102,8 +100,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     settings = Settings()
-    catalog = load_catalog(settings.catalog_path)
-    result = plan(hardware.detect(settings.gpus), catalog, settings)
+    result = make_plan(settings)
     engine, option = await asyncio.to_thread(start_engine, result, settings)
     runtime = make_runtime(settings.model_copy(update={"max_concurrent_requests": 256}), None)
     runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))

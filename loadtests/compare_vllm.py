@@ -23,9 +23,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.run import free_port  # noqa: E402
-from server.planner import hardware  # noqa: E402
-from server.planner.catalog import load_catalog  # noqa: E402
-from server.planner.plan import plan  # noqa: E402
+from server.planning import make_plan  # noqa: E402
 from server.prepare import resolve_model_dir  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -90,7 +88,7 @@ def main() -> None:
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     settings = Settings()
-    result = plan(hardware.detect(settings.gpus), load_catalog(settings.catalog_path), settings)
+    result = make_plan(settings)
     args = result.chosen.engine_args
     model_dir = resolve_model_dir(settings.cache_dir, result.chosen.model, settings.model)
     env = {**os.environ, **result.chosen.engine_env}

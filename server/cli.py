@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .planner import hardware
-from .planner.catalog import Catalog, CatalogError, load_catalog
+from .planner.catalog import CatalogError, load_catalog
 from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
-from .planner.plan import NoFit, Plan, plan
+from .planner.plan import NoFit, Plan
+from .planning import make_plan
 from .settings import Settings
 
 
@@ -29,18 +29,6 @@ def _settings(overrides: dict[str, object]) -> Settings:
             f"CODESERVE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"codeserve: invalid settings: {problems}") from None
-
-
-def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
-    """Catalog ids already present as HF directories under the cache dir."""
-    root = settings.cache_dir / "models"
-    return frozenset(e.id for e in catalog.models if (root / e.id / "config.json").is_file())
-
-
-def make_plan(settings: Settings) -> Plan:
-    catalog = load_catalog(settings.catalog_path)
-    inventory = hardware.detect(settings.gpus)
-    return plan(inventory, catalog, settings, local_models(settings, catalog))
 
 
 def _gib(value: int) -> str:

@@ -25,8 +25,8 @@ from .engine.base import Engine, EngineStartError, SamplingSettings
 from .generation.core import Generator, ServedModel
 from .metrics import Metrics
 from .planner import hardware
-from .planner.catalog import load_catalog
-from .planner.plan import NoFit, Option, Plan, plan
+from .planner.plan import NoFit, Option, Plan
+from .planning import make_plan
 from .prepare import resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
@@ -137,18 +137,14 @@ class _Server(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    catalog = load_catalog(settings.catalog_path)
-    inventory = hardware.detect(settings.gpus)
-    from .cli import local_models
-
     try:
-        result = plan(inventory, catalog, settings, local_models(settings, catalog))
+        result = make_plan(settings)
     except NoFit as exc:
         log.error("%s", exc)
         return 2
     metrics = Metrics(REGISTRY)
     metrics.set_plan(result)
-    if inventory.source == "nvml":
+    if result.inventory.source == "nvml":
         metrics.watch_gpus(hardware.gpu_memory_poller())
     runtime = make_runtime(settings, metrics)
     runtime.plan = result.to_dict()
