@@ -66,10 +66,10 @@ def prepare_chat(gen: Generator, req: ChatRequest) -> Prepared:
     return Prepared(new_id("chatcmpl"), [prompt], [""], _sampling(req, budget, logprobs), req.include_usage)
 
 
-def _usage(prepared: Prepared, observer: RequestObserver) -> dict[str, int]:
+def _usage(prepared: Prepared, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's accounting: prompts once each, completion tokens summed over every returned choice."""
     prompt = sum(len(p.token_ids) for p in prepared.prompts)
-    return {"prompt_tokens": prompt, "completion_tokens": observer.generated,
-            "total_tokens": prompt + observer.generated}
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
 
 
 async def _collect(gen: Generator, prepared: Prepared, observer: RequestObserver) -> list[_Choice]:
@@ -77,6 +77,7 @@ async def _collect(gen: Generator, prepared: Prepared, observer: RequestObserver
     async for index, delta in gen.run(prepared.prompts, prepared.sampling, prepared.id, observer):
         choice = choices[index]
         choice.text += delta.text
+        choice.tokens += delta.token_count
         choice.logprobs.extend(delta.logprobs)
         choice.finish_reason = delta.finish_reason or choice.finish_reason
     return choices
@@ -106,7 +107,7 @@ async def completion(gen: Generator, prepared: Prepared, observer: RequestObserv
         logprobs = _completion_logprobs(c.logprobs, len(echo)) if prepared.sampling.logprobs is not None else None
         body.append({"index": i, "text": echo + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason})
     return {"id": prepared.id, "object": "text_completion", "created": prepared.created, "model": gen.served.id,
-            "choices": body, "usage": _usage(prepared, observer)}
+            "choices": body, "usage": _usage(prepared, sum(c.tokens for c in choices))}
 
 
 async def chat(gen: Generator, prepared: Prepared, observer: RequestObserver) -> dict[str, Any]:
@@ -116,7 +117,7 @@ async def chat(gen: Generator, prepared: Prepared, observer: RequestObserver) ->
              "logprobs": _chat_logprobs(c.logprobs) if logprobs else None, "finish_reason": c.finish_reason}
             for i, c in enumerate(choices)]
     return {"id": prepared.id, "object": "chat.completion", "created": prepared.created, "model": gen.served.id,
-            "choices": body, "usage": _usage(prepared, observer)}
+            "choices": body, "usage": _usage(prepared, sum(c.tokens for c in choices))}
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -137,12 +138,14 @@ async def completion_stream(gen: Generator, prepared: Prepared, observer: Reques
             echo = prepared.echo_texts[i // prepared.sampling.n]
             if echo:
                 yield chunk(i, echo, None)
+        generated = 0
         async for index, delta in gen.run(prepared.prompts, prepared.sampling, prepared.id, observer):
+            generated += delta.token_count
             if delta.text or delta.finish_reason:
                 yield chunk(index, delta.text, delta)
         if prepared.include_usage:
             yield sse({"id": prepared.id, "object": "text_completion", "created": prepared.created,
-                       "model": gen.served.id, "choices": [], "usage": _usage(prepared, observer)})
+                       "model": gen.served.id, "choices": [], "usage": _usage(prepared, generated)})
 
     async for event in _with_done(body(), observer):
         yield event
@@ -157,7 +160,9 @@ async def chat_stream(gen: Generator, prepared: Prepared, observer: RequestObser
     async def body() -> AsyncIterator[str]:
         for i in range(prepared.choice_count):
             yield chunk(i, {"role": "assistant", "content": ""}, None)
+        generated = 0
         async for index, delta in gen.run(prepared.prompts, prepared.sampling, prepared.id, observer):
+            generated += delta.token_count
             logprobs = _chat_logprobs(list(delta.logprobs)) if prepared.sampling.logprobs is not None else None
             if delta.text:
                 yield chunk(index, {"content": delta.text}, None, logprobs)
@@ -165,7 +170,7 @@ async def chat_stream(gen: Generator, prepared: Prepared, observer: RequestObser
                 yield chunk(index, {}, delta.finish_reason)
         if prepared.include_usage:
             yield sse({"id": prepared.id, "object": "chat.completion.chunk", "created": prepared.created,
-                       "model": gen.served.id, "choices": [], "usage": _usage(prepared, observer)})
+                       "model": gen.served.id, "choices": [], "usage": _usage(prepared, generated)})
 
     async for event in _with_done(body(), observer):
         yield event

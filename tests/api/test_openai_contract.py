@@ -83,6 +83,8 @@ def test_greedy_n_is_answered_with_identical_choices(fake: Served) -> None:
     result = _client(fake).completions.create(model="qwen2.5-coder-7b", prompt="a", n=3, max_tokens=4,
                                               temperature=0)
     assert len({c.text for c in result.choices}) == 1 and len(result.choices) == 3
+    assert result.usage is not None and result.usage.completion_tokens == 3 * 4  # every choice counts
+    assert fake.engine.prompts == [fake.engine.tokenize("a")]  # generated once
 
 
 def test_stop_strings(fake: Served) -> None:
