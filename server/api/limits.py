@@ -23,13 +23,16 @@ class Limiter:
     def full(self) -> bool:
         return self.active >= self.max_concurrent and self.waiting >= self.max_queued
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def refuse_if_full(self) -> None:
         if self.full:
             raise RateLimited(f"server is at capacity: {self.active} requests running and {self.waiting} "
                               f"queued (CODESERVE_MAX_CONCURRENT_REQUESTS={self.max_concurrent}, "
                               f"CODESERVE_MAX_QUEUED_REQUESTS={self.max_queued}); retry shortly",
                               headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.refuse_if_full()
         self.waiting += 1
         try:
             await self._slots.acquire()

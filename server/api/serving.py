@@ -59,9 +59,7 @@ async def respond(request: Request, runtime: Runtime, endpoint: str, stream: boo
         gen = runtime.require_generator()
         prepared = prepare(gen)
         if stream:
-            if runtime.limiter.full:
-                async with runtime.limiter.slot():  # raises RateLimited with Retry-After
-                    pass
+            runtime.limiter.refuse_if_full()  # a 429 must come before the stream's 200 headers
             return StreamingResponse(_stream(runtime, gen, prepared, observer, run_stream),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

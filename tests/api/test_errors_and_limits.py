@@ -125,10 +125,12 @@ def test_full_server_answers_429_with_retry_after(serve_fake) -> None:
     rejected = httpx.post(url, json={"prompt": "x", "max_tokens": 1})
     error = _error(rejected, 429)
     assert rejected.headers["retry-after"] == "1" and "CODESERVE_MAX_QUEUED_REQUESTS" in error["message"]
+    streamed = httpx.post(url, json={"prompt": "x", "max_tokens": 1, "stream": True})
+    assert _error(streamed, 429)["code"] == "rate_limit_exceeded"  # JSON 429, not a 200 event stream
     for t in threads:
         t.join()
     assert results == [200, 200]
-    assert served.metrics.rejected.labels("completions")._value.get() == 1
+    assert served.metrics.rejected.labels("completions")._value.get() == 2
 
 
 def _wait_until(condition, timeout_s: float = 5.0) -> bool:
