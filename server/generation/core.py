@@ -59,12 +59,15 @@ class Generator:
                                 param="model")
 
     # ---- prompts -------------------------------------------------------------------------------
-    def text_prompt(self, text: str | list[int], suffix: str | None = None) -> Prompt:
+    def text_prompt(self, text: str | list[int], suffix: str | None = None, infill: bool = False) -> Prompt:
+        """The prompt for `text`; fill-in-the-middle when a suffix is given, or always with `infill`
+        (llama.cpp's /infill keeps the FIM format for an empty suffix: the cursor is at the end)."""
         if isinstance(text, list):
             if suffix:
                 raise InvalidRequest("'suffix' needs a text prompt, not token ids", param="suffix")
             return Prompt(list(text))
-        if not suffix:
+        suffix = suffix or ""
+        if not suffix and not infill:
             return Prompt(self.engine.tokenize(text))
         fim = self.served.fim
         if fim is not None:

@@ -31,7 +31,7 @@ def prepare(gen: Generator, req: LlamaCppRequest, infill: bool) -> PreparedInfil
     if infill:
         # Extra context (other open files) goes before the prefix, as plain text with its file name.
         extra = "".join(f"{chunk.filename}\n{chunk.text}\n" for chunk in req.input_extra if chunk.text)
-        prompt = gen.text_prompt(extra + req.input_prefix, req.input_suffix or " ")
+        prompt = gen.text_prompt(extra + req.input_prefix, req.input_suffix, infill=True)
         if req.prompt:  # llama.cpp appends `prompt` after the middle marker (text typed at the cursor)
             prompt = Prompt(prompt.token_ids + gen.engine.tokenize(req.prompt, add_special_tokens=False), prompt.stop)
     else:

@@ -23,6 +23,12 @@ def test_infill_builds_the_fim_prompt_with_extra_context(fake: Served) -> None:
     assert fake.engine.prompts[-1] == fake.engine.tokenize(expected) + fake.engine.tokenize("y")
 
 
+def test_infill_with_the_cursor_at_the_end_keeps_the_fim_format(fake: Served) -> None:
+    response = httpx.post(fake.url + "/infill", json={"input_prefix": "x = ", "input_suffix": "", "n_predict": 2})
+    assert response.status_code == 200
+    assert fake.engine.prompts[-1] == fake.engine.tokenize("<|fim_prefix|>x = <|fim_suffix|><|fim_middle|>")
+
+
 def test_infill_warm_up_with_n_predict_zero(fake: Served) -> None:
     response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 0})
     assert response.status_code == 200 and response.json()["content"] == ""
