@@ -39,7 +39,10 @@ def main(job_path: str) -> int:
     _no_pinning_without_cuda()
     torch.manual_seed(job["seed"])
     tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    # On a GPU, calibrate in bf16 (llm-compressor onloads one layer at a time to the GPU; host RAM holds
+    # the rest at 2 bytes per parameter). On a CPU, fp32: bf16 is emulated, slowly, without AVX512_BF16.
+    calibration_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=calibration_dtype)
     print("PROGRESS load 1/1", flush=True)
     encoded = tokenizer(job["texts"], truncation=True, max_length=job["max_seq_len"], add_special_tokens=False)
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
@@ -56,8 +59,8 @@ def main(job_path: str) -> int:
     oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=job["max_seq_len"],
             num_calibration_samples=len(job["texts"]), shuffle_calibration_samples=False)
     print(f"PROGRESS calibrate {len(job['texts'])}/{len(job['texts'])}", flush=True)
-    # Calibrate in fp32 (CPUs without native bf16 emulate it slowly), ship 16-bit: embeddings, norms and
-    # scales in bf16, as the planner's memory model and vLLM's W4A16 kernels expect.
+    # Ship 16-bit: embeddings, norms and scales in bf16, as the planner's memory model and vLLM's W4A16
+    # kernels expect.
     model = model.to(torch.bfloat16)
     model.save_pretrained(job["out_dir"], save_compressed=True)
     tokenizer.save_pretrained(job["out_dir"])
