@@ -60,6 +60,38 @@ HOLE_INSTRUCTION = (
 )
 
 
+# Chat models answer in Markdown: the closing fence ends the answer (a stop string), and the opening fence
+# line, if the answer starts with one, is removed by FenceFilter, so only code reaches the editor.
+HOLE_STOP = ("\n```",)
+
+
+class FenceFilter:
+    """Streams text through, dropping a leading ```lang line. Buffers only while the text seen so far
+    could still be the start of a fence."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._decided = False
+
+    def feed(self, text: str, final: bool = False) -> str:
+        if self._decided:
+            return text
+        self._buffer += text
+        head = self._buffer.lstrip()
+        if head.startswith("```"):
+            if "\n" not in head:
+                if not final:
+                    return ""  # the fence line is not complete yet
+                self._decided = True
+                return ""
+            self._decided = True
+            return head.split("\n", 1)[1]
+        if len(head) < 3 and "```".startswith(head) and not final:
+            return ""  # could still become a fence
+        self._decided = True
+        return self._buffer
+
+
 def template_for(fim_id: str | None) -> FimTemplate | None:
     if fim_id is None:
         return None

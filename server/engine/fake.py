@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from .base import Delta, EngineError, SamplingSettings, TokenLogprob
@@ -65,7 +65,8 @@ class FakeEngine:
             raise EngineError(f"request id {request_id} is already running")
         self.prompts.append(prompt)
         self._running.add(request_id)
-        texts = [""] * sampling.n
+        full = [""] * sampling.n  # everything generated
+        emitted = [0] * sampling.n  # how much of it went out (text that may begin a stop string waits)
         finished = [False] * sampling.n
         try:
             if sampling.max_tokens == 0:
@@ -80,10 +81,15 @@ class FakeEngine:
                 for i in range(sampling.n):
                     if finished[i]:
                         continue
-                    delta = self._step(prompt, sampling, i, step, texts[i])
-                    texts[i] += delta.text
-                    finished[i] = delta.finish_reason is not None
-                    yield delta
+                    word, finish = self._next(prompt, sampling, i, step)
+                    full[i] += word
+                    text, finish = _visible(full[i], emitted[i], sampling.stop, finish)
+                    emitted[i] += len(text)
+                    finished[i] = finish is not None
+                    logprobs: tuple[TokenLogprob, ...] = ()
+                    if sampling.logprobs is not None and word:
+                        logprobs = (TokenLogprob(word, -0.5, {word: -0.5, " y": -1.5}),)
+                    yield Delta(i, text, 1, finish, self._prompt_tokens(prompt), logprobs)
                 if all(finished):
                     self._completed.add(request_id)
                     return
@@ -95,19 +101,23 @@ class FakeEngine:
     def _prompt_tokens(self, prompt: str | list[int]) -> int:
         return len(prompt) if isinstance(prompt, list) else len(self.tokenize(prompt))
 
-    def _step(self, prompt: str | list[int], sampling: SamplingSettings, index: int, step: int,
-              so_far: str) -> Delta:
-        prompt_tokens = self._prompt_tokens(prompt)
+    def _next(self, prompt: str | list[int], sampling: SamplingSettings, index: int,
+              step: int) -> tuple[str, str | None]:
+        """The next token's text and the finish reason it brings (EOS or the length limit)."""
         if self.eos_after is not None and step >= self.eos_after:
-            return Delta(index, "", 1, "stop", prompt_tokens)
+            return "", "stop"
         word = self._word(prompt, index, sampling.seed if sampling.temperature > 0 else 0, step)
-        text = so_far + word
-        for stop in sampling.stop:
-            at = text.find(stop)
-            if at >= 0:
-                return Delta(index, text[len(so_far):at] if at > len(so_far) else "", 1, "stop", prompt_tokens)
-        logprobs: tuple[TokenLogprob, ...] = ()
-        if sampling.logprobs is not None:
-            logprobs = (TokenLogprob(word, -0.5, {word: -0.5, " y": -1.5}),)
-        last = step + 1 == sampling.max_tokens
-        return Delta(index, word, 1, "length" if last else None, prompt_tokens, logprobs)
+        return word, "length" if step + 1 == sampling.max_tokens else None
+
+
+def _visible(full: str, emitted: int, stops: Sequence[str], finish: str | None) -> tuple[str, str | None]:
+    """What may be sent now, as vLLM's detokenizer decides it: text up to a stop string (excluded), and
+    nothing that could still turn out to begin one until the request ends."""
+    for stop in stops:
+        at = full.find(stop)
+        if at >= 0:
+            return full[emitted:at] if at > emitted else "", "stop"
+    if finish is not None:
+        return full[emitted:], finish
+    hold = max((k for stop in stops for k in range(1, len(stop)) if full.endswith(stop[:k])), default=0)
+    return full[emitted:len(full) - hold], None

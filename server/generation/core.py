@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ..api.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound
 from ..engine.base import Delta, Engine, EngineError, SamplingSettings
-from ..fim import FimTemplate, hole_messages, template_for
+from ..fim import HOLE_STOP, FenceFilter, FimTemplate, hole_messages, template_for
 from ..metrics import RequestObserver
 from ..planner.catalog import ModelEntry
 
@@ -40,6 +40,7 @@ class ServedModel:
 class Prompt:
     token_ids: list[int]
     stop: tuple[str, ...] = ()
+    strip_fence: bool = False  # a chat model fills the hole: drop the Markdown fence it may open with
 
 
 def new_id(prefix: str) -> str:
@@ -73,7 +74,8 @@ class Generator:
         if fim is not None:
             return Prompt(self.engine.tokenize(fim.prompt(text, suffix)), fim.stop)
         if self.served.fills_holes_by_chat:
-            return self.chat_prompt(hole_messages(text, suffix))
+            chat = self.chat_prompt(hole_messages(text, suffix))
+            return Prompt(chat.token_ids, HOLE_STOP, strip_fence=True)
         raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot be "
                              "honoured; send the prefix alone", param="suffix")
 
@@ -111,9 +113,13 @@ class Generator:
         sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop)
         finished = False
         observer.prompt_tokens(len(prompt.token_ids))
+        fences: dict[int, FenceFilter] = {}
         try:
             async for delta in self.engine.generate(prompt.token_ids, sampling, request_id):
                 observer.tokens(delta.token_count)
+                if prompt.strip_fence:
+                    fence = fences.setdefault(delta.index, FenceFilter())
+                    delta = replace(delta, text=fence.feed(delta.text, final=delta.finish_reason is not None))
                 yield delta
             finished = True
         except EngineError as exc:

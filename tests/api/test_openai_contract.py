@@ -6,6 +6,7 @@ import json
 
 import httpx
 import openai
+import pytest
 
 from server.engine.fake import FakeEngine
 from tests.api.conftest import Served
@@ -68,6 +69,27 @@ def test_suffix_on_an_instruct_model_without_fim_uses_the_chat_template(serve_fa
     sent = served.engine.prompts[-1]
     assert sent[:1] == served.engine.tokenize("<|user|>")
     assert served.engine.tokenize("<HOLE>")[0] in sent
+
+
+class _MarkdownAnswer(FakeEngine):
+    """Answers like a chat model: code inside a Markdown fence, then prose."""
+
+    ANSWER = ("```", "python", "\n", "x", " =", " 1", "\n", "```", "\n", "This", " sets", " x")
+
+    def _word(self, prompt, index, seed, step):  # type: ignore[no-untyped-def]
+        return self.ANSWER[step % len(self.ANSWER)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "stream"])
+def test_hole_filled_by_chat_returns_only_code(serve_fake, stream: bool) -> None:
+    served = serve_fake(engine=_MarkdownAnswer(), model_id="smollm2-135m-instruct")
+    body = {"prompt": "def f():\n    ", "suffix": "\n", "max_tokens": 12, "stream": stream}
+    response = httpx.post(served.url + "/v1/completions", json=body)
+    if stream:
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in _events(response)[:-1])
+    else:
+        text = response.json()["choices"][0]["text"]
+    assert text == "x = 1"
 
 
 def test_n_and_list_prompts_index_choices(fake: Served) -> None:
