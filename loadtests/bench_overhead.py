@@ -104,7 +104,7 @@ async def main(args: argparse.Namespace) -> None:
     engine, option = await asyncio.to_thread(start_engine, result, settings)
     runtime = make_runtime(settings.model_copy(update={"max_concurrent_requests": 256}), None)
     runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
-    runtime.status, runtime.ready = "ready", True
+    runtime.status = "ready"
     server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=args.port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:

@@ -111,7 +111,7 @@ async def load(runtime: Runtime, result: Plan, settings: Settings) -> None:
         runtime.status, runtime.detail = "failed", str(exc)
         return
     runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
-    runtime.status, runtime.ready = "ready", True
+    runtime.status = "ready"
     if runtime.metrics is not None:
         runtime.metrics.ready.set(1)
         runtime.metrics.watch_engine(engine.num_unfinished_requests)
@@ -131,7 +131,7 @@ class _Server(uvicorn.Server):
         self.runtime = runtime
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.runtime.status, self.runtime.ready = "stopping", False
+        self.runtime.status = "stopping"
         super().handle_exit(sig, frame)
 
 
@@ -154,7 +154,7 @@ def serve(settings: Settings) -> int:
         task = asyncio.create_task(load(runtime, result, settings))
         runtime.tasks.add(task)
         yield
-        runtime.status, runtime.ready = "stopping", False
+        runtime.status = "stopping"
         task.cancel()
         if runtime.generator is not None:
             await runtime.generator.engine.shutdown()

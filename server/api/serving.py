@@ -34,10 +34,13 @@ class Runtime:
     metrics: Metrics | None = None
     generator: Generator | None = None
     plan: dict[str, Any] | None = None
-    ready: bool = False
     status: str = "loading"  # loading | ready | failed | stopping
     detail: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
 
     def require_generator(self) -> Generator:
         if self.generator is None or not self.ready:

@@ -34,7 +34,7 @@ def make_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5-
     metrics = Metrics(CollectorRegistry())
     runtime = Runtime(Limiter(max_concurrent, max_queued), KeyCheck(keys or []), metrics)
     runtime.generator = Generator(engine, ServedModel(entry.id, entry, engine.max_model_len))
-    runtime.status, runtime.ready = "ready", True
+    runtime.status = "ready"
     runtime.plan = {"model": {"id": entry.id}}
     metrics.watch_engine(engine.num_unfinished_requests)
     return runtime

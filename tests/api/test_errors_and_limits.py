@@ -102,7 +102,7 @@ def test_api_keys(serve_fake) -> None:
 
 def test_not_ready_is_503(serve_fake) -> None:
     served = serve_fake()
-    served.runtime.ready, served.runtime.status = False, "loading"
+    served.runtime.status = "loading"
     response = httpx.post(served.url + "/v1/completions", json={"prompt": "x"})
     assert _error(response, 503)["code"] == "model_loading"
     assert response.headers["retry-after"]

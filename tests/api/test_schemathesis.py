@@ -24,7 +24,7 @@ def _app():
     engine = FakeEngine(max_model_len=4096)
     runtime = Runtime(Limiter(64, 64), KeyCheck([]), Metrics(CollectorRegistry()))
     runtime.generator = Generator(engine, ServedModel(entry.id, entry, engine.max_model_len))
-    runtime.status, runtime.ready, runtime.plan = "ready", True, {"model": {"id": entry.id}}
+    runtime.status, runtime.plan = "ready", {"model": {"id": entry.id}}
     return build_app(runtime), engine
 
 
