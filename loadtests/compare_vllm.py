@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
@@ -22,24 +21,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from loadtests.run import free_port  # noqa: E402
+from loadtests.run import free_port, wait_ready  # noqa: E402
 from server.planning import make_plan  # noqa: E402
 from server.prepare import resolve_model_dir  # noqa: E402
 from server.settings import Settings  # noqa: E402
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, log: Path) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited during start; see {log}")
-        try:
-            if requests.get(url + path, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"server not ready; see {log}")
 
 
 def vllm_command(args: dict, port: int, model_dir: str) -> list[str]:

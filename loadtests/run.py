@@ -32,25 +32,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}
-    log = (out / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    host = f"http://127.0.0.1:{port}"
+def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, log: Path) -> None:
+    """Until GET url+path answers 200; SystemExit if the server exits or takes too long."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"codeserve exited during start; see {out / 'server.log'}")
+            raise SystemExit(f"the server exited during start; see {log}")
         try:
-            if requests.get(host + "/ready", timeout=2).status_code == 200:
-                return process, host
+            if requests.get(url + path, timeout=2).status_code == 200:
+                return
         except requests.RequestException:
             pass
         time.sleep(1)
-    process.kill()
-    raise SystemExit(f"codeserve not ready after {READY_TIMEOUT_S} s; see {out / 'server.log'}")
+    raise SystemExit(f"the server was not ready after {READY_TIMEOUT_S} s; see {log}")
+
+
+def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}
+    log = out / "server.log"
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env,
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    host = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(host, process, "/ready", log)
+    except SystemExit:
+        process.kill()
+        raise
+    return process, host
 
 
 def main() -> int:
