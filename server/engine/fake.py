@@ -65,13 +65,14 @@ class FakeEngine:
             raise EngineError(f"request id {request_id} is already running")
         self.prompts.append(prompt)
         self._running.add(request_id)
+        prompt_tokens = self._prompt_tokens(prompt)
         full = [""] * sampling.n  # everything generated
         emitted = [0] * sampling.n  # how much of it went out (text that may begin a stop string waits)
         finished = [False] * sampling.n
         try:
             if sampling.max_tokens == 0:
                 for i in range(sampling.n):
-                    yield Delta(i, "", 0, "length", self._prompt_tokens(prompt))
+                    yield Delta(i, "", 0, "length", prompt_tokens)
                 self._completed.add(request_id)
                 return
             for step in range(sampling.max_tokens):
@@ -89,7 +90,7 @@ class FakeEngine:
                     logprobs: tuple[TokenLogprob, ...] = ()
                     if sampling.logprobs is not None and word:
                         logprobs = (TokenLogprob(word, -0.5, {word: -0.5, " y": -1.5}),)
-                    yield Delta(i, text, 1, finish, self._prompt_tokens(prompt), logprobs)
+                    yield Delta(i, text, 1, finish, prompt_tokens, logprobs)
                 if all(finished):
                     self._completed.add(request_id)
                     return
