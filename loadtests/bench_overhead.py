@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.api.app import build_app
 from server.engine.base import Engine, SamplingSettings
-from server.generation.core import Generator, ServedModel
-from server.planning import make_plan
+from server.generation.core import GenerationCore, ServedModel
+from server.planning import detect_and_choose
 from server.serve import make_runtime, start_engine
 from server.settings import Settings
 
@@ -100,10 +100,10 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     settings = Settings()
-    result = make_plan(settings)
-    engine, option = await asyncio.to_thread(start_engine, result, settings)
+    engine, started = await asyncio.to_thread(start_engine, detect_and_choose(settings), settings)
+    option = started.chosen
     runtime = make_runtime(settings.model_copy(update={"max_concurrent_requests": 256}), None)
-    runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
+    runtime.core = GenerationCore(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
     runtime.status = "ready"
     server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=args.port, log_level="warning"))
     serving = asyncio.create_task(server.serve())

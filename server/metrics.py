@@ -68,22 +68,21 @@ class Metrics:
     def watch_engine(self, unfinished: Callable[[], int]) -> None:
         self.engine_unfinished.set_function(lambda: float(unfinished()))
 
-    def set_plan(self, plan: Plan) -> None:
+    def set_plan(self, plan: Plan, engine: str, max_model_len: int) -> None:
+        """The option that is running (after any fallback), the engine serving it and its real context."""
         chosen = plan.chosen
         self.plan_info.info({
             "model": chosen.model.id,
             "precision": chosen.precision,
             "tensor_parallel_size": str(chosen.tensor_parallel_size),
             "replicas": str(chosen.replicas),
-            "engine": "vllm-cpu" if chosen.device == "cpu" else "vllm",
-            "max_model_len": str(plan.max_model_len),
+            "engine": engine,
+            "max_model_len": str(max_model_len),
             "device": chosen.device_name,
+            "fallbacks_taken": str(len(plan.failed_to_start)),
         })
         for component, value in chosen.memory.to_dict().items():
             self.plan_memory.labels(component).set(value)
-
-    def request(self, endpoint: str) -> RequestObserver:
-        return RequestObserver(self, endpoint)
 
 
 class _GpuCollector(Collector):
@@ -132,9 +131,6 @@ class RequestObserver:
         self.started = clock()
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
-        self.generated = 0
-        self.prompt = 0
-        self.error_status: int | None = None  # an error reported inside an already-started stream
         self._in_flight = False
 
     def begin(self) -> None:
@@ -144,7 +140,6 @@ class RequestObserver:
             self._in_flight = True
 
     def prompt_tokens(self, count: int) -> None:
-        self.prompt += count
         if self.metrics is not None:
             self.metrics.prompt_tokens.labels(self.endpoint).inc(count)
 
@@ -164,7 +159,6 @@ class RequestObserver:
         if self.first_token_at is None:
             self.first_token_at = now
         self.last_token_at = now
-        self.generated += count
 
     def end(self, status: int, cancelled: bool = False) -> None:
         if self.metrics is None:

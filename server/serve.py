@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ from .api.auth import KeyCheck
 from .api.limits import Limiter
 from .api.serving import Runtime
 from .engine.base import Engine, EngineStartError, SamplingSettings
-from .generation.core import Generator, ServedModel
+from .fim import template_for
+from .generation.core import GenerationCore, ServedModel, fim_marker_problem
 from .metrics import Metrics
 from .planner import hardware
-from .planner.plan import NoFit, Option, Plan
-from .planning import make_plan
+from .planner.launch import Launch
+from .planner.plan import NoFit, Option, Plan, StartFailure
+from .planning import detect_and_choose
 from .prepare import resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
@@ -37,23 +40,20 @@ log = logging.getLogger("codeserve")
 QUANTIZE_S_PER_BPARAM_SAMPLE = 200.0
 
 
-def _engine_args(option: Option, settings: Settings, model_setting: str) -> dict[str, Any]:
-    args = dict(option.engine_args)
+def resolved_launch(option: Option, settings: Settings) -> Launch:
+    """The option's Launch with its weights made concrete: our 4-bit checkpoint when the plan needs one
+    nobody publishes, else a local directory where there is one, else the repo id."""
     if option.needs_quantization:
-        args["model"] = str(_quantized(option, settings))
-        args.pop("quantization", None)  # vLLM detects compressed-tensors W4A16 from the checkpoint
-    elif args["model"] == option.model.repo:  # no prequantized repo chosen: prefer a local directory
-        args["model"] = resolve_model_dir(settings.cache_dir, option.model, model_setting)
-    if settings.engine_args:
-        log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
-        args.update(settings.engine_args)
-    return args
+        return replace(option.launch, model=str(_quantized(option, settings)))
+    if option.launch.model == option.model.repo:  # no prequantized repo chosen: prefer a local directory
+        return replace(option.launch, model=resolve_model_dir(settings.cache_dir, option.model, settings.model))
+    return option.launch
 
 
 def _quantized(option: Option, settings: Settings) -> Path:
     """The 4-bit checkpoint the option needs: cached, or made now (CODESERVE_AUTO_QUANTIZE), or refused."""
     entry = option.model
-    group = option.awq_group_size or 128
+    group = option.awq_group_size or option.model.prequantized.awq_group_size
     command = f"codeserve quantize {entry.id} --group-size {group} --tp {option.tensor_parallel_size}"
     source = source_dir(settings.cache_dir, entry, settings.model)
     spec = QuantSpec(entry.id, fingerprint(source), group_size=group)
@@ -68,27 +68,32 @@ def _quantized(option: Option, settings: Settings) -> Path:
                 "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
                 "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
                 minutes, quantize_runner.quantized_root(settings.cache_dir))
-    return quantize_runner.quantize(spec, source, settings.cache_dir, lambda line: log.info("quantize: %s", line))
+    return quantize_runner.quantize(spec, source, settings.cache_dir, lambda line: log.info("quantize: %s", line),
+                                    settings.torch_index)
 
 
-def start_engine(result: Plan, settings: Settings) -> tuple[Engine, Option]:
-    """Start the chosen option; on out-of-memory, the plan's next fallback (said in the log)."""
+def start_engine(plan: Plan, settings: Settings) -> tuple[Engine, Plan]:
+    """Start the chosen option; on out-of-memory, the plan's next fallback (said in the log). Returns the
+    engine and the plan as it turned out (the option running, the ones that failed)."""
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
-    last_error: EngineStartError | None = None
-    for option in [result.chosen, *result.fallbacks]:
-        if last_error is not None:
+    failures: list[StartFailure] = []
+    for option in plan.options:
+        if failures:
             log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
-                        option.tensor_parallel_size, last_error)
+                        option.tensor_parallel_size, failures[-1].error)
         log.info("starting vLLM: %s %s tp=%d on %s", option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
+        if settings.engine_args:
+            log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
         try:
-            return VllmEngine.start(_engine_args(option, settings, settings.model), option.engine_env), option
+            return VllmEngine.start(resolved_launch(option, settings), settings.engine_args), plan.started(
+                option, failures)
         except EngineStartError as exc:
             if not exc.out_of_memory:
                 raise
-            last_error = exc
-    raise EngineStartError(f"no option of the plan could start; last error: {last_error}")
+            failures.append(StartFailure(option, str(exc)))
+    raise EngineStartError(f"no option of the plan could start; last error: {failures[-1].error}")
 
 
 WARM_UP_PROMPT = "def fibonacci(n):\n    " * 64  # ~512 tokens: the first large prefill sets kernels up
@@ -102,20 +107,29 @@ async def warm_up(engine: Engine) -> None:
             pass
 
 
-async def load(runtime: Runtime, result: Plan, settings: Settings) -> None:
+async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
     try:
-        engine, option = await asyncio.to_thread(start_engine, result, settings)
+        engine, started = await asyncio.to_thread(start_engine, plan, settings)
+        entry = started.chosen.model
+        problem = fim_marker_problem(engine, template_for(entry.fim))
+        if problem is not None:
+            await engine.shutdown()
+            raise EngineStartError(problem)
         await warm_up(engine)
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
         runtime.status, runtime.detail = "failed", str(exc)
         return
-    runtime.generator = Generator(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
+    # Publish what runs, not what was planned: the option that started and the engine's own numbers.
+    runtime.plan = started
+    runtime.engine = engine.describe()
+    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
     runtime.status = "ready"
     if runtime.metrics is not None:
+        runtime.metrics.set_plan(started, runtime.engine["name"], engine.max_model_len)
         runtime.metrics.ready.set(1)
         runtime.metrics.watch_engine(engine.num_unfinished_requests)
-    log.info("ready: serving %s on %s", option.model.id, option.device_name)
+    log.info("ready: serving %s on %s", entry.id, started.chosen.device_name)
 
 
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
@@ -138,26 +152,25 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = make_plan(settings)
+        plan = detect_and_choose(settings)
     except NoFit as exc:
         log.error("%s", exc)
         return 2
     metrics = Metrics(REGISTRY)
-    metrics.set_plan(result)
-    if result.inventory.source == "nvml":
+    if plan.inventory.source == "nvml":
         metrics.watch_gpus(hardware.gpu_memory_poller())
     runtime = make_runtime(settings, metrics)
-    runtime.plan = result.to_dict()
+    runtime.plan = plan
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(load(runtime, result, settings))
+        task = asyncio.create_task(load(runtime, plan, settings))
         runtime.tasks.add(task)
         yield
         runtime.status = "stopping"
         task.cancel()
-        if runtime.generator is not None:
-            await runtime.generator.engine.shutdown()
+        if runtime.core is not None:
+            await runtime.core.engine.shutdown()
             log.info("engine stopped")
 
     app = build_app(runtime, public_ops=settings.public_metrics)

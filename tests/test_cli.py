@@ -16,7 +16,7 @@ def test_plan_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) 
     assert main(["plan", "--gpus", "2xA100-80GB", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["model"]) >= {"id", "params"}
-    for key in ("precision", "tensor_parallel_size", "replicas", "max_model_len", "engine_args", "fallbacks"):
+    for key in ("precision", "tensor_parallel_size", "replicas", "max_model_len", "launch", "engine", "fallbacks"):
         assert key in data
     assert set(data["memory"]["per_gpu_bytes"]) >= {"weights", "kv_cache", "activation", "overhead", "total",
                                                      "budget"}

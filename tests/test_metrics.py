@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from server.metrics import Metrics, RequestObserver
+from server.planner.choose import choose
 from server.planner.hardware import gpu_memory, simulated
-from server.planner.plan import plan
 from tests.conftest import FIXED_CPU, make_settings
 from tests.planner.test_hardware import FakeNvml
 
@@ -76,12 +76,13 @@ def test_gpu_memory_from_nvml() -> None:
     assert nvml.shutdown_called
 
 
-def test_plan_is_exported(catalog) -> None:
+def test_plan_is_exported_with_the_running_context(catalog) -> None:
     metrics = Metrics(CollectorRegistry())
-    result = plan(simulated("1xL4", FIXED_CPU), catalog, make_settings())
-    metrics.set_plan(result)
+    result = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
+    assert result.max_model_len == 8192
+    metrics.set_plan(result, "vllm", 4096)  # the engine reports less than planned (e.g. CODESERVE_ENGINE_ARGS)
     labels = {"model": result.chosen.model.id, "precision": result.chosen.precision, "tensor_parallel_size": "1",
-              "replicas": "1", "engine": "vllm", "max_model_len": "8192", "device": "L4"}
+              "replicas": "1", "engine": "vllm", "max_model_len": "4096", "device": "L4", "fallbacks_taken": "0"}
     assert _value(metrics, "codeserve_plan_info", **labels) == 1
     assert _value(metrics, "codeserve_plan_memory_bytes", component="weights") == result.chosen.memory.weights
 
@@ -95,8 +96,8 @@ def test_exposition_passes_promtool(catalog) -> None:
     if promtool is None:
         pytest.skip("promtool not installed (scripts/setup.sh --test installs Debian's prometheus)")
     metrics = Metrics(CollectorRegistry())
-    metrics.set_plan(plan(simulated("1xL4", FIXED_CPU), catalog, make_settings()))
-    observer = metrics.request("completions")
+    metrics.set_plan(choose(simulated("1xL4", FIXED_CPU), catalog, make_settings()), "vllm", 8192)
+    observer = RequestObserver(metrics, "completions")
     observer.begin()
     observer.tokens(1)
     observer.end(200)

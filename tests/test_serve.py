@@ -1,70 +1,176 @@
-"""Start-up logic of `codeserve serve` that does not need an engine: the out-of-memory fallback and
-settings that feed the server."""
+"""Start-up logic of `codeserve serve` without a model: the adapter's out-of-memory decision on vLLM's real
+messages, the fallback it drives, what the server publishes afterwards, and settings that feed the server."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import replace
+import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from server import serve
+from server.api.app import build_app
+from server.engine import vllm
 from server.engine.base import EngineStartError
-from server.engine.fake import FakeEngine
+from server.fim import TEMPLATES
+from server.generation.core import fim_marker_problem
+from server.metrics import Metrics
 from server.planner.catalog import Catalog
+from server.planner.choose import choose
 from server.planner.hardware import simulated
-from server.planner.plan import plan
+from server.planner.launch import Launch
+from server.planner.plan import Plan
 from tests.conftest import FIXED_CPU, make_settings
+from tests.fake_engine import FakeEngine
+from tests.serverutil import running
+
+# vLLM 0.32's own start-up failures, copied from its source (file in the id), with the decision they must get.
+VLLM_START_FAILURES = [
+    ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the "
+     "engine (this flag also controls CPU memory reservation on the CPU backend, despite its name).", True),
+    ("To serve at least one request with the model's max seq len (32768), (6.00 GiB KV cache is needed, which is "
+     "larger than the available KV cache memory (2.31 GiB). Based on the available memory, the estimated maximum "
+     "model length is 12608. Try increasing `gpu_memory_utilization` (which also controls CPU memory on the CPU "
+     "backend) or decreasing `max_model_len` when initializing the engine.", True),
+    ("Free memory on device cuda:0 (20.1/79.2 GiB) on startup is less than desired GPU memory utilization (0.9, "
+     "71.3 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.", True),
+    ("Available memory on node 0 (1.2/23.4 GiB) on kv cache allocation is less than requested memory for kv "
+     "(3.00 GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other "
+     "processes.", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.03 GiB "
+     "is free.", True),
+    ("Model architectures ['CodeGenForCausalLM'] are not supported for now.", False),
+    ("Cannot find model module. 'T5ForConditionalGeneration' is not a registered model.", False),
+]
+IDS = ["kv_cache_utils-no-blocks", "kv_cache_utils-max-len", "worker-utils-free-memory", "cpu_worker-kv",
+       "torch-cuda-oom", "unsupported-architecture", "unregistered-model"]
 
 
-class _StartsAfterOom:
-    """Stands in for VllmEngine.start: the first `failures` options run out of memory."""
+class _AsyncLlmFailing:
+    """Stands in for AsyncLLM.from_engine_args: raises what vLLM raises, and records what it was given."""
 
-    def __init__(self, failures: int, out_of_memory: bool = True):
-        self.failures = failures
-        self.out_of_memory = out_of_memory
-        self.models: list[str] = []
+    def __init__(self, message: str):
+        self.message = message
+        self.args: list[Any] = []
 
-    def __call__(self, engine_args: dict[str, Any], engine_env: dict[str, str]) -> FakeEngine:
-        self.models.append(engine_args["served_model_name"][0])
-        if len(self.models) <= self.failures:
-            raise EngineStartError("CUDA out of memory. Tried to allocate 2.00 GiB", self.out_of_memory)
-        return FakeEngine(model_id=engine_args["served_model_name"][0])
+    def __call__(self, engine_args: Any) -> Any:
+        self.args.append(engine_args)
+        raise ValueError(self.message)
 
 
 @pytest.fixture
-def gpu_plan(catalog: Catalog):
+def failing_vllm(monkeypatch: pytest.MonkeyPatch):
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    def install(message: str) -> _AsyncLlmFailing:
+        fake = _AsyncLlmFailing(message)
+        monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(fake))
+        return fake
+
+    return install
+
+
+@pytest.fixture
+def gpu_plan(catalog: Catalog) -> Plan:
     # 1 x A100-80GB, chat: the choice and its fallbacks are all published or online-quantized checkpoints
-    return plan(simulated("1xA100-80GB", FIXED_CPU), catalog, make_settings(role="chat", precision="fp8"))
+    return choose(simulated("1xA100-80GB", FIXED_CPU), catalog, make_settings(role="chat", precision="fp8"))
 
 
-def test_out_of_memory_takes_the_next_fallback(monkeypatch, gpu_plan, caplog, tmp_path: Path) -> None:
-    from server.engine import vllm
+@pytest.mark.parametrize(("message", "out_of_memory"), VLLM_START_FAILURES, ids=IDS)
+def test_adapter_reads_out_of_memory_from_vllms_messages(failing_vllm, gpu_plan: Plan, message: str,
+                                                         out_of_memory: bool) -> None:
+    fake = failing_vllm(message)
+    with pytest.raises(EngineStartError) as info:
+        vllm.VllmEngine.start(gpu_plan.chosen.launch)
+    assert info.value.out_of_memory is out_of_memory
+    assert message in str(info.value)
+    assert fake.args[0].model == gpu_plan.chosen.launch.model  # vLLM got the plan's engine arguments
 
-    starter = _StartsAfterOom(failures=1)
+
+class _FirstRunsOutOfMemory:
+    """VllmEngine.start whose first call goes through the real adapter onto vLLM's KV-cache failure; later
+    calls load the fake engine under the option's name."""
+
+    def __init__(self, failing_vllm):
+        self.failing_vllm = failing_vllm
+        self.launches: list[Launch] = []
+
+    def __call__(self, launch: Launch, overrides: dict[str, Any] | None = None) -> Any:
+        self.launches.append(launch)
+        if len(self.launches) == 1:
+            self.failing_vllm(VLLM_START_FAILURES[1][0])
+            return REAL_START(launch, overrides)
+        return FakeEngine(model_id=launch.served_name, max_model_len=launch.max_model_len // 2)
+
+
+REAL_START = vllm.VllmEngine.start
+
+
+def test_after_an_out_of_memory_fallback_the_running_option_is_published(
+        monkeypatch: pytest.MonkeyPatch, failing_vllm, gpu_plan: Plan, caplog, tmp_path: Path) -> None:
+    starter = _FirstRunsOutOfMemory(failing_vllm)
     monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(starter))
+    settings = make_settings(cache_dir=tmp_path)
+    metrics = Metrics(CollectorRegistry())
+    runtime = serve.make_runtime(settings, metrics)
+    runtime.plan = gpu_plan
     with caplog.at_level(logging.WARNING, logger="codeserve"):
-        engine, option = serve.start_engine(gpu_plan, make_settings(cache_dir=tmp_path))
-    assert starter.models == [gpu_plan.chosen.model.id, gpu_plan.fallbacks[0].model.id]
-    assert option == gpu_plan.fallbacks[0] and engine.model_id == option.model.id
-    assert "falling back to" in caplog.text and "out of memory" in caplog.text
+        asyncio.run(serve.load(runtime, gpu_plan, settings))
+    planned, running_option = gpu_plan.chosen, gpu_plan.fallbacks[0]
+    assert runtime.status == "ready", runtime.detail
+    assert [launch.served_name for launch in starter.launches] == [planned.model.id, running_option.model.id]
+    assert "falling back to" in caplog.text
+    with running(build_app(runtime)) as url:
+        published = httpx.get(url + "/v1/plan").json()
+        models = httpx.get(url + "/v1/models").json()["data"]
+        exposition = httpx.get(url + "/metrics").text
+    assert published["model"]["id"] == running_option.model.id != planned.model.id
+    assert [f["model"] for f in published["failed_to_start"]] == [planned.model.id]
+    assert "larger than the available KV cache memory" in published["failed_to_start"][0]["error"]
+    assert published["engine"]["max_model_len"] == running_option.max_model_len // 2  # the engine's, not the plan's
+    assert [(m["id"], m["max_model_len"]) for m in models] == [(running_option.model.id,
+                                                                running_option.max_model_len // 2)]
+    info = re.search(r"^codeserve_plan_info\{(.*)\} 1\.0$", exposition, re.M)
+    assert info is not None and f'model="{running_option.model.id}"' in info.group(1)
+    assert f'max_model_len="{running_option.max_model_len // 2}"' in info.group(1)
+    assert 'fallbacks_taken="1"' in info.group(1)
 
 
-def test_other_start_errors_are_not_hidden(monkeypatch, gpu_plan, tmp_path: Path) -> None:
-    from server.engine import vllm
-
-    monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(_StartsAfterOom(1, out_of_memory=False)))
-    with pytest.raises(EngineStartError, match="out of memory"):
+def test_other_start_errors_are_not_hidden(failing_vllm, gpu_plan: Plan, tmp_path: Path) -> None:
+    failing_vllm(VLLM_START_FAILURES[-2][0])
+    with pytest.raises(EngineStartError, match="not supported") as info:
         serve.start_engine(gpu_plan, make_settings(cache_dir=tmp_path))
+    assert not info.value.out_of_memory
 
 
-def test_engine_args_override(catalog: Catalog, tmp_path: Path) -> None:
-    option = plan(simulated("2xA100-80GB", FIXED_CPU), catalog, make_settings(precision="fp8")).chosen
-    settings = make_settings(cache_dir=tmp_path, engine_args={"distributed_executor_backend": "ray"})
-    args = serve._engine_args(replace(option), settings, settings.model)
-    assert args["distributed_executor_backend"] == "ray" and args["model"] == option.engine_args["model"]
+class _SplitsMarkers(FakeEngine):
+    """A tokenizer that does not know the FIM markers: each character is a token."""
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_fim_markers_are_checked_against_the_served_tokenizer() -> None:
+    assert fim_marker_problem(FakeEngine(), TEMPLATES["qwen"]) is None
+    problem = fim_marker_problem(_SplitsMarkers(), TEMPLATES["qwen"])
+    assert problem is not None and "<|fim_prefix|>" in problem and "single tokens" in problem
+
+
+def test_a_model_whose_tokenizer_splits_its_fim_markers_fails_to_start(
+        monkeypatch: pytest.MonkeyPatch, catalog: Catalog, tmp_path: Path) -> None:
+    plan = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
+    assert plan.chosen.model.fim == "qwen"
+    engine = _SplitsMarkers(model_id=plan.chosen.model.id)
+    monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(lambda launch, overrides=None: engine))
+    runtime = serve.make_runtime(make_settings(cache_dir=tmp_path), None)
+    asyncio.run(serve.load(runtime, plan, make_settings(cache_dir=tmp_path)))
+    assert runtime.status == "failed" and "<|fim_prefix|>" in runtime.detail
+    assert runtime.core is None
 
 
 def test_api_keys_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,3 +186,13 @@ def test_api_keys_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.Mon
 def test_engine_args_from_the_environment_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CODESERVE_ENGINE_ARGS", '{"pipeline_parallel_size": 2}')
     assert make_settings().engine_args == {"pipeline_parallel_size": 2}
+
+
+def test_engine_args_override_reaches_vllm(failing_vllm, catalog: Catalog, tmp_path: Path) -> None:
+    option = choose(simulated("2xA100-80GB", FIXED_CPU), catalog, make_settings(precision="fp8")).chosen
+    fake = failing_vllm(VLLM_START_FAILURES[0][0])
+    settings = make_settings(cache_dir=tmp_path, engine_args={"distributed_executor_backend": "ray"})
+    with pytest.raises(EngineStartError):
+        serve.start_engine(Plan(option, 8, simulated("2xA100-80GB", FIXED_CPU)), settings)
+    assert fake.args[0].distributed_executor_backend == "ray"
+    assert fake.args[0].model == option.launch.model and fake.args[0].quantization == "fp8"

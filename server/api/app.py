@@ -16,8 +16,7 @@ def build_app(runtime: Runtime, public_ops: bool = True) -> FastAPI:
     app.state.runtime = runtime
     errors.install(app)
     auth = [Depends(runtime.keys)]
-    documented = errors.ERROR_RESPONSES
-    app.include_router(openai.router, dependencies=auth, responses=errors.GENERATION_RESPONSES)
-    app.include_router(llamacpp.router, dependencies=auth, responses=errors.GENERATION_RESPONSES)
-    app.include_router(ops.router, dependencies=[] if public_ops else auth, responses=documented)
+    app.include_router(openai.router, dependencies=auth)
+    app.include_router(llamacpp.router, dependencies=auth)
+    app.include_router(ops.router, dependencies=[] if public_ops else auth, responses=errors.ERROR_RESPONSES)
     return app

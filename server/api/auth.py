@@ -14,10 +14,6 @@ class KeyCheck:
     def __init__(self, keys: list[str]):
         self._keys = [k.encode() for k in keys if k]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
     def __call__(self, request: Request) -> None:
         if not self._keys:
             return

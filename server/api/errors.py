@@ -1,8 +1,8 @@
-"""One exception tree, one handler: every error leaves as OpenAI's {"error": {...}} shape."""
+"""HTTP's view of errors: each ServeError class -> status and OpenAI's error type, in one table, and the
+one handler that sends OpenAI's {"error": {"message", "type", "param", "code"}} shape."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -12,7 +12,53 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound, ServeError
+
 log = logging.getLogger(__name__)
+
+# What a client told "not now" (429 at capacity, 503 while loading) should wait before retrying: requests
+# finish within seconds, and a load shows progress on /ready, so a short, single hint serves both.
+RETRY_AFTER_S = 1
+
+__all__ = ["ContextLengthExceeded", "EngineFailure", "InvalidRequest", "ModelNotFound", "ServeError"]
+
+
+class Unauthorized(ServeError):
+    code = "invalid_api_key"
+
+
+class NotFound(ServeError):
+    """A route or resource that does not exist (not a model: that is ModelNotFound)."""
+
+
+class RateLimited(ServeError):
+    code = "rate_limit_exceeded"
+
+
+class NotReady(ServeError):
+    code = "model_loading"
+
+
+# Most specific class first; the first match wins. Types are OpenAI's.
+_HTTP: tuple[tuple[type[ServeError], int, str], ...] = (
+    (InvalidRequest, 400, "invalid_request_error"),
+    (Unauthorized, 401, "invalid_request_error"),
+    (ModelNotFound, 404, "invalid_request_error"),
+    (NotFound, 404, "invalid_request_error"),
+    (RateLimited, 429, "rate_limit_error"),
+    (NotReady, 503, "server_error"),
+    (EngineFailure, 500, "server_error"),
+    (ServeError, 500, "server_error"),
+)
+
+
+def status_of(error: ServeError) -> int:
+    return next(status for kind, status, _ in _HTTP if isinstance(error, kind))
+
+
+def error_body(error: ServeError) -> dict[str, Any]:
+    kind = next(kind for cls, _, kind in _HTTP if isinstance(error, cls))
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
 
 
 class ErrorDetail(BaseModel):
@@ -36,74 +82,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Generation routes answer JSON, or an SSE stream when the request says "stream": true.
-GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the result, or its event stream",
-          "content": {"application/json": {}, "text/event-stream": {}}},
-    **ERROR_RESPONSES,
-}
-
-
-class ApiError(Exception):
-    status = 500
-    type = "server_error"
-    code: str | None = None
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-class InvalidRequest(ApiError):
-    status = 400
-    type = "invalid_request_error"
-
-
-class ContextLengthExceeded(InvalidRequest):
-    code = "context_length_exceeded"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class NotFound(ApiError):
-    status = 404
-    type = "invalid_request_error"
-
-
-class ModelNotFound(NotFound):
-    code = "model_not_found"
-
-
-class RateLimited(ApiError):
-    status = 429
-    type = "rate_limit_error"  # what OpenAI sends with 429
-    code = "rate_limit_exceeded"
-
-
-class NotReady(ApiError):
-    status = 503
-    type = "server_error"
-    code = "model_loading"
-
-
-class EngineFailure(ApiError):
-    status = 500
-    type = "server_error"
-    code = "engine_error"
-
-
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) if parts else "body"
@@ -118,29 +96,26 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"invalid value for '{field}': {first['msg']}{more}", param=field)
 
 
-def sse_error(error: ApiError) -> str:
-    """An error after streaming began: an SSE event carrying the same body (the stream then ends)."""
-    return f"data: {json.dumps(error.body())}\n\n"
+def error_response(error: ServeError) -> JSONResponse:
+    return JSONResponse(error_body(error), status_code=status_of(error), headers=error.headers)
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        error = validation_error(exc)
-        return JSONResponse(error.body(), status_code=error.status)
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = NotFound if exc.status_code == 404 else InvalidRequest
-        error = kind(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)  # e.g. 405's Allow
+        error = NotFound(str(exc.detail), code="not_found") if exc.status_code == 404 else InvalidRequest(
+            str(exc.detail))
+        return JSONResponse(error_body(error), status_code=exc.status_code, headers=exc.headers)  # e.g. 405's Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        error = EngineFailure(f"internal error: {type(exc).__name__}")
-        return JSONResponse(error.body(), status_code=500)
+        return error_response(EngineFailure(f"internal error: {type(exc).__name__}"))

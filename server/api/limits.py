@@ -6,9 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .errors import RateLimited
-
-RETRY_AFTER_S = 1
+from .errors import RETRY_AFTER_S, RateLimited
 
 
 class Limiter:

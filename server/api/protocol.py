@@ -5,9 +5,19 @@ Unknown fields are tolerated: IDE clients send extras (Copilot's `extra`, `nwo`,
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MAX_N = 16  # choices per request; Copilot asks for 1 or 3
 MAX_STOP = 32  # Continue sends more than OpenAI's 4 stop strings
@@ -153,3 +163,133 @@ class LlamaCppRequest(_Request):
     @classmethod
     def _seed(cls, value: Any) -> Any:
         return None if value in (None, -1, 4294967295) else value  # llama.cpp's "random" seeds
+
+
+# ---- responses (OpenAI's shapes; they describe the 200 bodies in the OpenAPI document) -------------
+# "stop" | "length" from generation; vLLM may also report "abort" or "error": a string, so none becomes a 500.
+FinishReason = str
+
+
+class _OmitsNone(BaseModel):
+    """Leaves out the listed fields when they are None, as OpenAI does (a chunk's `usage`, a delta's `role`)."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    # No return annotation on purpose: with one, pydantic replaces the model's JSON schema by the annotation's.
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (v is None and k in self._omit_if_none)}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(_OmitsNone):
+    """One streamed event; the last one (with stream_options.include_usage) has no choices and the usage."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    _omit_if_none = ("usage",)
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_OmitsNone):
+    _omit_if_none = ("role", "content")
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(_OmitsNone):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    _omit_if_none = ("usage",)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "codeserve"
+    root: str
+    max_model_len: int  # Continue's vllm provider reads it
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

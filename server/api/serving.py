@@ -1,5 +1,6 @@
-"""The life of one generation request, the same for every endpoint: readiness, validation, a request
-slot, metrics, streaming, and cancellation when the client goes away."""
+"""The life of one generation request, the same for every endpoint (SGLang's serving base: validate ->
+convert -> stream or not): readiness, preparation, a request slot, metrics, framing, and cancellation when
+the client goes away. Every error of a generation request is caught here, once."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
-from ..generation.core import Generator
+from ..errors import ServeError
+from ..generation.core import GenerationCore
 from ..metrics import Metrics, RequestObserver
+from ..planner.plan import Plan
+from . import sse
 from .auth import KeyCheck
-from .errors import ApiError, NotReady, sse_error
+from .errors import RETRY_AFTER_S, NotReady, status_of
 from .limits import Limiter
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
+Payload = BaseModel | dict[str, Any]
 CLIENT_CLOSED = 499  # nginx's convention for "client closed request"; recorded in metrics only
-DISCONNECT_POLL_S = 0.1
 
 
 @dataclass
@@ -32,8 +37,9 @@ class Runtime:
     limiter: Limiter
     keys: KeyCheck
     metrics: Metrics | None = None
-    generator: Generator | None = None
-    plan: dict[str, Any] | None = None
+    core: GenerationCore | None = None
+    plan: Plan | None = None  # as planned while loading; as it turned out once the engine runs
+    engine: dict[str, Any] = field(default_factory=dict)  # the running engine: name and the arguments it got
     status: str = "loading"  # loading | ready | failed | stopping
     detail: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -42,75 +48,83 @@ class Runtime:
     def ready(self) -> bool:
         return self.status == "ready"
 
-    def require_generator(self) -> Generator:
-        if self.generator is None or not self.ready:
+    def require_core(self) -> GenerationCore:
+        if self.core is None or not self.ready:
             message = {"failed": f"the model failed to load: {self.detail}",
                        "stopping": "the server is shutting down"}.get(self.status, "the model is still loading")
-            raise NotReady(message, headers={"Retry-After": "5"})
-        return self.generator
+            raise NotReady(message, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return self.core
 
     def observer(self, endpoint: str) -> RequestObserver:
         return RequestObserver(self.metrics, endpoint)
 
 
-async def respond(request: Request, runtime: Runtime, endpoint: str, stream: bool,
-                  prepare: Callable[[Generator], P],
-                  run: Callable[[Generator, P, RequestObserver], Awaitable[Any]],
-                  run_stream: Callable[[Generator, P, RequestObserver], AsyncIterator[str]]) -> Response:
+async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool,
+                 prepare: Callable[[GenerationCore], P],
+                 collect: Callable[[GenerationCore, P, RequestObserver], Awaitable[Payload | list[Any]]],
+                 events: Callable[[GenerationCore, P, RequestObserver], AsyncIterator[Payload]],
+                 done_event: str | None) -> Response:
+    """Serve one generation request; `done_event` ends a successful stream (OpenAI's [DONE], or None)."""
     observer = runtime.observer(endpoint)
     try:
-        gen = runtime.require_generator()
-        prepared = prepare(gen)
+        core = runtime.require_core()
+        prepared = prepare(core)
         if stream:
             runtime.limiter.refuse_if_full()  # a 429 must come before the stream's 200 headers
-            return StreamingResponse(_stream(runtime, gen, prepared, observer, run_stream),
+            return StreamingResponse(_stream(runtime, observer, events(core, prepared, observer), done_event),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         async with runtime.limiter.slot():
             observer.begin()
-            result = await _unless_disconnected(request, run(gen, prepared, observer))
-    except ApiError as error:
-        observer.end(error.status)
+            result = await _unless_disconnected(request, collect(core, prepared, observer))
+    except ServeError as error:
+        observer.end(status_of(error))
         raise
     if result is _DISCONNECTED:
         observer.end(CLIENT_CLOSED, cancelled=True)
         return Response(status_code=CLIENT_CLOSED)
     observer.end(200)
-    return JSONResponse(result)
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return JSONResponse(result)  # compact separators: llama.vim looks for `"content":"`
 
 
 _DISCONNECTED = object()
 
 
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Run `work`, cancelling it (which aborts its engine requests) if the client disconnects."""
+    """Run `work`, cancelling it (which aborts its engine requests) if the client disconnects first."""
     task = asyncio.ensure_future(work)
+    listener = asyncio.ensure_future(_disconnect(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                return _DISCONNECTED
+        done, _ = await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+        return task.result() if task in done else _DISCONNECTED
     finally:
-        if not task.done():  # this handler itself was cancelled
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, listener):
+            pending.cancel()
+        await asyncio.gather(task, listener, return_exceptions=True)
 
 
-async def _stream(runtime: Runtime, gen: Generator, prepared: P, observer: RequestObserver,
-                  run_stream: Callable[[Generator, P, RequestObserver], AsyncIterator[str]]) -> AsyncIterator[str]:
+async def _stream(runtime: Runtime, observer: RequestObserver, payloads: AsyncIterator[Payload],
+                  done_event: str | None) -> AsyncIterator[str]:
+    """Starlette cancels this generator when the client disconnects; the engine request is aborted then."""
     status, cancelled = 200, True
     try:
         async with runtime.limiter.slot():
             observer.begin()
-            async for event in run_stream(gen, prepared, observer):
-                yield event
+            async for payload in payloads:
+                yield sse.event(payload)
+            if done_event is not None:
+                yield done_event
         cancelled = False
-    except ApiError as error:  # e.g. the queue filled between the check and the start
-        status, cancelled = error.status, False
-        yield sse_error(error)
+    except ServeError as error:  # mid-stream: the 200 is out, so the error goes as an event
+        status, cancelled = status_of(error), False
+        yield sse.error_event(error)
     finally:
-        observer.end(CLIENT_CLOSED if cancelled else observer.error_status or status, cancelled=cancelled)
+        observer.end(CLIENT_CLOSED if cancelled else status, cancelled=cancelled)

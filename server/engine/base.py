@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class EngineError(RuntimeError):
@@ -28,7 +28,6 @@ class SamplingSettings:
     top_p: float = 1.0
     n: int = 1
     stop: Sequence[str] = ()
-    stop_token_ids: Sequence[int] = ()
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -50,8 +49,10 @@ class Delta:
     text: str
     token_count: int  # tokens this delta adds
     finish_reason: str | None  # "stop" | "length" | None while running
-    prompt_tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
+    # A copy of another choice's tokens, made by the adapter rather than generated (greedy n > 1): usage
+    # counts it, as OpenAI counts every returned choice; metrics of the engine's work do not.
+    copied: bool = False
 
 
 class Engine(Protocol):
@@ -72,10 +73,10 @@ class Engine(Protocol):
         """The model's chat template applied, ready for generation."""
         ...
 
-    def special_tokens(self) -> set[str]:
-        """Strings the tokenizer encodes as single special tokens (FIM markers are checked against it)."""
-        ...
-
     def num_unfinished_requests(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, as the engine sees it: {"name", "args", "max_model_len"} (published on /v1/plan)."""
+        ...
 
     async def shutdown(self) -> None: ...

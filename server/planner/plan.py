@@ -1,30 +1,18 @@
-"""The planner: plan(inventory, catalog, settings) -> Plan. Pure: no environment, no NVML, no I/O.
+"""What the planner decides: the chosen option, its fallbacks, every rejected candidate and why.
 
-Rule: the largest eligible model that fits with the target context and concurrency; for that model the
-highest precision that fits; then the smallest tensor-parallel degree. GPUs left over become replicas.
-Every candidate that does not fit or is not valid is kept with the reason.
+Engine-neutral data; server/planner/choose.py makes it, the engine adapters read each option's Launch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from ..settings import Settings
-from . import candidates as rules
-from . import memory
-from .catalog import Catalog, ModelEntry
-from .hardware import GpuInfo, Inventory
-from .memory import GIB, WeightPrecision
-
-DEFAULT_MAX_MODEL_LEN = 8192
-GPU_MAX_NUM_SEQS = 256  # vLLM's default on GPU: short IDE requests batch far beyond the full-context target
-# vLLM CPU runtime (torch, vLLM, tokenizer, worker process) outside weights and KV: measured here at
-# ~2 GiB of RSS for SmolLM2-135M with a 1 GiB KV cache (RSS 3.3 GB, DESIGN.md).
-CPU_RUNTIME_BYTES = 2 * GIB
-MAX_FALLBACKS = 12
+from .catalog import ModelEntry
+from .hardware import Inventory
+from .launch import Launch
+from .memory import WeightPrecision
 
 
 class NoFit(Exception):
@@ -79,13 +67,17 @@ class Option:
     kv_cache_capacity_tokens: int
     awq_group_size: int | None
     replicas: int
-    engine_args: dict[str, Any]
-    engine_env: dict[str, str]
+    launch: Launch
+
+    @property
+    def max_model_len(self) -> int:
+        return self.launch.max_model_len
 
     @property
     def needs_quantization(self) -> bool:
         """True when the precision needs a 4-bit checkpoint nobody publishes: quantize it ourselves."""
-        return self.precision == "awq" and not (self.model.prequantized.awq and self.awq_group_size == 128)
+        published = self.model.prequantized
+        return self.precision == "awq" and not (published.awq and self.awq_group_size == published.awq_group_size)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -94,18 +86,41 @@ class Option:
             "tensor_parallel_size": self.tensor_parallel_size,
             "device": self.device_name,
             "replicas": self.replicas,
+            "max_model_len": self.max_model_len,
             "per_gpu_total_bytes": self.memory.total,
         }
 
 
 @dataclass(frozen=True)
+class StartFailure:
+    """An option the engine could not start (out of memory), so the next one was tried."""
+
+    option: Option
+    error: str
+
+
+@dataclass(frozen=True)
 class Plan:
     chosen: Option
-    max_model_len: int
     max_concurrent_sequences: int
     inventory: Inventory
     fallbacks: list[Option] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    failed_to_start: tuple[StartFailure, ...] = ()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.chosen.max_model_len
+
+    @property
+    def options(self) -> list[Option]:
+        """The choice, then its fallbacks, in the order an engine should try them."""
+        return [self.chosen, *self.fallbacks]
+
+    def started(self, option: Option, failures: Iterable[StartFailure] = ()) -> Plan:
+        """This plan as it turned out: `option` is running, after `failures` could not start."""
+        later = self.options[self.options.index(option) + 1:]
+        return replace(self, chosen=option, fallbacks=later, failed_to_start=tuple(failures))
 
     def to_dict(self) -> dict[str, Any]:
         chosen = self.chosen
@@ -132,257 +147,15 @@ class Plan:
             "awq_group_size": chosen.awq_group_size,
             "needs_quantization": chosen.needs_quantization,
             "memory": {"per_gpu_bytes": chosen.memory.to_dict()},
-            "engine_args": chosen.engine_args,
-            "engine_env": chosen.engine_env,
+            "launch": chosen.launch.to_dict(),
             "inventory": {
                 "source": self.inventory.source,
                 "gpus": [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes,
-                          "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}",
-                          "nvlink_peers": sorted(g.nvlink_peers)} for g in self.inventory.gpus],
+                          "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}"}
+                         for g in self.inventory.gpus],
                 "cpu": asdict(self.inventory.cpu),
             },
             "fallbacks": [option.summary() for option in self.fallbacks],
+            "failed_to_start": [{**f.option.summary(), "error": f.error} for f in self.failed_to_start],
             "rejected": [asdict(r) for r in self.rejected],
         }
-
-
-def _eligible(catalog: Catalog, settings: Settings, on_gpu: bool, local_models: frozenset[str],
-              rejected: list[Rejection]) -> list[ModelEntry]:
-    if settings.model != "auto":
-        entry = catalog.get(settings.model)
-        if entry is None:
-            raise NoFit(f"CODESERVE_MODEL={settings.model!r} is neither a catalog id nor a local model; "
-                        f"`codeserve models` lists the catalog", rejected)
-        return [entry]
-    allowed = set(settings.families)
-    unknown = allowed - set(catalog.families)
-    if unknown:
-        raise NoFit(f"CODESERVE_FAMILIES names unknown families {sorted(unknown)}; "
-                    f"known: {', '.join(catalog.families)}", rejected)
-    models = []
-    for entry in catalog.models:
-        reason = _ineligible(entry, settings, on_gpu, local_models, allowed)
-        if reason is None:
-            models.append(entry)
-        elif reason:
-            rejected.append(Rejection(entry.id, None, None, reason))
-    return models
-
-
-def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_models: frozenset[str],
-                allowed: set[str]) -> str | None:
-    """Why an entry is not considered ('' = silently out: another role or family)."""
-    if not on_gpu and not entry.bundled and entry.id not in local_models:
-        return "" if allowed and entry.family not in allowed else \
-            "no GPU: only the bundled model or a model already in the cache dir is served on CPU"
-    if on_gpu and entry.bundled:
-        return ""
-    if allowed and entry.family not in allowed:
-        return ""
-    if settings.role == "completion" and entry.fim is None and not entry.bundled:
-        return "" if entry.role == "instruct" else "no fill-in-the-middle tokens (role=completion needs FIM)"
-    if settings.role == "chat" and entry.role != "instruct" and not entry.bundled:
-        return ""
-    if not allowed and not entry.auto and not entry.bundled:
-        return (f"not chosen automatically: superseded by {entry.superseded_by}; pin it with CODESERVE_MODEL "
-                f"or allow its family with CODESERVE_FAMILIES={entry.family}")
-    return rules.support_problem(entry) or None
-
-
-def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | None]:
-    model_max = min(entry.context_length, entry.architecture.max_position_embeddings)
-    if settings.max_model_len is None:
-        return min(DEFAULT_MAX_MODEL_LEN, model_max), None
-    if settings.max_model_len > model_max:
-        return None, (f"CODESERVE_MAX_MODEL_LEN={settings.max_model_len} exceeds the model's context "
-                      f"of {model_max} tokens")
-    return settings.max_model_len, None
-
-
-def _engine_args(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len: int, settings: Settings,
-                 capability: tuple[int, int] | None, utilization: float, max_num_seqs: int) -> dict[str, Any]:
-    # Activations run in bf16 where the GPU has it (Ampere+, and vLLM's CPU backend), else fp16.
-    bf16 = capability is None or capability >= rules.MIN_CAPABILITY["bf16"]
-    args: dict[str, Any] = {
-        "model": entry.repo,
-        "served_model_name": [entry.id],
-        "dtype": {"fp32": "float32", "fp16": "float16"}.get(precision, "bfloat16" if bf16 else "float16"),
-        "tensor_parallel_size": tp,
-        "max_model_len": max_len,
-        "max_num_seqs": max_num_seqs,
-        "max_num_batched_tokens": settings.max_num_batched_tokens,
-        "enable_prefix_caching": True,  # IDE requests resend the same file prefix keystroke after keystroke
-        "kv_cache_dtype": settings.kv_cache_dtype,
-    }
-    if precision == "fp8":
-        if entry.prequantized.fp8:
-            args["model"] = entry.prequantized.fp8
-        else:
-            args["quantization"] = "fp8"  # vLLM's online dynamic FP8: no calibration needed
-    if precision == "awq" and entry.prequantized.awq:
-        args["model"] = entry.prequantized.awq  # vLLM detects awq / awq_marlin from its config
-    if capability is not None:
-        args["gpu_memory_utilization"] = utilization
-    else:
-        args["enforce_eager"] = True  # CPU: torch.compile would add ~2 min to start-up for no gain here
-    if entry.vllm.architecture == "ChatGLMModel":
-        args["trust_remote_code"] = True
-    return args
-
-
-def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
-    """Per-GPU budget of a TP group: its smallest member, capped by free memory (vLLM refuses to
-    start when util x total exceeds what is free), and the utilization that budget maps to."""
-    weakest = min(gpus, key=lambda g: min(g.total_bytes * utilization, g.free_bytes))
-    budget = int(min(weakest.total_bytes * utilization, weakest.free_bytes))
-    return budget, math.floor(budget / weakest.total_bytes * 100) / 100
-
-
-def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Settings, max_len: int,
-         device: Literal["cuda", "cpu"], device_name: str, capability: tuple[int, int] | None,
-         budget: int, utilization: float, cpu_avx512: bool = True) -> Option | str:
-    """An Option if the candidate is valid and fits, else the reason it is not."""
-    arch = entry.architecture
-    problem = (rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp))
-    if problem:
-        return problem
-    group = None
-    if precision == "awq":
-        group = rules.awq_group_size(arch, tp)
-        if group is None:
-            return f"no AWQ group size in {rules.AWQ_GROUP_SIZES} divides {rules.quantized_in_features(arch, tp)}"
-    on_gpu = device == "cuda"
-    max_num_seqs = GPU_MAX_NUM_SEQS if on_gpu else max(settings.max_concurrent_sequences, 16)
-    kv_per_token = memory.kv_bytes_per_token(arch, memory.kv_dtype_bytes(settings.kv_cache_dtype, precision), tp)
-    kv_needed = kv_per_token * max_len * settings.max_concurrent_sequences
-    env: dict[str, str] = {}
-    if not on_gpu:
-        kv_gib = max(1, math.ceil(kv_needed / GIB))
-        kv_needed = kv_gib * GIB  # vLLM's CPU backend takes whole GiB (VLLM_CPU_KVCACHE_SPACE)
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
-    breakdown = MemoryBreakdown(
-        weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE),
-        kv_cache=kv_needed,
-        activation=memory.activation_peak_bytes(arch, min(settings.max_num_batched_tokens, max_len * max_num_seqs),
-                                                max_num_seqs, tp),
-        overhead=memory.overhead_bytes(tp, cuda_graphs=True) if on_gpu else CPU_RUNTIME_BYTES,
-        budget=budget,
-    )
-    if breakdown.headroom < 0:
-        return (f"needs {breakdown.total / GIB:.1f} GiB per {'GPU' if on_gpu else 'host'} "
-                f"(weights {breakdown.weights / GIB:.1f}, KV for {settings.max_concurrent_sequences} x "
-                f"{max_len} tokens {breakdown.kv_cache / GIB:.1f}, activations {breakdown.activation / GIB:.1f}, "
-                f"overhead {breakdown.overhead / GIB:.1f}); budget is {budget / GIB:.1f} GiB")
-    capacity = (budget - breakdown.weights - breakdown.activation - breakdown.overhead) // kv_per_token
-    if not on_gpu:
-        capacity = kv_needed // kv_per_token
-    return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1,
-                  _engine_args(entry, precision, tp, max_len, settings, capability, utilization, max_num_seqs), env)
-
-
-def _gpu_groups(gpus: Iterable[GpuInfo]) -> dict[str, list[GpuInfo]]:
-    groups: dict[str, list[GpuInfo]] = {}
-    for gpu in gpus:
-        groups.setdefault(gpu.name, []).append(gpu)
-    return groups
-
-
-def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max_len: int,
-                rejected: list[Rejection]) -> list[Option]:
-    options: list[Option] = []
-    pinned_tp = settings.tensor_parallel_size
-    if inventory.gpus:
-        for name, gpus in _gpu_groups(inventory.gpus).items():
-            capability = gpus[0].compute_capability
-            ladder = rules.precision_ladder(capability)
-            precisions = ladder if settings.precision == "auto" else [settings.precision]
-            for precision in precisions:
-                for tp in rules.TP_DEGREES:
-                    if pinned_tp != "auto" and tp != pinned_tp:
-                        continue
-                    if tp > len(gpus):
-                        if pinned_tp != "auto":
-                            rejected.append(Rejection(entry.id, precision, tp, f"only {len(gpus)} x {name}"))
-                        continue
-                    budget, utilization = _gpu_budget(gpus[:tp], settings.gpu_memory_utilization)
-                    result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability,
-                                  budget, utilization)
-                    _collect(result, entry, precision, tp, options, rejected)
-        return options
-    ladder = rules.precision_ladder(None, inventory.cpu.bf16)
-    precisions = ladder if settings.precision == "auto" else [settings.precision]
-    budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
-    for precision in precisions:
-        if pinned_tp not in ("auto", 1):
-            rejected.append(Rejection(entry.id, precision, int(pinned_tp), "tensor parallel needs GPUs"))
-            continue
-        result = _try(entry, precision, 1, settings, max_len, "cpu", "cpu", None, budget, 1.0,
-                      inventory.cpu.avx512)
-        _collect(result, entry, precision, 1, options, rejected)
-    return options
-
-
-def _collect(result: Option | str, entry: ModelEntry, precision: WeightPrecision, tp: int,
-             options: list[Option], rejected: list[Rejection]) -> None:
-    if isinstance(result, str):
-        rejected.append(Rejection(entry.id, precision, tp, result))
-    else:
-        options.append(result)
-
-
-def _with_replicas(option: Option, inventory: Inventory) -> Option:
-    """GPUs beyond the TP group serve further copies: same-type GPUs in whole TP groups."""
-    if option.device != "cuda":
-        return option
-    same = [g for g in inventory.gpus if g.name == option.device_name]
-    replicas = max(1, len(same) // option.tensor_parallel_size)
-    return Option(**{**option.__dict__, "replicas": replicas})
-
-
-def _rank(option: Option) -> tuple[float, int, int, int]:
-    return (-rules.effective_params(option.model), rules.PRECISION_ORDER.index(option.precision),
-            option.tensor_parallel_size, -option.memory.budget)
-
-
-def plan(inventory: Inventory, catalog: Catalog, settings: Settings,
-         local_models: frozenset[str] = frozenset()) -> Plan:
-    """Choose the model, precision and TP degree; raise NoFit with every reason when nothing fits."""
-    rejected: list[Rejection] = []
-    on_gpu = bool(inventory.gpus)
-    options: list[Option] = []
-    max_lens: dict[str, int] = {}
-    for entry in _eligible(catalog, settings, on_gpu, local_models, rejected):
-        max_len, problem = _context(entry, settings)
-        if problem or max_len is None:
-            rejected.append(Rejection(entry.id, None, None, problem or "no context"))
-            continue
-        if settings.model != "auto" and (support := rules.support_problem(entry)):
-            rejected.append(Rejection(entry.id, None, None, support))
-            continue
-        max_lens[entry.id] = max_len
-        options.extend(_candidates(entry, settings, inventory, max_len, rejected))
-    if not options:
-        raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
-    options.sort(key=_rank)
-    chosen = _with_replicas(options[0], inventory)
-    fallbacks = [_with_replicas(o, inventory) for o in options[1:MAX_FALLBACKS + 1]]
-    return Plan(chosen, max_lens[chosen.model.id], settings.max_concurrent_sequences, inventory, fallbacks,
-                rejected)
-
-
-def _no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rejection]) -> str:
-    if inventory.gpus:
-        have = ", ".join(f"{g.name} ({g.total_bytes / GIB:.1f} GiB)" for g in inventory.gpus)
-    else:
-        have = f"CPU only, {inventory.cpu.ram_total_bytes / GIB:.1f} GiB RAM"
-    # candidate-level reasons (a precision / TP that was tried) say more than model-level exclusions
-    ranked = sorted(rejected, key=lambda r: r.precision is None)
-    reasons = "; ".join(f"{r.model} {r.precision or ''} tp={r.tensor_parallel_size or '-'}: {r.reason}"
-                        for r in ranked[:6])
-    more = f" (+{len(rejected) - 6} more, see `codeserve plan --all`)" if len(rejected) > 6 else ""
-    return (f"no model fits {have} with max_model_len={settings.max_model_len or DEFAULT_MAX_MODEL_LEN} x "
-            f"{settings.max_concurrent_sequences} sequences at gpu_memory_utilization="
-            f"{settings.gpu_memory_utilization}. {reasons}{more}. Lower CODESERVE_MAX_MODEL_LEN or "
-            f"CODESERVE_MAX_CONCURRENT_SEQUENCES, allow more precisions (CODESERVE_PRECISION=auto), "
-            f"or widen CODESERVE_FAMILIES / unpin CODESERVE_MODEL.")

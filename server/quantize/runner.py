@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ..fsutil import atomic_directory
+from ..settings import DEFAULT_TORCH_INDEX_URL
 from .recipe import QuantizeError, QuantSpec
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ def _alive(pid: int) -> bool:
 class QuantEnv:
     """The llm-compressor virtual environment under the cache dir, created on first use."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, torch_index_url: str = DEFAULT_TORCH_INDEX_URL):
         self.root = cache_dir / "quant-venv"
+        self.torch_index_url = torch_index_url
         self.python = self.root / "bin" / "python"
 
     def _stamp(self) -> Path:
@@ -80,8 +83,8 @@ class QuantEnv:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 and "+cpu" in torch_pin:
             # PyPI has no +cpu builds; PyTorch's CPU index does (as in scripts/setup.sh).
-            index = os.environ.get("CODESERVE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
-            result = subprocess.run([*command, "--extra-index-url", index], capture_output=True, text=True)
+            result = subprocess.run([*command, "--extra-index-url", self.torch_index_url], capture_output=True,
+                                    text=True)
         if result.returncode != 0:
             raise QuantizeError(f"installing llm-compressor into {self.root} failed:\n{result.stderr[-2000:]}")
         self._stamp().write_text(wanted)
@@ -98,7 +101,8 @@ def _torch_requirement() -> str:
 
 
 def quantize(spec: QuantSpec, model_dir: Path, cache_dir: Path, progress: Callable[[str], None],
-             python: Path | None = None, worker: Path = WORKER) -> Path:
+             torch_index_url: str = DEFAULT_TORCH_INDEX_URL, python: Path | None = None,
+             worker: Path = WORKER) -> Path:
     """The cached checkpoint for `spec`, producing it first if needed."""
     existing = find(cache_dir, spec)
     if existing is not None:
@@ -107,30 +111,22 @@ def quantize(spec: QuantSpec, model_dir: Path, cache_dir: Path, progress: Callab
     final = quantized_root(cache_dir) / spec.dirname
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_partials(cache_dir, spec)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    python = python or QuantEnv(cache_dir).ensure(progress)
+    python = python or QuantEnv(cache_dir, torch_index_url).ensure(progress)
     started = time.monotonic()
-    try:
+    with atomic_directory(final) as tmp:  # `final` without the marker is only ever an incomplete leftover
         _run_worker(python, worker, spec, model_dir, tmp, progress)
         _check_output(tmp)
         marker = {**asdict(spec), "key": spec.key, "seconds": round(time.monotonic() - started, 1),
                   "source_dir": str(model_dir)}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
-        shutil.rmtree(final, ignore_errors=True)  # only ever an incomplete leftover (no marker)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     progress(f"quantized {spec.model_id} in {time.monotonic() - started:.0f} s -> {final}")
     return final
 
 
 def export(checkpoint: Path, out: Path) -> None:
     """Copy a finished checkpoint to `out`, atomically (temporary copy, then rename)."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_directory(out) as tmp:
+        shutil.copytree(checkpoint, tmp)
 
 
 def _run_worker(python: Path, worker: Path, spec: QuantSpec, model_dir: Path, out: Path,

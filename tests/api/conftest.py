@@ -1,4 +1,4 @@
-"""The app over the deterministic fake engine, served on a real socket."""
+"""The app over the deterministic fake engine, served on a real socket, wired the way `serve` wires it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.api.app import build_app
-from server.api.auth import KeyCheck
-from server.api.limits import Limiter
 from server.api.serving import Runtime
-from server.engine.fake import FakeEngine
-from server.generation.core import Generator, ServedModel
+from server.generation.core import GenerationCore, ServedModel
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
+from server.serve import make_runtime
+from tests.conftest import make_settings
+from tests.fake_engine import FakeEngine
 from tests.serverutil import running
 
 
@@ -27,15 +27,18 @@ class Served:
     metrics: Metrics
 
 
-def make_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5-coder-7b",
-                 keys: list[str] | None = None, max_concurrent: int = 8, max_queued: int = 8) -> Runtime:
+def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5-coder-7b",
+                  keys: list[str] | None = None, max_concurrent: int = 8, max_queued: int = 8) -> Runtime:
+    """A runtime from settings (as `serve` builds it) with `engine` loaded as `model_id`."""
     entry = catalog.get(model_id)
     assert entry is not None
+    settings = make_settings(api_keys=",".join(keys or []), max_concurrent_requests=max_concurrent,
+                             max_queued_requests=max_queued)
     metrics = Metrics(CollectorRegistry())
-    runtime = Runtime(Limiter(max_concurrent, max_queued), KeyCheck(keys or []), metrics)
-    runtime.generator = Generator(engine, ServedModel(entry.id, entry, engine.max_model_len))
+    runtime = make_runtime(settings, metrics)
+    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
     runtime.status = "ready"
-    runtime.plan = {"model": {"id": entry.id}}
+    runtime.engine = engine.describe()
     metrics.watch_engine(engine.num_unfinished_requests)
     return runtime
 
@@ -47,7 +50,7 @@ def serve_fake(catalog: Catalog) -> Iterator:
 
     def start(engine: FakeEngine | None = None, **kwargs: object) -> Served:
         engine = engine or FakeEngine()
-        runtime = make_runtime(catalog, engine, **kwargs)  # type: ignore[arg-type]
+        runtime = ready_runtime(catalog, engine, **kwargs)  # type: ignore[arg-type]
         cm = running(build_app(runtime))
         url = cm.__enter__()
         stack.append(cm)

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from server.engine.fake import FakeEngine
 from tests.api.conftest import Served
+from tests.fake_engine import FakeEngine
 
 
 def _error(response: httpx.Response, status: int) -> dict:

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from server.engine.fake import FakeEngine
 from tests.api.conftest import Served
+from tests.fake_engine import FakeEngine
 
 
 def _client(served: Served, **kwargs: object) -> openai.OpenAI:

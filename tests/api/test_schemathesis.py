@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import schemathesis
 from hypothesis import HealthCheck, settings
-from prometheus_client import CollectorRegistry
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from server.api.app import build_app
-from server.api.auth import KeyCheck
-from server.api.limits import Limiter
-from server.api.serving import Runtime
-from server.engine.fake import FakeEngine
-from server.generation.core import Generator, ServedModel
-from server.metrics import Metrics
 from server.planner.catalog import load_catalog
+from server.planner.choose import choose
+from server.planner.hardware import simulated
 from server.settings import DEFAULT_CATALOG_PATH
+from tests.api.conftest import ready_runtime
+from tests.conftest import FIXED_CPU, make_settings
+from tests.fake_engine import FakeEngine
 
 
 def _app():
-    entry = load_catalog(DEFAULT_CATALOG_PATH).get("qwen2.5-coder-7b")
-    assert entry is not None
+    catalog = load_catalog(DEFAULT_CATALOG_PATH)
     engine = FakeEngine(max_model_len=4096)
-    runtime = Runtime(Limiter(64, 64), KeyCheck([]), Metrics(CollectorRegistry()))
-    runtime.generator = Generator(engine, ServedModel(entry.id, entry, engine.max_model_len))
-    runtime.status, runtime.plan = "ready", {"model": {"id": entry.id}}
+    runtime = ready_runtime(catalog, engine, max_concurrent=64, max_queued=64)
+    runtime.plan = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
     return build_app(runtime), engine
 
 

@@ -24,21 +24,13 @@ class _Memory:
     used: int
 
 
-@dataclass
-class _Pci:
-    busId: bytes
-
-
 class FakeNvml:
     """Answers the pynvml calls hardware.py makes, for a described machine."""
 
     NVMLError = FakeNvmlError
-    NVML_FEATURE_ENABLED = 1
-    NVML_NVLINK_MAX_LINKS = 4
 
-    def __init__(self, devices: list[dict], links: dict[int, list[int]] | None = None):
+    def __init__(self, devices: list[dict]):
         self.devices = devices
-        self.links = links or {}
         self.initialised = False
         self.shutdown_called = False
 
@@ -67,17 +59,6 @@ class FakeNvml:
     def nvmlDeviceGetCudaComputeCapability(self, handle: int) -> tuple[int, int]:
         return self.devices[handle]["cc"]
 
-    def nvmlDeviceGetPciInfo(self, handle: int) -> _Pci:
-        return _Pci(f"00000000:{handle + 1:02X}:00.0".encode())
-
-    def nvmlDeviceGetNvLinkState(self, handle: int, link: int) -> int:
-        peers = self.links.get(handle, [])
-        if link >= len(peers):
-            raise FakeNvmlError("NVML_ERROR_INVALID_ARGUMENT")
-        return self.NVML_FEATURE_ENABLED
-
-    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: int, link: int) -> _Pci:
-        return self.nvmlDeviceGetPciInfo(self.links[handle][link])
 
 
 def _a100s(n: int) -> list[dict]:
@@ -85,19 +66,13 @@ def _a100s(n: int) -> list[dict]:
 
 
 def test_nvml_reads_every_device() -> None:
-    nvml = FakeNvml(_a100s(2), links={0: [1, 1], 1: [0, 0]})
+    nvml = FakeNvml(_a100s(2))
     inv = from_nvml(nvml, None, FIXED_CPU)
     assert inv.source == "nvml"
     assert [g.name for g in inv.gpus] == ["NVIDIA A100-SXM4-80GB"] * 2
     assert inv.gpus[0].total_bytes == 80 * GIB and inv.gpus[0].free_bytes == 79 * GIB
     assert inv.gpus[0].compute_capability == (8, 0)
-    assert inv.gpus[0].nvlink_peers == frozenset({1}) and inv.gpus[1].nvlink_peers == frozenset({0})
     assert nvml.shutdown_called
-
-
-def test_no_nvlink_means_no_peers() -> None:
-    inv = from_nvml(FakeNvml(_a100s(2)), None, FIXED_CPU)
-    assert all(g.nvlink_peers == frozenset() for g in inv.gpus)
 
 
 @pytest.mark.parametrize(("visible", "expected"), [
@@ -112,11 +87,6 @@ def test_cuda_visible_devices(visible: str, expected: list[int]) -> None:
     inv = from_nvml(FakeNvml(devices), visible, FIXED_CPU)
     assert [g.total_bytes // GIB - 1 for g in inv.gpus] == expected
     assert [g.index for g in inv.gpus] == list(range(len(expected)))  # renumbered as CUDA sees them
-
-
-def test_visible_devices_renumber_nvlink_peers() -> None:
-    inv = from_nvml(FakeNvml(_a100s(3), links={1: [2], 2: [1]}), "2,1", FIXED_CPU)
-    assert inv.gpus[0].nvlink_peers == frozenset({1})
 
 
 def test_zero_devices_is_a_cpu_inventory() -> None:
@@ -154,12 +124,6 @@ def test_spec(spec: str, names: list[str]) -> None:
     assert [g.name for g in inv.gpus] == names
     for g in inv.gpus:
         assert g.total_bytes == GPU_TABLE[g.name].total_bytes
-
-
-def test_spec_nvlink_only_within_sxm_parts() -> None:
-    inv = simulated("4xH100", FIXED_CPU)
-    assert inv.gpus[0].nvlink_peers == frozenset({1, 2, 3})
-    assert simulated("2xL40S", FIXED_CPU).gpus[0].nvlink_peers == frozenset()
 
 
 @pytest.mark.parametrize(("spec", "message"), [

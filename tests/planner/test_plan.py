@@ -10,16 +10,17 @@ import pytest
 
 from server.planner import candidates as rules
 from server.planner.catalog import Catalog
+from server.planner.choose import choose
 from server.planner.hardware import Inventory, simulated
 from server.planner.memory import GIB
-from server.planner.plan import NoFit, Plan, plan
+from server.planner.plan import NoFit, Plan
 from tests.conftest import FIXED_CPU, make_settings
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
 def _plan(catalog: Catalog, spec: str, **settings: object) -> Plan:
-    return plan(simulated(spec, FIXED_CPU), catalog, make_settings(**settings))
+    return choose(simulated(spec, FIXED_CPU), catalog, make_settings(**settings))
 
 
 # (inventory, role, expected model, precision, tp, replicas): the defaults a user gets.
@@ -93,7 +94,7 @@ def test_every_option_fits_and_has_valid_tp(catalog: Catalog, spec: str) -> None
     for option in [result.chosen, *result.fallbacks]:
         assert option.memory.total <= option.memory.budget
         assert rules.tp_problem(option.model.architecture, option.tensor_parallel_size) is None
-        assert option.engine_args["tensor_parallel_size"] == option.tensor_parallel_size
+        assert option.launch.tensor_parallel_size == option.tensor_parallel_size
         if option.precision == "awq":
             group = option.awq_group_size
             assert group is not None
@@ -171,24 +172,25 @@ def test_free_memory_caps_the_budget(catalog: Catalog) -> None:
     inv = simulated("1xA100-80GB", FIXED_CPU)
     busy = Inventory(gpus=tuple(g.__class__(g.index, g.name, g.total_bytes, 20 * GIB, g.compute_capability)
                                 for g in inv.gpus), cpu=FIXED_CPU, source="simulated")
-    chosen = plan(busy, catalog, make_settings()).chosen
+    chosen = choose(busy, catalog, make_settings()).chosen
     assert chosen.memory.budget <= 20 * GIB
-    assert chosen.engine_args["gpu_memory_utilization"] <= 20 / 80
+    assert chosen.launch.gpu_memory_fraction is not None and chosen.launch.gpu_memory_fraction <= 20 / 80
 
 
 def test_turing_runs_fp16_activations(catalog: Catalog) -> None:
-    assert _plan(catalog, "1xT4").chosen.engine_args["dtype"] == "float16"
+    assert _plan(catalog, "1xT4").chosen.launch.dtype == "float16"
 
 
 def test_cpu_plan_uses_the_bundled_model_with_eager_mode(catalog: Catalog) -> None:
     chosen = _plan(catalog, "none").chosen
     assert chosen.model.bundled and chosen.device == "cpu"
-    assert chosen.engine_args["enforce_eager"] is True
-    assert int(chosen.engine_env["VLLM_CPU_KVCACHE_SPACE"]) >= 1
+    assert chosen.launch.eager is True and chosen.launch.gpu_memory_fraction is None
+    # sized explicitly: the target context x sequences, exactly what the plan budgets
+    assert chosen.launch.kv_cache_bytes == chosen.memory.kv_cache == chosen.kv_bytes_per_token * 8192 * 8
 
 
 def test_cpu_plan_takes_a_larger_local_model(catalog: Catalog) -> None:
-    result = plan(simulated("none", FIXED_CPU), catalog, make_settings(),
+    result = choose(simulated("none", FIXED_CPU), catalog, make_settings(),
                   local_models=frozenset({"qwen2.5-coder-1.5b"}))
     assert result.chosen.model.id == "qwen2.5-coder-1.5b"
     assert result.fallbacks[-1].model.bundled  # the bundled model stays the last resort
@@ -199,8 +201,8 @@ def test_cpu_plan_takes_a_larger_local_model(catalog: Catalog) -> None:
 def test_cpu_dtype_follows_native_bf16(catalog: Catalog, bf16: bool, precision: str, dtype: str) -> None:
     from dataclasses import replace
 
-    chosen = plan(simulated("none", replace(FIXED_CPU, bf16=bf16)), catalog, make_settings()).chosen
-    assert (chosen.precision, chosen.engine_args["dtype"]) == (precision, dtype)
+    chosen = choose(simulated("none", replace(FIXED_CPU, bf16=bf16)), catalog, make_settings()).chosen
+    assert (chosen.precision, chosen.launch.dtype) == (precision, dtype)
 
 
 def test_fp32_is_refused_on_gpus(catalog: Catalog) -> None:

@@ -6,6 +6,7 @@ has the AVX-512 kernels (elsewhere the planner refuses 4-bit on the CPU, and the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import struct
 from dataclasses import replace
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from server.planner.catalog import load_catalog
+from server.planner.choose import choose
 from server.planner.hardware import cpu_info, simulated
 from server.planner.memory import param_counts
-from server.planner.plan import NoFit, plan
+from server.planner.plan import NoFit
 from server.prepare import prepare_bundled
 from server.quantize import runner
 from server.quantize.recipe import Calibration, QuantSpec, fingerprint
@@ -78,14 +80,13 @@ def test_cpu_engine_serves_it_or_the_planner_refuses(checkpoint: Path) -> None:
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
     if not cpu.avx512:
         with pytest.raises(NoFit, match="awq on the CPU needs AVX-512"):
-            plan(simulated("none", cpu), catalog, make_settings(precision="awq"))
+            choose(simulated("none", cpu), catalog, make_settings(precision="awq"))
         pytest.skip("this CPU lacks AVX-512: vLLM's CPU build has no 4-bit kernel for it (refusal checked)")
     from server.engine.base import SamplingSettings
     from server.engine.vllm import VllmEngine
 
-    chosen = plan(simulated("none", replace(cpu, avx512=True)), catalog, make_settings(precision="awq")).chosen
-    args = {**chosen.engine_args, "model": str(checkpoint), "max_model_len": 1024}
-    engine = VllmEngine.start(args, chosen.engine_env)
+    chosen = choose(simulated("none", replace(cpu, avx512=True)), catalog, make_settings(precision="awq")).chosen
+    engine = VllmEngine.start(dataclasses.replace(chosen.launch, model=str(checkpoint), max_model_len=1024))
 
     async def complete() -> str:
         text = ""

@@ -4,7 +4,6 @@ A small fake worker stands in for llm-compressor here; tests/quantize/test_real_
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 
 from server.engine.base import EngineStartError
 from server.planner.catalog import Catalog
+from server.planner.choose import choose
 from server.planner.hardware import simulated
-from server.planner.plan import plan
 from server.quantize import runner
 from server.quantize.recipe import Calibration, QuantizeError, QuantSpec
 from tests.conftest import FIXED_CPU, make_settings
@@ -121,14 +120,19 @@ def test_export_copies_atomically(fake, tmp_path: Path) -> None:
 
 
 def test_serve_refuses_without_auto_quantize(catalog: Catalog, tmp_path: Path) -> None:
-    from server.serve import _engine_args
+    from server.prepare import local_dir, prepare_bundled
+    from server.serve import resolved_launch
 
-    cpu = replace(FIXED_CPU, avx512=True)
-    settings = make_settings(precision="awq", auto_quantize=False, cache_dir=Path(os.environ.get(
-        "CODESERVE_CACHE_DIR", Path.home() / ".cache" / "codeserve")))
-    option = plan(simulated("none", cpu), catalog, settings).chosen
+    # A cache of its own, holding only the converted 16-bit model (linked from the developer's cache, where
+    # setup made it): a 4-bit checkpoint that `codeserve quantize` left in the real cache must not count.
+    bundled = catalog.bundled()
+    converted = prepare_bundled(make_settings().cache_dir, bundled)
+    local_dir(tmp_path, bundled).parent.mkdir(parents=True)
+    local_dir(tmp_path, bundled).symlink_to(converted)
+    settings = make_settings(precision="awq", auto_quantize=False, cache_dir=tmp_path)
+    option = choose(simulated("none", replace(FIXED_CPU, avx512=True)), catalog, settings).chosen
     assert option.needs_quantization and option.awq_group_size == 64
     with pytest.raises(EngineStartError) as info:
-        _engine_args(option, settings, settings.model)
+        resolved_launch(option, settings)
     assert "codeserve quantize smollm2-135m-instruct --group-size 64 --tp 1" in str(info.value)
     assert "CODESERVE_AUTO_QUANTIZE=false" in str(info.value)

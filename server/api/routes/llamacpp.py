@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ...generation import llamacpp
+from .. import llamacpp_wire as wire
+from ..errors import ERROR_RESPONSES
 from ..protocol import LlamaCppRequest
-from ..serving import Runtime, respond
+from ..serving import Runtime, handle
+from ..sse import SSE_EVENT_SCHEMA
 
 router = APIRouter()
 
+# llama.cpp's result object (or an array of them with n_cmpl > 1); its fields are selectable by the client.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "llama.cpp's result object, an array of them (n_cmpl > 1), or its event stream",
+          "content": {"application/json": {"schema": {"anyOf": [{"type": "object"}, {"type": "array"}]}},
+                      "text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+    **ERROR_RESPONSES,
+}
 
-async def _respond(request: Request, body: LlamaCppRequest, infill: bool) -> Response:
+
+async def _llamacpp(request: Request, body: LlamaCppRequest, infill: bool) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return await respond(request, runtime, "infill" if infill else "llamacpp_completion", body.stream,
-                         lambda gen: llamacpp.prepare(gen, body, infill), llamacpp.respond, llamacpp.stream)
+    return await handle(request, runtime, "infill" if infill else "llamacpp_completion", body.stream,
+                        lambda core: wire.prepare(core, body, infill), wire.collect, wire.events, None)
 
 
-@router.post("/infill")
+@router.post("/infill", responses=RESPONSES)
 async def infill(request: Request, body: LlamaCppRequest) -> Response:
-    return await _respond(request, body, infill=True)
+    return await _llamacpp(request, body, infill=True)
 
 
-@router.post("/completion")
+@router.post("/completion", responses=RESPONSES)
 async def completion(request: Request, body: LlamaCppRequest) -> Response:
-    return await _respond(request, body, infill=False)
+    return await _llamacpp(request, body, infill=False)

@@ -7,11 +7,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ...generation import openai as gen_openai
-from ..protocol import ChatRequest, CompletionRequest
-from ..serving import Runtime, respond
+from .. import openai_wire as wire
+from ..errors import ERROR_RESPONSES
+from ..protocol import ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, ModelCard, ModelList
+from ..serving import Runtime, handle
+from ..sse import DONE, SSE_EVENT_SCHEMA
 
 router = APIRouter()
+
+
+def _generation_responses(model: type) -> dict[int | str, dict[str, Any]]:
+    """A 200 that is JSON (`model`), or an event stream when the request says "stream": true."""
+    return {200: {"model": model, "description": "the result, or its event stream with \"stream\": true",
+                  "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}, **ERROR_RESPONSES}
 
 
 def _runtime(request: Request) -> Runtime:
@@ -20,37 +28,34 @@ def _runtime(request: Request) -> Runtime:
 
 
 @router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    gen = _runtime(request).require_generator()
-    served = gen.served
-    return {"object": "list", "data": [{
-        "id": served.id, "object": "model", "created": served.created, "owned_by": "codeserve",
-        "root": served.entry.repo, "max_model_len": served.max_model_len,
-    }]}
+async def list_models(request: Request) -> ModelList:
+    served = _runtime(request).require_core().served
+    return ModelList(data=[ModelCard(id=served.id, created=served.created, root=served.entry.repo,
+                                     max_model_len=served.max_model_len)])
 
 
 async def _completions(request: Request, body: CompletionRequest) -> Response:
-    return await respond(request, _runtime(request), "completions", body.stream,
-                         lambda gen: gen_openai.prepare_completion(gen, body),
-                         gen_openai.completion, gen_openai.completion_stream)
+    return await handle(request, _runtime(request), "completions", body.stream,
+                        lambda core: wire.prepare_completion(core, body), wire.completion, wire.completion_events,
+                        DONE)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=_generation_responses(CompletionResponse))
 async def completions(request: Request, body: CompletionRequest) -> Response:
     return await _completions(request, body)
 
 
-@router.post("/v1/engines/{engine}/completions")
+@router.post("/v1/engines/{engine}/completions", responses=_generation_responses(CompletionResponse))
 async def engine_completions(request: Request, engine: str, body: CompletionRequest) -> Response:
     """The path GitHub Copilot calls when pointed at a custom URL (as FauxPilot serves it); the engine
     name in the path is whatever the user configured, so it is not checked against the model."""
     del engine
-    if body.model is not None and not _runtime(request).require_generator().served.accepts(body.model):
+    if body.model is not None and not _runtime(request).require_core().served.accepts(body.model):
         body = body.model_copy(update={"model": None})
     return await _completions(request, body)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=_generation_responses(ChatCompletionResponse))
 async def chat_completions(request: Request, body: ChatRequest) -> Response:
-    return await respond(request, _runtime(request), "chat", body.stream,
-                         lambda gen: gen_openai.prepare_chat(gen, body), gen_openai.chat, gen_openai.chat_stream)
+    return await handle(request, _runtime(request), "chat", body.stream,
+                        lambda core: wire.prepare_chat(core, body), wire.chat, wire.chat_events, DONE)

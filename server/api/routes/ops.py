@@ -34,10 +34,12 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/v1/plan")
 async def plan(request: Request) -> dict[str, Any]:
+    """The plan: as planned while the engine loads; once it runs, the option that started (after any
+    out-of-memory fallback, listed under `failed_to_start`) and the engine's own arguments and context."""
     runtime = _runtime(request)
     if runtime.plan is None:
         raise NotReady("no plan yet")
-    return runtime.plan
+    return {**runtime.plan.to_dict(), "status": runtime.status, "engine": runtime.engine}
 
 
 @router.get("/metrics", response_class=Response,

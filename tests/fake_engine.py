@@ -1,4 +1,4 @@
-"""A deterministic engine for contract tests and load-test dry runs: no model, same protocol.
+"""A deterministic engine for contract tests: no model, same protocol as server/engine/base.py.
 
 It 'generates' words from a fixed vocabulary chosen by the prompt, one per step, honours max_tokens,
 stop strings, n and seeds, can be slowed per token (to test cancellation), and records every prompt
@@ -12,8 +12,9 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from .base import Delta, EngineError, SamplingSettings, TokenLogprob
+from server.engine.base import Delta, EngineError, SamplingSettings, TokenLogprob
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
 _TOKEN = re.compile(r"<[^<>\s]+>|\s+|\w+|[^\w\s]")
@@ -25,7 +26,6 @@ class FakeEngine:
     max_model_len: int = 2048
     token_delay_s: float = 0.0
     eos_after: int | None = None  # finish with "stop" after this many tokens (like an EOS)
-    special: set[str] = field(default_factory=set)
     fail_after: int | None = None  # raise EngineError after this many tokens (mid-stream failure)
     prompts: list[str | list[int]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
@@ -39,11 +39,11 @@ class FakeEngine:
         turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return turns + "<|assistant|>"
 
-    def special_tokens(self) -> set[str]:
-        return set(self.special)
-
     def num_unfinished_requests(self) -> int:
         return len(self._running)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "fake", "args": {"model": self.model_id}, "max_model_len": self.max_model_len}
 
     async def abort(self, request_id: str) -> None:
         """Records aborts of requests that did not complete (a cancelled generator already stopped)."""
@@ -65,14 +65,13 @@ class FakeEngine:
             raise EngineError(f"request id {request_id} is already running")
         self.prompts.append(prompt)
         self._running.add(request_id)
-        prompt_tokens = self._prompt_tokens(prompt)
         full = [""] * sampling.n  # everything generated
         emitted = [0] * sampling.n  # how much of it went out (text that may begin a stop string waits)
         finished = [False] * sampling.n
         try:
             if sampling.max_tokens == 0:
                 for i in range(sampling.n):
-                    yield Delta(i, "", 0, "length", prompt_tokens)
+                    yield Delta(i, "", 0, "length")
                 self._completed.add(request_id)
                 return
             for step in range(sampling.max_tokens):
@@ -90,7 +89,7 @@ class FakeEngine:
                     logprobs: tuple[TokenLogprob, ...] = ()
                     if sampling.logprobs is not None and word:
                         logprobs = (TokenLogprob(word, -0.5, {word: -0.5, " y": -1.5}),)
-                    yield Delta(i, text, 1, finish, prompt_tokens, logprobs)
+                    yield Delta(i, text, 1, finish, logprobs)
                 if all(finished):
                     self._completed.add(request_id)
                     return
@@ -99,15 +98,13 @@ class FakeEngine:
         finally:
             self._running.discard(request_id)
 
-    def _prompt_tokens(self, prompt: str | list[int]) -> int:
-        return len(prompt) if isinstance(prompt, list) else len(self.tokenize(prompt))
-
     def _next(self, prompt: str | list[int], sampling: SamplingSettings, index: int,
               step: int) -> tuple[str, str | None]:
         """The next token's text and the finish reason it brings (EOS or the length limit)."""
         if self.eos_after is not None and step >= self.eos_after:
             return "", "stop"
-        word = self._word(prompt, index, sampling.seed if sampling.temperature > 0 else 0, step)
+        greedy = sampling.temperature == 0  # one most likely continuation: every choice is the same
+        word = self._word(prompt, 0 if greedy else index, 0 if greedy else sampling.seed, step)
         return word, "length" if step + 1 == sampling.max_tokens else None
 
 

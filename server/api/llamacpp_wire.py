@@ -1,4 +1,6 @@
-"""llama.cpp's /infill and /completion, as llama.vscode, llama.vim and Continue's llama.cpp provider use them.
+"""llama.cpp's /infill and /completion on the wire, as llama.vscode, llama.vim and Continue's llama.cpp
+provider use them: request -> prompt + sampling (prepare), deltas -> one result (collect) or stream payloads
+(events). Framing and errors are serving.py's; llama.cpp's stream has no [DONE].
 
 Response fields follow llama.cpp's server README: `content`, `stop`, `tokens_predicted`,
 `tokens_evaluated`, `tokens_cached`, `generation_settings`, `timings.*`; `response_fields` selects
@@ -7,16 +9,14 @@ flat keys such as "timings/prompt_n".
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.errors import ApiError
-from ..api.protocol import LlamaCppRequest
 from ..engine.base import SamplingSettings
+from ..generation.core import GenerationCore, Prompt, new_id
 from ..metrics import RequestObserver
-from .core import Generator, Prompt, new_id
+from .protocol import LlamaCppRequest
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,22 @@ class PreparedInfill:
     request: LlamaCppRequest
 
 
-def prepare(gen: Generator, req: LlamaCppRequest, infill: bool) -> PreparedInfill:
+def prepare(core: GenerationCore, req: LlamaCppRequest, infill: bool) -> PreparedInfill:
     if infill:
         # Extra context (other open files) goes before the prefix, as plain text with its file name.
         extra = "".join(f"{chunk.filename}\n{chunk.text}\n" for chunk in req.input_extra if chunk.text)
-        prompt = gen.text_prompt(extra + req.input_prefix, req.input_suffix, infill=True)
+        prompt = core.text_prompt(extra + req.input_prefix, req.input_suffix, infill=True)
         if req.prompt:  # llama.cpp appends `prompt` after the middle marker (text typed at the cursor)
-            prompt = Prompt(prompt.token_ids + gen.engine.tokenize(req.prompt, add_special_tokens=False), prompt.stop)
+            prompt = core.extend(prompt, req.prompt)
     else:
-        prompt = gen.text_prompt(req.prompt)
-    budget = gen.token_budget(prompt, None if req.n_predict < 0 else req.n_predict, param="n_predict")
+        prompt = core.text_prompt(req.prompt)
+    budget = core.token_budget(prompt, None if req.n_predict < 0 else req.n_predict)
     sampling = SamplingSettings(max_tokens=budget, temperature=req.temperature, top_p=req.top_p, n=req.n_cmpl,
                                 stop=tuple(req.stop), seed=req.seed)
     return PreparedInfill(new_id("infill"), prompt, sampling, req)
 
 
-def _result(gen: Generator, p: PreparedInfill, content: str, predicted: int, observer: RequestObserver,
+def _result(core: GenerationCore, p: PreparedInfill, content: str, predicted: int, observer: RequestObserver,
             finish: str | None) -> dict[str, Any]:
     now = observer.clock()
     first = observer.first_token_at or now
@@ -52,14 +52,14 @@ def _result(gen: Generator, p: PreparedInfill, content: str, predicted: int, obs
         "content": content,
         "id_slot": 0,
         "stop": True,
-        "model": gen.served.id,
+        "model": core.served.id,
         "tokens_predicted": predicted,
         "tokens_evaluated": len(p.prompt.token_ids),
         "tokens_cached": 0,
         "truncated": False,
         "stop_type": "limit" if finish == "length" else "eos",
         "generation_settings": {"n_predict": p.sampling.max_tokens, "temperature": p.sampling.temperature,
-                                "top_p": p.sampling.top_p, "stop": list(p.sampling.stop), "model": gen.served.id,
+                                "top_p": p.sampling.top_p, "stop": list(p.sampling.stop), "model": core.served.id,
                                 "seed": p.sampling.seed},
         "timings": {"prompt_n": len(p.prompt.token_ids), "prompt_ms": prompt_ms,
                     "prompt_per_second": len(p.prompt.token_ids) / prompt_ms * 1000 if prompt_ms else 0.0,
@@ -82,37 +82,28 @@ def _select(result: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
     return selected
 
 
-async def respond(gen: Generator, p: PreparedInfill, observer: RequestObserver) -> dict[str, Any] | list[Any]:
+async def collect(core: GenerationCore, p: PreparedInfill, observer: RequestObserver) -> dict[str, Any] | list[Any]:
     if p.sampling.max_tokens == 0:  # llama.vscode's warm-up: nothing to generate, answer at once
-        return _result(gen, p, "", 0, observer, "length")
+        return _result(core, p, "", 0, observer, "length")
     texts = [""] * p.sampling.n
     counts = [0] * p.sampling.n
     finishes: list[str | None] = [None] * p.sampling.n
-    async for index, delta in gen.run([p.prompt], p.sampling, p.id, observer):
+    async for index, delta in core.run([p.prompt], p.sampling, p.id, observer):
         texts[index] += delta.text
         counts[index] += delta.token_count
         finishes[index] = delta.finish_reason or finishes[index]
-    results = [_result(gen, p, texts[i], counts[i], observer, finishes[i]) for i in range(p.sampling.n)]
+    results = [_result(core, p, texts[i], counts[i], observer, finishes[i]) for i in range(p.sampling.n)]
     return results[0] if len(results) == 1 else results
 
 
-async def stream(gen: Generator, p: PreparedInfill, observer: RequestObserver) -> AsyncIterator[str]:
-    """llama.cpp's stream: `data: {"content": ..., "stop": false}` events, then one with `stop: true`."""
+async def events(core: GenerationCore, p: PreparedInfill, observer: RequestObserver) -> AsyncIterator[dict[str, Any]]:
+    """llama.cpp's stream: `{"content": ..., "stop": false}` payloads, then one result with `stop: true`."""
     counts = [0] * p.sampling.n
     finishes: list[str | None] = [None] * p.sampling.n
-    try:
-        if p.sampling.max_tokens > 0:
-            async for index, delta in gen.run([p.prompt], p.sampling, p.id, observer):
-                counts[index] += delta.token_count
-                finishes[index] = delta.finish_reason or finishes[index]
-                if delta.text:
-                    yield _event({"content": delta.text, "stop": False, "index": index, "id_slot": 0})
-    except ApiError as error:
-        observer.error_status = error.status
-        yield _event({"error": error.body()["error"]})
-        return
-    yield _event(_result(gen, p, "", sum(counts), observer, finishes[0]))
-
-
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    if p.sampling.max_tokens > 0:
+        async for index, delta in core.run([p.prompt], p.sampling, p.id, observer):
+            counts[index] += delta.token_count
+            finishes[index] = delta.finish_reason or finishes[index]
+            if delta.text:
+                yield {"content": delta.text, "stop": False, "index": index, "id_slot": 0}
+    yield _result(core, p, "", sum(counts), observer, finishes[0])

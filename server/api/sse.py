@@ -1,0 +1,27 @@
+"""Server-sent events, framed in one place: payload events, error events, OpenAI's [DONE]."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..errors import ServeError
+from .errors import error_body
+
+DONE = "data: [DONE]\n\n"
+# One event as the OpenAPI document describes a text/event-stream body: its `data` is a JSON payload
+# (a chunk, an error body) or [DONE].
+SSE_EVENT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["data"],
+                                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+
+
+def event(payload: BaseModel | dict[str, Any]) -> str:
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def error_event(error: ServeError) -> str:
+    """An error after the stream's 200 went out: an event with the error body, after which the stream ends."""
+    return event(error_body(error))

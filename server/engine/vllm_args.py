@@ -1,0 +1,57 @@
+"""A Launch rendered as vLLM's arguments: AsyncEngineArgs keywords and the equivalent `vllm serve` command
+line. Pure: imports nothing from vLLM, so the CLI, the load tests and the tests can render a GPU plan on a
+machine without vLLM's GPU build.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..planner.launch import Launch
+
+
+def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """AsyncEngineArgs keywords; `overrides` (CODESERVE_ENGINE_ARGS) are vLLM names merged over them."""
+    args: dict[str, Any] = {
+        "model": launch.model,
+        "served_model_name": [launch.served_name],
+        "dtype": launch.dtype,
+        "tensor_parallel_size": launch.tensor_parallel_size,
+        "pipeline_parallel_size": launch.pipeline_parallel_size,
+        "max_model_len": launch.max_model_len,
+        "max_num_seqs": launch.max_num_seqs,
+        "max_num_batched_tokens": launch.max_num_batched_tokens,
+        "enable_prefix_caching": launch.prefix_caching,
+        "kv_cache_dtype": launch.kv_cache_dtype,
+        "enforce_eager": launch.eager,
+        "trust_remote_code": launch.trust_remote_code,
+    }
+    if launch.online_quantization is not None:
+        args["quantization"] = launch.online_quantization
+    if launch.gpu_memory_fraction is not None:
+        args["gpu_memory_utilization"] = launch.gpu_memory_fraction
+    if launch.kv_cache_bytes is not None:
+        # vLLM's CPU worker takes an explicit KV cache size (VLLM_CPU_KVCACHE_SPACE is its legacy, whole-GiB
+        # form of the same setting: vllm/platforms/cpu.py, 0.32).
+        args["kv_cache_memory_bytes"] = launch.kv_cache_bytes
+    return {**args, **(overrides or {})}
+
+
+def serve_flags(args: dict[str, Any]) -> list[str]:
+    """`vllm serve` flags for AsyncEngineArgs keywords: the model positional, then --kebab-case flags.
+    Booleans use vLLM's --flag / --no-flag pairs; lists repeat their values; dicts are JSON."""
+    flags = [str(args["model"])]
+    for key, value in args.items():
+        if key == "model" or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            flags += [flag, *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -1,0 +1,37 @@
+"""What the plan asks an engine to run, in engine-neutral terms.
+
+Each engine adapter (server/engine/) turns a Launch into its own arguments; nothing here names an
+engine's flags or environment variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class Launch:
+    model: str  # weights: a Hugging Face repo id or a local directory
+    served_name: str  # the name clients ask for (the catalog id)
+    device: Literal["cuda", "cpu"]
+    dtype: ComputeDtype  # activations (and weights, when not quantized)
+    # Quantization the engine applies while loading 16-bit weights. A quantized checkpoint (AWQ,
+    # compressed-tensors) declares its own method in config.json, so it needs none here.
+    online_quantization: Literal["fp8"] | None
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    max_model_len: int
+    max_num_seqs: int  # sequences batched at once
+    max_num_batched_tokens: int  # prefill chunk; bounds the activation peak
+    prefix_caching: bool
+    kv_cache_dtype: Literal["auto", "fp8"]
+    gpu_memory_fraction: float | None  # GPU: share of each GPU the engine may take (weights + KV + rest)
+    kv_cache_bytes: int | None  # CPU: the KV cache is sized explicitly, not from a memory share
+    eager: bool  # no graph capture / compilation (faster start, slower steady state)
+    trust_remote_code: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
