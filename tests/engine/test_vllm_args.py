@@ -1,0 +1,83 @@
+"""The vLLM adapter's rendering of a plan: AsyncEngineArgs keywords and `vllm serve` flags, parsed back by
+vLLM's own argument parser, so a GPU plan vLLM would reject fails here, on a machine without a GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.engine.vllm_args import engine_args, serve_flags
+from server.planner.catalog import Catalog
+from server.planner.choose import choose
+from server.planner.hardware import simulated
+from server.planner.launch import Launch
+from tests.conftest import FIXED_CPU, make_settings
+from tests.planner.test_plan import GOLDEN_CASES
+
+GPU_GOLDEN = [spec for spec in GOLDEN_CASES if spec != "none"]
+# Beyond the golden plans: fp8 weights and KV cache, remote code, a pinned TP degree, the CPU plan.
+EXTRA = {
+    "1xH100-fp8-kv": ("1xH100", {"precision": "fp8", "kv_cache_dtype": "fp8"}),
+    "1xL4-trust-remote-code": ("1xL4", {"model": "codegeex4-9b", "precision": "awq"}),
+    "4xL40S-tp4": ("4xL40S", {"tensor_parallel_size": 4, "precision": "bf16"}),
+    "1xT4-chat-published-awq": ("1xT4", {"role": "chat"}),
+    "cpu": ("none", {}),
+}
+
+
+def _parse(flags: list[str]) -> Any:
+    """What `vllm serve` would make of the flags: vLLM's parser and AsyncEngineArgs.from_cli_args."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+    namespace = parser.parse_args(["--model", *flags])  # `vllm serve MODEL` puts the positional in --model
+    return AsyncEngineArgs.from_cli_args(namespace)
+
+
+def _launch(catalog: Catalog, spec: str, settings: dict[str, Any]) -> Launch:
+    return choose(simulated(spec, FIXED_CPU), catalog, make_settings(**settings)).chosen.launch
+
+
+CASES = {**{spec: (spec, {}) for spec in GPU_GOLDEN}, **EXTRA}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_vllms_parser_reads_back_every_argument(catalog: Catalog, case: str) -> None:
+    spec, settings = CASES[case]
+    launch = _launch(catalog, spec, settings)
+    args = engine_args(launch)
+    parsed = _parse(serve_flags(args))
+    for key, value in args.items():
+        assert getattr(parsed, key) == value, f"{key}: rendered {value!r}, vLLM parsed {getattr(parsed, key)!r}"
+
+
+def test_the_golden_gpu_plans_cover_what_the_planner_decides(catalog: Catalog) -> None:
+    launches = [_launch(catalog, *CASES[case]) for case in CASES]
+    assert {launch.tensor_parallel_size for launch in launches} >= {1, 2, 4, 8}
+    assert any(launch.online_quantization == "fp8" for launch in launches)
+    assert any(launch.kv_cache_dtype == "fp8" for launch in launches)
+    assert any("AWQ" in launch.model for launch in launches)  # a published AWQ checkpoint
+    assert any(launch.trust_remote_code for launch in launches)
+    assert any(launch.kv_cache_bytes is not None for launch in launches)  # the CPU's explicit KV cache
+
+
+def test_flags_are_vllms_spelling() -> None:
+    args = {"model": "m", "served_model_name": ["a"], "enforce_eager": False, "enable_prefix_caching": True,
+            "max_model_len": 8192, "override_generation_config": {"temperature": 0}}
+    assert serve_flags(args) == ["m", "--served-model-name", "a", "--no-enforce-eager", "--enable-prefix-caching",
+                                 "--max-model-len", "8192", "--override-generation-config", '{"temperature": 0}']
+
+
+def test_overrides_win_and_are_rendered(catalog: Catalog) -> None:
+    args = engine_args(_launch(catalog, "2xA100-80GB", {}), {"distributed_executor_backend": "ray",
+                                                             "tensor_parallel_size": 1})
+    parsed = _parse(serve_flags(args))
+    assert (parsed.distributed_executor_backend, parsed.tensor_parallel_size) == ("ray", 1)
+
+
+def test_a_misspelt_argument_is_refused_by_vllm(catalog: Catalog) -> None:
+    args = engine_args(_launch(catalog, "1xL4", {}), {"tensor_paralel_size": 2})
+    with pytest.raises(SystemExit):  # argparse's refusal of an unknown flag
+        _parse(serve_flags(args))
