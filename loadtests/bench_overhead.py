@@ -102,10 +102,12 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings()
     engine, started = await asyncio.to_thread(start_engine, detect_and_choose(settings), settings)
     option = started.chosen
-    runtime = make_runtime(settings.model_copy(update={"max_concurrent_requests": 256}), None)
+    settings = settings.model_copy(update={"max_concurrent_requests": 256})
+    runtime = make_runtime(settings, None)
     runtime.core = GenerationCore(engine, ServedModel(option.model.id, option.model, engine.max_model_len))
     runtime.status = "ready"
-    server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=args.port, log_level="warning"))
+    app = build_app(runtime, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)

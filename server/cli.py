@@ -153,6 +153,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeserve", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="show the model, precision and TP the planner picks, and why")
     p.add_argument("--gpus", help="simulate an inventory, e.g. 2xA100-80GB or 1xT4,1xL4 ('none' = CPU)")
@@ -196,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NoFit, CatalogError, HardwareSpecError) as exc:
         print(f"codeserve: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # missing weights, no network, a full disk: the reason, not a traceback
+        if args.debug:
+            raise
+        print(f"codeserve: {type(exc).__name__}: {exc} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

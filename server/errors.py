@@ -35,6 +35,13 @@ class ModelNotFound(ServeError):
 
 
 class EngineFailure(ServeError):
-    """The engine failed while serving a request (not the client's fault)."""
+    """The engine failed while serving a request (not the client's fault). The message says only the
+    request id: the engine's own text (paths, device details) goes to the log."""
 
     code = "engine_error"
+
+
+class EngineUnavailable(ServeError):
+    """The engine is gone (its process died); the server is going down to be restarted."""
+
+    code = "engine_unavailable"

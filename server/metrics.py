@@ -65,6 +65,12 @@ class Metrics:
         """Poll GPU memory at every scrape (NVML is cheap: microseconds per device)."""
         self.gpus.snapshot = snapshot
 
+    def count_response(self, endpoint: str, status: int) -> None:
+        """Every response of the API routes, once, by status: 401s, validation 400s and 413s included."""
+        self.requests.labels(endpoint, str(status)).inc()
+        if status == 429:
+            self.rejected.labels(endpoint).inc()
+
     def watch_engine(self, unfinished: Callable[[], int]) -> None:
         self.engine_unfinished.set_function(lambda: float(unfinished()))
 
@@ -131,6 +137,7 @@ class RequestObserver:
         self.started = clock()
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
+        self.status: int | None = None  # how the request ended (499: the client left), once it has
         self._in_flight = False
 
     def begin(self) -> None:
@@ -161,16 +168,17 @@ class RequestObserver:
         self.last_token_at = now
 
     def end(self, status: int, cancelled: bool = False) -> None:
+        """The request is over (counted by status in Metrics.count_response, from `status`)."""
+        if self.status is not None:
+            return
+        self.status = status
         if self.metrics is None:
             return
         m = self.metrics
         if self._in_flight:
             m.in_flight.labels(self.endpoint).dec()
             self._in_flight = False
-        m.requests.labels(self.endpoint, str(status)).inc()
         if cancelled:
             m.cancelled.labels(self.endpoint).inc()
-        if status == 429:
-            m.rejected.labels(self.endpoint).inc()
         if status < 400 and not cancelled:
             m.e2e.labels(self.endpoint).observe(self.clock() - self.started)

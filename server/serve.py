@@ -137,16 +137,36 @@ def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
                    keys=KeyCheck(settings.all_api_keys()), metrics=metrics)
 
 
+# Exit status when the engine died or never loaded: the orchestrator restarts the process (2 is a plan that
+# cannot fit, which a restart would not change).
+EXIT_ENGINE_FAILED = 3
+WATCH_INTERVAL_S = 1.0  # vLLM flags a dead engine core at once; a second's delay costs nothing
+
+
 class _Server(uvicorn.Server):
     """Flags the runtime as stopping as soon as SIGTERM arrives, so /ready turns 503 while draining."""
 
     def __init__(self, config: uvicorn.Config, runtime: Runtime):
         super().__init__(config)
         self.runtime = runtime
+        self.exit_code = 0
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.runtime.status = "stopping"
+        if self.runtime.status != "failed":
+            self.runtime.status = "stopping"
         super().handle_exit(sig, frame)
+
+
+async def watch(runtime: Runtime, settings: Settings, server: _Server) -> None:
+    """When the engine dies (its process killed, out of memory) or never loads, /health and /ready turn 503
+    with the reason; after CODESERVE_FAILURE_EXIT_S the process exits with status 3 to be restarted."""
+    while runtime.check_engine() is None:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+    log.error("the engine cannot serve: %s; exiting in %.0f s (CODESERVE_FAILURE_EXIT_S) to be restarted",
+              runtime.detail, settings.failure_exit_s)
+    await asyncio.sleep(settings.failure_exit_s)
+    server.exit_code = EXIT_ENGINE_FAILED
+    server.should_exit = True
 
 
 def serve(settings: Settings) -> int:
@@ -165,17 +185,21 @@ def serve(settings: Settings) -> int:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(load(runtime, plan, settings))
-        runtime.tasks.add(task)
+        watcher = asyncio.create_task(watch(runtime, settings, server))
+        runtime.tasks.update((task, watcher))
         yield
-        runtime.status = "stopping"
+        if runtime.status != "failed":
+            runtime.status = "stopping"
         task.cancel()
+        watcher.cancel()
         if runtime.core is not None:
             await runtime.core.engine.shutdown()
             log.info("engine stopped")
 
-    app = build_app(runtime, public_ops=settings.public_metrics)
+    app = build_app(runtime, settings)
     app.router.lifespan_context = lifespan
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=int(settings.shutdown_timeout_s), access_log=False)
-    _Server(config, runtime).run()
-    return 0
+    server = _Server(config, runtime)
+    server.run()
+    return server.exit_code

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(64, ge=1, description="requests handled at once")
     max_queued_requests: int = Field(256, ge=0, description="requests waiting beyond that; then 429")
     shutdown_timeout_s: float = Field(30.0, ge=0.0)
+    max_request_body_bytes: int = Field(
+        4 * 1024**2, ge=1024,
+        description="larger bodies get 413 while being read (an IDE prompt of a 32k-token context is ~130 KB)")
+    failure_exit_s: float = Field(
+        5.0, ge=0.0, description="after the engine died or failed to load: seconds /ready shows why, then exit 3")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("families", "api_keys", mode="before")

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.base import Delta, EngineError, SamplingSettings, TokenLogprob
+from server.engine.base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
-_TOKEN = re.compile(r"<[^<>\s]+>|\s+|\w+|[^\w\s]")
+MAX_TOKEN_CHARS = 16
+_TOKEN = re.compile(r"<[^<>\s]{1,14}>|\s{1,16}|\w{1,16}|[^\w\s]")
+VOCAB_SIZE = 2**24  # ids are 3-byte hashes
 
 
 @dataclass
@@ -27,12 +29,19 @@ class FakeEngine:
     token_delay_s: float = 0.0
     eos_after: int | None = None  # finish with "stop" after this many tokens (like an EOS)
     fail_after: int | None = None  # raise EngineError after this many tokens (mid-stream failure)
+    fail_message: str = "fake engine failure"
+    vocab_size: int = VOCAB_SIZE
+    max_token_chars: int = MAX_TOKEN_CHARS
+    death: str | None = None  # set by kill(): the engine core is gone
+    tokenized_on_loop: list[bool] = field(default_factory=list)  # per tokenize call: on the event loop?
     prompts: list[str | list[int]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _running: set[str] = field(default_factory=set)
     _completed: set[str] = field(default_factory=set)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.tokenized_on_loop.append(_on_event_loop())
+        text.encode("utf-8")  # a lone surrogate fails here, as it does in a real tokenizer (TypeError there)
         return [int(hashlib.blake2b(t.encode(), digest_size=3).hexdigest(), 16) for t in _TOKEN.findall(text)]
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -44,6 +53,13 @@ class FakeEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"name": "fake", "args": {"model": self.model_id}, "max_model_len": self.max_model_len}
+
+    def dead(self) -> str | None:
+        return self.death
+
+    def kill(self, reason: str = "the engine core process exited (killed)") -> None:
+        """What an OOM kill of vLLM's engine core does: every call from now on fails."""
+        self.death = reason
 
     async def abort(self, request_id: str) -> None:
         """Records aborts of requests that did not complete (a cancelled generator already stopped)."""
@@ -59,8 +75,19 @@ class FakeEngine:
         start = int(hashlib.blake2b(key, digest_size=2).hexdigest(), 16)
         return WORDS[(start + step) % len(WORDS)]
 
-    async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
-                       request_id: str) -> AsyncIterator[Delta]:
+    def generate(self, prompt: str | list[int], sampling: SamplingSettings,
+                 request_id: str) -> AsyncIterator[Delta]:
+        # vLLM validates SamplingParams and the prompt when generate() is called, before any output
+        if sampling.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {sampling.max_tokens}.")
+        if isinstance(prompt, list) and any(not 0 <= t < self.vocab_size for t in prompt):
+            raise ValueError(f"Token id {max(prompt)} is out of vocabulary")
+        return self._generate(prompt, sampling, request_id)
+
+    async def _generate(self, prompt: str | list[int], sampling: SamplingSettings,
+                        request_id: str) -> AsyncIterator[Delta]:
+        if self.death is not None:
+            raise EngineDead(self.death)
         if request_id in self._running:
             raise EngineError(f"request id {request_id} is already running")
         self.prompts.append(prompt)
@@ -69,13 +96,10 @@ class FakeEngine:
         emitted = [0] * sampling.n  # how much of it went out (text that may begin a stop string waits)
         finished = [False] * sampling.n
         try:
-            if sampling.max_tokens == 0:
-                for i in range(sampling.n):
-                    yield Delta(i, "", 0, "length")
-                self._completed.add(request_id)
-                return
             for step in range(sampling.max_tokens):
                 await asyncio.sleep(self.token_delay_s)
+                if self.death is not None:
+                    raise EngineDead(self.death)
                 if request_id not in self._running:
                     return  # aborted
                 for i in range(sampling.n):
@@ -94,7 +118,7 @@ class FakeEngine:
                     self._completed.add(request_id)
                     return
                 if self.fail_after is not None and step + 1 >= self.fail_after:
-                    raise EngineError("fake engine failure")
+                    raise EngineError(self.fail_message)
         finally:
             self._running.discard(request_id)
 
@@ -119,3 +143,11 @@ def _visible(full: str, emitted: int, stops: Sequence[str], finish: str | None) 
         return full[emitted:], finish
     hold = max((k for stop in stops for k in range(1, len(stop)) if full.endswith(stop[:k])), default=0)
     return full[emitted:len(full) - hold], None
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -59,3 +59,18 @@ def test_models_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "qwen2.5-coder-32b" in out and "codegen-16b-mono" in out and "unsupported" in out
+
+
+def test_an_expected_failure_is_one_line_not_a_traceback(tmp_path) -> None:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CODESERVE_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "server.cli", "quantize", "qwen2.5-coder-7b"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("codeserve:")]
+    assert len(lines) == 1 and "qwen2.5-coder-7b" in lines[0] and "--debug" in lines[0]
+    debug = subprocess.run([sys.executable, "-m", "server.cli", "--debug", "quantize", "qwen2.5-coder-7b"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

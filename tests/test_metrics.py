@@ -50,8 +50,10 @@ def test_request_timeline() -> None:
     assert _value(metrics, "codeserve_queue_time_seconds_sum", endpoint="completions") == pytest.approx(0.01)
     assert _value(metrics, "codeserve_generation_tokens_total", endpoint="completions") == 3
     assert _value(metrics, "codeserve_prompt_tokens_total", endpoint="completions") == 12
-    assert _value(metrics, "codeserve_requests_total", endpoint="completions", status="200") == 1
+    assert observer.status == 200  # what the response accounting counts (tests/api/test_hardening.py)
     assert _value(metrics, "codeserve_requests_in_flight", endpoint="completions") == 0
+    observer.end(500)  # a second end changes nothing: the request ended once
+    assert observer.status == 200
 
 
 def test_cancelled_and_rejected_requests() -> None:
@@ -60,8 +62,11 @@ def test_cancelled_and_rejected_requests() -> None:
     cancelled.begin()
     cancelled.end(499, cancelled=True)
     RequestObserver(metrics, "chat").end(429)  # rejected before it began
+    metrics.count_response("chat", 429)
+    metrics.count_response("chat", 499)
     assert _value(metrics, "codeserve_requests_cancelled_total", endpoint="chat") == 1
     assert _value(metrics, "codeserve_requests_rejected_total", endpoint="chat") == 1
+    assert _value(metrics, "codeserve_requests_total", endpoint="chat", status="499") == 1
     assert _value(metrics, "codeserve_requests_in_flight", endpoint="chat") == 0
     assert _value(metrics, "codeserve_request_duration_seconds_count", endpoint="chat") == 0
 

@@ -125,7 +125,7 @@ def test_after_an_out_of_memory_fallback_the_running_option_is_published(
     assert runtime.status == "ready", runtime.detail
     assert [launch.served_name for launch in starter.launches] == [planned.model.id, running_option.model.id]
     assert "falling back to" in caplog.text
-    with running(build_app(runtime)) as url:
+    with running(build_app(runtime, settings)) as url:
         published = httpx.get(url + "/v1/plan").json()
         models = httpx.get(url + "/v1/models").json()["data"]
         exposition = httpx.get(url + "/metrics").text

@@ -12,7 +12,7 @@ from .errors import Unauthorized
 
 class KeyCheck:
     def __init__(self, keys: list[str]):
-        self._keys = [k.encode() for k in keys if k]
+        self._keys = [k.encode("utf-8") for k in keys if k]
 
     def __call__(self, request: Request) -> None:
         if not self._keys:
@@ -22,7 +22,9 @@ class KeyCheck:
         presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("api-key", "")
         if not presented:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        candidate = presented.encode()
+        # HTTP headers arrive as bytes that Starlette decodes as latin-1: encode back to those bytes, which
+        # are the key's UTF-8 when the client sent a non-ASCII key.
+        candidate = presented.encode("latin-1", errors="replace")
         # Compare against every key (no early exit) so timing says nothing about which one matched.
         matched = False
         for key in self._keys:

@@ -4,6 +4,7 @@ one handler that sends OpenAI's {"error": {"message", "type", "param", "code"}} 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound, ServeError
+from ..errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    ServeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +28,8 @@ log = logging.getLogger(__name__)
 # finish within seconds, and a load shows progress on /ready, so a short, single hint serves both.
 RETRY_AFTER_S = 1
 
-__all__ = ["ContextLengthExceeded", "EngineFailure", "InvalidRequest", "ModelNotFound", "ServeError"]
+__all__ = ["ContextLengthExceeded", "EngineFailure", "EngineUnavailable", "InvalidRequest", "ModelNotFound",
+           "ServeError"]
 
 
 class Unauthorized(ServeError):
@@ -39,14 +48,20 @@ class NotReady(ServeError):
     code = "model_loading"
 
 
+class PayloadTooLarge(ServeError):
+    code = "request_too_large"
+
+
 # Most specific class first; the first match wins. Types are OpenAI's.
 _HTTP: tuple[tuple[type[ServeError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
+    (PayloadTooLarge, 413, "invalid_request_error"),
     (Unauthorized, 401, "invalid_request_error"),
     (ModelNotFound, 404, "invalid_request_error"),
     (NotFound, 404, "invalid_request_error"),
     (RateLimited, 429, "rate_limit_error"),
     (NotReady, 503, "server_error"),
+    (EngineUnavailable, 503, "server_error"),
     (EngineFailure, 500, "server_error"),
     (ServeError, 500, "server_error"),
 )
@@ -77,13 +92,18 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in ((400, "invalid request (the message names the field)"), (401, "missing or invalid API key"),
-                         (404, "unknown model or route"), (429, "server at capacity; see Retry-After"),
-                         (500, "engine failure"), (503, "model loading or server stopping"))
+                         (404, "unknown model or route"), (413, "request body over the cap"),
+                         (429, "server at capacity; see Retry-After"),
+                         (500, "engine failure"), (503, "model loading, engine gone or server stopping"))
 }
 
 
+# pydantic names the union member it tried in `loc` ("str", "list[str]", "function-after[...]"): not a field
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list\[.*\]|function-\w+\[.*\]|constrained-\w+)$")
+
+
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.match(p))]
     return ".".join(parts) if parts else "body"
 
 
@@ -111,8 +131,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = NotFound(str(exc.detail), code="not_found") if exc.status_code == 404 else InvalidRequest(
-            str(exc.detail))
+        error: ServeError = InvalidRequest(str(exc.detail))
+        if exc.status_code == 404:
+            error = NotFound(str(exc.detail), code="not_found")
+        elif exc.status_code == 413:  # the body cap (middleware.BodyLimit), hit while FastAPI read the body
+            error = PayloadTooLarge(str(exc.detail), param="body")
         return JSONResponse(error_body(error), status_code=exc.status_code, headers=exc.headers)  # e.g. 405's Allow
 
     @app.exception_handler(Exception)

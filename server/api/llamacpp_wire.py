@@ -26,6 +26,10 @@ class PreparedInfill:
     sampling: SamplingSettings
     request: LlamaCppRequest
 
+    @property
+    def sequences(self) -> int:
+        return self.sampling.n
+
 
 def prepare(core: GenerationCore, req: LlamaCppRequest, infill: bool) -> PreparedInfill:
     if infill:

@@ -54,6 +54,10 @@ class PreparedGeneration:
     def choice_count(self) -> int:
         return len(self.prompts) * self.sampling.n
 
+    @property
+    def sequences(self) -> int:
+        return self.choice_count
+
     def usage(self, completion_tokens: int) -> Usage:
         """OpenAI's accounting: prompts once each, completion tokens summed over every returned choice."""
         prompt = sum(len(p.token_ids) for p in self.prompts)

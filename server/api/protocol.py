@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,6 +21,20 @@ from pydantic import (
 )
 
 MAX_N = 16  # choices per request; Copilot asks for 1 or 3
+INT64 = {"ge": -(2**63), "le": 2**63 - 1}  # what engines' random generators take as a seed
+
+
+def _no_lone_surrogates(text: str) -> str:
+    """JSON may carry "\\ud800" alone; Python keeps it, tokenizers then fail (a 500). Refuse it here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a lone UTF-16 surrogate at character {exc.start}: not valid Unicode") from None
+    return text
+
+
+# Request text: any string that is valid Unicode.
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
 MAX_STOP = 32  # Continue sends more than OpenAI's 4 stop strings
 
 
@@ -34,7 +49,7 @@ _STOP_SCHEMA = WithJsonSchema({"anyOf": [
     {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP},
     {"type": "null"},
 ]})
-Stop = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP), _STOP_SCHEMA,
+Stop = Annotated[list[Annotated[Text, Field(min_length=1)]], Field(max_length=MAX_STOP), _STOP_SCHEMA,
                  BeforeValidator(lambda value: _stop_list(value))]
 
 
@@ -62,7 +77,7 @@ class _Sampling(_Request):
     top_p: Annotated[float, _nullable_number("number", exclusiveMinimum=0, maximum=1)] = Field(1.0, gt=0.0, le=1.0)
     n: Annotated[int, _nullable_number("integer", minimum=1, maximum=MAX_N)] = Field(1, ge=1, le=MAX_N)
     stop: Stop = Field(default_factory=list)
-    seed: int | None = None
+    seed: Annotated[int, Field(**INT64)] | None = None
     presence_penalty: Annotated[float, _nullable_number("number", minimum=-2, maximum=2)] = Field(0.0, ge=-2, le=2)
     frequency_penalty: Annotated[float, _nullable_number("number", minimum=-2, maximum=2)] = Field(0.0, ge=-2, le=2)
     stream: bool = False
@@ -82,9 +97,9 @@ class _Sampling(_Request):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)] | Annotated[
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=64)] | Annotated[
         list[int], Field(min_length=1)]
-    suffix: str | None = None  # Tabby's vllm backend sends null: same as absent
+    suffix: Text | None = None  # Tabby's vllm backend sends null: same as absent
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -109,13 +124,13 @@ class CompletionRequest(_Sampling):
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True)
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -139,22 +154,22 @@ class ChatRequest(_Sampling):
 
 class InputExtra(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
-    filename: str = ""
-    text: str = ""
+    filename: Text = ""
+    text: Text = ""
 
 
 class LlamaCppRequest(_Request):
     """llama.cpp's /infill and /completion (llama.vscode, llama.vim, Continue's llama.cpp provider)."""
 
-    input_prefix: str = ""
-    input_suffix: str = ""
+    input_prefix: Text = ""
+    input_suffix: Text = ""
     input_extra: list[InputExtra] = Field(default_factory=list)
-    prompt: str = ""
+    prompt: Text = ""
     n_predict: int = Field(-1, ge=-1)
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     stop: Stop = Field(default_factory=list)
-    seed: int | None = Field(None)
+    seed: Annotated[int, Field(**INT64)] | None = None
     stream: bool = False
     n_cmpl: int = Field(1, ge=1, le=MAX_N)
     response_fields: list[str] | None = None

@@ -8,13 +8,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
-from ..errors import ServeError
+from ..errors import EngineFailure, EngineUnavailable, ServeError
 from ..generation.core import GenerationCore
 from ..metrics import Metrics, RequestObserver
 from ..planner.plan import Plan
@@ -25,9 +26,9 @@ from .limits import Limiter
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P")
 Payload = BaseModel | dict[str, Any]
 CLIENT_CLOSED = 499  # nginx's convention for "client closed request"; recorded in metrics only
+OBSERVER_STATE = "codeserve_observer"  # request state key: the request's observer, read by the accounting
 
 
 @dataclass
@@ -48,7 +49,20 @@ class Runtime:
     def ready(self) -> bool:
         return self.status == "ready"
 
+    def check_engine(self) -> str | None:
+        """Why the engine can no longer serve, or None; a dead engine turns the server 'failed'."""
+        if self.core is not None and self.status in ("ready", "stopping"):
+            reason = self.core.engine.dead()
+            if reason is not None:
+                self.status, self.detail = "failed", reason
+                if self.metrics is not None:
+                    self.metrics.ready.set(0)
+        return self.detail if self.status == "failed" else None
+
     def require_core(self) -> GenerationCore:
+        if self.check_engine() is not None and self.core is not None:
+            raise EngineUnavailable(f"the engine is gone: {self.detail}; the server is restarting",
+                                    headers={"Retry-After": str(RETRY_AFTER_S)})
         if self.core is None or not self.ready:
             message = {"failed": f"the model failed to load: {self.detail}",
                        "stopping": "the server is shutting down"}.get(self.status, "the model is still loading")
@@ -59,6 +73,16 @@ class Runtime:
         return RequestObserver(self.metrics, endpoint)
 
 
+class Prepared(Protocol):
+    @property
+    def sequences(self) -> int:
+        """Sequences the request runs at once (prompts x n): what it takes from the limiter."""
+        ...
+
+
+P = TypeVar("P", bound=Prepared)
+
+
 async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool,
                  prepare: Callable[[GenerationCore], P],
                  collect: Callable[[GenerationCore, P, RequestObserver], Awaitable[Payload | list[Any]]],
@@ -66,20 +90,36 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
                  done_event: str | None) -> Response:
     """Serve one generation request; `done_event` ends a successful stream (OpenAI's [DONE], or None)."""
     observer = runtime.observer(endpoint)
+    request.scope.setdefault("state", {})[OBSERVER_STATE] = observer  # the response accounting reads its status
+    release: Callable[[], None] | None = None
     try:
         core = runtime.require_core()
-        prepared = prepare(core)
+        # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
+        prepared = await asyncio.to_thread(prepare, core)
+        sequences = prepared.sequences
+        # The slot is taken before any 200 goes out (a full server answers 429, also to streams); a client
+        # that leaves while queued gives up its place.
+        if await _unless_disconnected(request, runtime.limiter.acquire(sequences)) is _DISCONNECTED:
+            observer.end(CLIENT_CLOSED, cancelled=True)
+            return Response(status_code=CLIENT_CLOSED)
+        release = _once(lambda: runtime.limiter.release(sequences))
+        observer.begin()
         if stream:
-            runtime.limiter.refuse_if_full()  # a 429 must come before the stream's 200 headers
-            return StreamingResponse(_stream(runtime, observer, events(core, prepared, observer), done_event),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        async with runtime.limiter.slot():
-            observer.begin()
-            result = await _unless_disconnected(request, collect(core, prepared, observer))
+            response = StreamingResponse(_stream(observer, events(core, prepared, observer), done_event, release),
+                                         media_type="text/event-stream", background=BackgroundTask(release),
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            release = None  # the stream owns the slot now
+            return response
+        result = await _unless_disconnected(request, collect(core, prepared, observer))
     except ServeError as error:
         observer.end(status_of(error))
         raise
+    except BaseException:
+        observer.end(500)
+        raise
+    finally:
+        if release is not None:
+            release()
     if result is _DISCONNECTED:
         observer.end(CLIENT_CLOSED, cancelled=True)
         return Response(status_code=CLIENT_CLOSED)
@@ -87,6 +127,18 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), media_type="application/json")
     return JSONResponse(result)  # compact separators: llama.vim looks for `"content":"`
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
 
 
 _DISCONNECTED = object()
@@ -111,20 +163,24 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
         await asyncio.gather(task, listener, return_exceptions=True)
 
 
-async def _stream(runtime: Runtime, observer: RequestObserver, payloads: AsyncIterator[Payload],
-                  done_event: str | None) -> AsyncIterator[str]:
-    """Starlette cancels this generator when the client disconnects; the engine request is aborted then."""
+async def _stream(observer: RequestObserver, payloads: AsyncIterator[Payload], done_event: str | None,
+                  release: Callable[[], None]) -> AsyncIterator[str]:
+    """Starlette cancels this generator when the client disconnects; the engine request is aborted then.
+    The slot is released here, or by the response's background task if the stream never started."""
     status, cancelled = 200, True
     try:
-        async with runtime.limiter.slot():
-            observer.begin()
-            async for payload in payloads:
-                yield sse.event(payload)
-            if done_event is not None:
-                yield done_event
+        async for payload in payloads:
+            yield sse.event(payload)
+        if done_event is not None:
+            yield done_event
         cancelled = False
     except ServeError as error:  # mid-stream: the 200 is out, so the error goes as an event
         status, cancelled = status_of(error), False
         yield sse.error_event(error)
+    except Exception:
+        log.exception("a stream failed")
+        status, cancelled = 500, False
+        yield sse.error_event(EngineFailure("internal error while streaming; the server log has the details"))
     finally:
+        release()
         observer.end(CLIENT_CLOSED if cancelled else status, cancelled=cancelled)

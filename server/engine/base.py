@@ -11,6 +11,10 @@ class EngineError(RuntimeError):
     """The engine failed while serving a request (not the client's fault)."""
 
 
+class EngineDead(EngineError):
+    """The engine's process is gone: nothing it was given will finish, and nothing new will run."""
+
+
 class EngineStartError(RuntimeError):
     """The engine could not start (out of memory, missing weights, bad arguments)."""
 
@@ -58,6 +62,8 @@ class Delta:
 class Engine(Protocol):
     model_id: str
     max_model_len: int
+    vocab_size: int  # token ids run from 0 to vocab_size - 1
+    max_token_chars: int  # the longest text one token stands for: len(text) / this bounds the token count
 
     def generate(self, prompt: str | list[int], sampling: SamplingSettings, request_id: str) -> AsyncIterator[Delta]:
         """Yield deltas until every sequence finished. Cancelling the iteration aborts the request."""
@@ -74,6 +80,10 @@ class Engine(Protocol):
         ...
 
     def num_unfinished_requests(self) -> int: ...
+
+    def dead(self) -> str | None:
+        """Why the engine can no longer serve (its process exited), or None while it can."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """What runs, as the engine sees it: {"name", "args", "max_model_len"} (published on /v1/plan)."""

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..planner.launch import Launch
-from .base import Delta, EngineError, EngineStartError, SamplingSettings, TokenLogprob
+from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings, TokenLogprob
 from .vllm_args import engine_args
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ class VllmEngine:
         self.args = args  # what AsyncEngineArgs received (the plan's, with CODESERVE_ENGINE_ARGS merged)
         self.name = name
         self._tokenizer = llm.get_tokenizer()
+        self.vocab_size = len(self._tokenizer)
+        # Vocabulary keys spell a token's bytes (byte-level BPE) or characters (SentencePiece): never fewer
+        # characters than the token's text, so this bounds the characters one token can cover.
+        self.max_token_chars = max(len(token) for token in self._tokenizer.get_vocab())
 
     @classmethod
     def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> VllmEngine:
@@ -70,18 +74,21 @@ class VllmEngine:
                         request_id: str) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
-        params = SamplingParams(
-            n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-            stop=list(sampling.stop), seed=sampling.seed, presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty, logprobs=sampling.logprobs,
-            output_kind=RequestOutputKind.DELTA,
-        )
         engine_prompt: Any = {"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt
-        try:
+        try:  # SamplingParams validates too: inside the try, so a refusal never escapes as a bare ValueError
+            params = SamplingParams(
+                n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, stop=list(sampling.stop), seed=sampling.seed,
+                presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
+                logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
+            )
             async for output in self._llm.generate(engine_prompt, params, request_id):
                 for seq in output.outputs:
                     yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))
+        except EngineDeadError as exc:
+            raise EngineDead(self.dead() or "vLLM's engine core died") from exc
         except (GeneratorExit, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -110,6 +117,12 @@ class VllmEngine:
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    def dead(self) -> str | None:
+        # vLLM's MPClient monitors the engine core process and flags it dead the moment it exits
+        if self._llm.errored:
+            return "vLLM's engine core process exited (killed, or out of memory); see the log above"
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "args": self.args, "max_model_len": self.max_model_len}

@@ -4,16 +4,19 @@ context checks, running prompts x n choices on the engine, and aborting however 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from ..engine.base import Delta, Engine, EngineError, SamplingSettings
-from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelNotFound
+from ..engine.base import Delta, Engine, EngineDead, SamplingSettings
+from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest, ModelNotFound
 from ..fim import HOLE_STOP, FenceFilter, FimTemplate, hole_messages, template_for
 from ..metrics import RequestObserver
 from ..planner.catalog import ModelEntry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,15 @@ class GenerationCore:
         if isinstance(text, list):
             if suffix:
                 raise InvalidRequest("'suffix' needs a text prompt, not token ids", param="suffix")
+            vocab = self.engine.vocab_size
+            if any(not 0 <= t < vocab for t in text):
+                raise InvalidRequest(f"token ids must lie in 0..{vocab - 1} (this model's vocabulary)", param="prompt")
             return Prompt(list(text))
         suffix = suffix or ""
+        self._check_length(len(text) + len(suffix))
         if not suffix and not infill:
+            if not text:
+                raise InvalidRequest("'prompt' is empty: send the text to continue", param="prompt")
             return Prompt(self.engine.tokenize(text))
         fim = self.served.fim
         if fim is not None:
@@ -94,12 +103,25 @@ class GenerationCore:
                              "honoured; send the prefix alone", param="suffix")
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
+        self._check_length(sum(len(m["content"]) for m in messages))
         # The template already writes the special tokens (BOS included where the model has one).
         return Prompt(self.engine.tokenize(self.engine.chat_prompt(messages), add_special_tokens=False))
 
     def extend(self, prompt: Prompt, text: str) -> Prompt:
         """`prompt` followed by `text` (llama.cpp's /infill: what was typed after the middle marker)."""
         return replace(prompt, token_ids=prompt.token_ids + self.engine.tokenize(text, add_special_tokens=False))
+
+    def _check_length(self, characters: int) -> None:
+        """Refuse, before tokenizing, text that cannot fit: no token covers more than max_token_chars
+        characters, so this many characters are at least characters / max_token_chars tokens. Tokenizing
+        megabytes only to refuse them would hold a CPU for seconds."""
+        at_least = -(-characters // self.engine.max_token_chars)
+        limit = self.served.max_model_len
+        if at_least > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, your prompt is at least "
+                f"{at_least} tokens ({characters} characters). Please reduce the length of the prompt.",
+                param="prompt")
 
     def token_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
         """max_tokens, clamped to what the context leaves; 400 when the prompt alone is too long."""
@@ -116,6 +138,10 @@ class GenerationCore:
     async def run(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
                   observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
         """(choice index, delta) for every prompt x n choice, as the deltas arrive."""
+        if sampling.max_tokens == 0:  # nothing to generate (OpenAI allows it, e.g. with echo; engines refuse it)
+            for index in range(len(prompts) * sampling.n):
+                yield index, Delta(index % sampling.n, "", 0, "length")
+            return
         streams = [self._one(p, sampling, f"{request_id}-{i}", observer) for i, p in enumerate(prompts)]
         if len(streams) == 1:
             async for delta in streams[0]:
@@ -139,8 +165,12 @@ class GenerationCore:
                     delta = replace(delta, text=fence.feed(delta.text, final=delta.finish_reason is not None))
                 yield delta
             finished = True
-        except EngineError as exc:
-            raise EngineFailure(str(exc)) from exc
+        except EngineDead as exc:
+            raise EngineUnavailable(f"the engine stopped while serving request {request_id}: {exc}; the server "
+                                    "restarts, retry shortly") from exc
+        except Exception as exc:  # the engine's text (paths, device details) is for the log, not the client
+            log.error("request %s failed in the engine: %s", request_id, exc, exc_info=exc)
+            raise EngineFailure(f"the engine failed on request {request_id}; the server log has the details") from exc
         finally:
             if not finished:  # client went away, or an error: free the engine's slot now
                 await asyncio.shield(self.engine.abort(request_id))

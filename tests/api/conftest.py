@@ -14,6 +14,7 @@ from server.generation.core import GenerationCore, ServedModel
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
 from server.serve import make_runtime
+from server.settings import Settings
 from tests.conftest import make_settings
 from tests.fake_engine import FakeEngine
 from tests.serverutil import running
@@ -28,19 +29,20 @@ class Served:
 
 
 def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5-coder-7b",
-                  keys: list[str] | None = None, max_concurrent: int = 8, max_queued: int = 8) -> Runtime:
+                  keys: list[str] | None = None, max_concurrent: int = 8, max_queued: int = 8,
+                  **settings_overrides: object) -> tuple[Runtime, Settings]:
     """A runtime from settings (as `serve` builds it) with `engine` loaded as `model_id`."""
     entry = catalog.get(model_id)
     assert entry is not None
     settings = make_settings(api_keys=",".join(keys or []), max_concurrent_requests=max_concurrent,
-                             max_queued_requests=max_queued)
+                             max_queued_requests=max_queued, **settings_overrides)
     metrics = Metrics(CollectorRegistry())
     runtime = make_runtime(settings, metrics)
     runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
     runtime.status = "ready"
     runtime.engine = engine.describe()
     metrics.watch_engine(engine.num_unfinished_requests)
-    return runtime
+    return runtime, settings
 
 
 @pytest.fixture
@@ -50,8 +52,8 @@ def serve_fake(catalog: Catalog) -> Iterator:
 
     def start(engine: FakeEngine | None = None, **kwargs: object) -> Served:
         engine = engine or FakeEngine()
-        runtime = ready_runtime(catalog, engine, **kwargs)  # type: ignore[arg-type]
-        cm = running(build_app(runtime))
+        runtime, settings = ready_runtime(catalog, engine, **kwargs)  # type: ignore[arg-type]
+        cm = running(build_app(runtime, settings))
         url = cm.__enter__()
         stack.append(cm)
         assert runtime.metrics is not None

@@ -19,9 +19,9 @@ from tests.fake_engine import FakeEngine
 def _app():
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
     engine = FakeEngine(max_model_len=4096)
-    runtime = ready_runtime(catalog, engine, max_concurrent=64, max_queued=64)
+    runtime, settings = ready_runtime(catalog, engine, max_concurrent=64, max_queued=64)
     runtime.plan = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
-    return build_app(runtime), engine
+    return build_app(runtime, settings), engine
 
 
 APP, ENGINE = _app()

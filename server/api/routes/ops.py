@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..errors import NotFound, NotReady
 from ..serving import Runtime
 
-router = APIRouter()
+router = APIRouter()  # behind the API key when CODESERVE_PUBLIC_METRICS=false
+probes = APIRouter()  # always open: orchestrators' probes carry no key
 
 
 def _runtime(request: Request) -> Runtime:
@@ -19,15 +20,19 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """The process is alive (the model may still be loading)."""
-    return {"status": "ok"}
+@probes.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """The process can serve, now or once loaded: 503 once the engine died or failed to load (restart me)."""
+    problem = _runtime(request).check_engine()
+    if problem is not None:
+        return JSONResponse({"status": "failed", "detail": problem}, status_code=503)
+    return JSONResponse({"status": "ok", "detail": ""})
 
 
-@router.get("/ready")
+@probes.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     runtime = _runtime(request)
+    runtime.check_engine()
     body = {"status": runtime.status, "detail": runtime.detail}
     return JSONResponse(body, status_code=200 if runtime.ready else 503)
 

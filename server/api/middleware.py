@@ -1,0 +1,115 @@
+"""Two pure ASGI middlewares around the app: a cap on request bodies, and the accounting of every response.
+
+BodyLimit enforces the cap while the body is read: before JSON parsing and before authentication, so
+neither a huge body nor a flood of them can hold the event loop or the memory (a 50 MB prompt took RSS from
+63 MB to 2.5 GB before it existed). ResponseAccounting counts every API response by endpoint and status in
+one place, and keeps an unexpected exception from closing the client's keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import EngineFailure, ServeError
+from ..metrics import Metrics, RequestObserver
+from .errors import PayloadTooLarge, error_body, status_of
+
+log = logging.getLogger(__name__)
+
+# The API's endpoints, as metrics name them. Probes, scrapes and docs are not counted: a 503 from /ready
+# while the model loads is not a failed request, and scrapes would drown the request rate.
+_ENDPOINTS = ((re.compile(r"^/v1/(engines/[^/]+/)?completions$"), "completions"),
+              (re.compile(r"^/v1/chat/completions$"), "chat"), (re.compile(r"^/infill$"), "infill"),
+              (re.compile(r"^/completion$"), "llamacpp_completion"), (re.compile(r"^/v1/models$"), "models"))
+_UNCOUNTED = {"/health", "/ready", "/metrics", "/v1/plan", "/docs", "/openapi.json", "/redoc"}
+
+
+def endpoint_of(path: str) -> str | None:
+    if path in _UNCOUNTED:
+        return None
+    return next((name for pattern, name in _ENDPOINTS if pattern.match(path)), "other")
+
+
+async def _send_error(send: Send, error: ServeError, close: bool = False) -> None:
+    body = json.dumps(error_body(error)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status_of(error),
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """413 when Content-Length says too much, or as soon as the bytes read pass the cap."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes (CODESERVE_MAX_REQUEST_BODY_BYTES)"
+                               "; send less context", param="body")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, self.error(), close=True)  # the unread body would follow: drop the connection
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI lets an HTTPException from the body read through (anything else becomes a 400);
+                    # the app's handler answers it in OpenAI's shape with this status.
+                    raise HTTPException(413, self.error().message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class ResponseAccounting:
+    """Counts each response once, by endpoint and final status: what was sent, or what the request's observer
+    says it became (a stream's in-band error, 499 when the client left)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent: int | None = None
+
+        async def tracked(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.start":
+                sent = int(message["status"])
+            await send(message)
+
+        scope.setdefault("state", {})
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            # Starlette has already answered 500 and re-raises for the server's log; re-raising further
+            # would make uvicorn close the client's keep-alive connection.
+            log.exception("unhandled error on %s", scope.get("path"))
+            if sent is None:
+                await _send_error(send, EngineFailure("internal error; the server log has the details"))
+                sent = 500
+        observer = scope["state"].get("codeserve_observer")
+        final = observer.status if isinstance(observer, RequestObserver) and observer.status else sent
+        endpoint = endpoint_of(scope.get("path", ""))
+        if self.metrics is not None and endpoint is not None and final is not None:
+            self.metrics.count_response(endpoint, final)
