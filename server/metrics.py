@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # IDE latency: completions are judged at 100-300 ms, chat answers run to tens of seconds.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+# Generation endpoints, as routes name them: their series exist at 0 from start (Prometheus' advice for
+# labelled metrics), so a rate or an alert never sees a missing series where it should see zero.
+GENERATION_ENDPOINTS = ("completions", "chat", "infill", "llamacpp_completion")
 INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                          0.5, 1.0, 2.0)
 
@@ -49,6 +52,9 @@ class Metrics:
         self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
         self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
                                          registry=r)
+        for endpoint in GENERATION_ENDPOINTS:
+            for family in (self.in_flight, self.cancelled, self.rejected, self.prompt_tokens, self.generation_tokens):
+                family.labels(endpoint)
         self.gpus = _GpuCollector()
         r.register(self.gpus)
         self.resident = Gauge("codeserve_resident_memory_bytes",

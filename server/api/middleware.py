@@ -35,11 +35,10 @@ def endpoint_of(path: str) -> str | None:
     return next((name for pattern, name in _ENDPOINTS if pattern.match(path)), "other")
 
 
-async def _send_error(send: Send, error: ServeError, close: bool = False) -> None:
+async def _send_error(send: Send, error: ServeError) -> None:
     body = json.dumps(error_body(error)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status_of(error),
-                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.start", "status": status_of(error), "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -60,7 +59,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, self.error(), close=True)  # the unread body would follow: drop the connection
+            await _send_error(send, self.error())  # the server discards the unread body, unparsed
             return
         received = 0
 

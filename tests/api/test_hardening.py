@@ -55,6 +55,15 @@ def test_body_over_the_cap_is_413_before_auth_and_parsing(serve_fake) -> None:
     assert _counted(served, "completions", 413) == 2
 
 
+def test_a_body_of_megabytes_gets_a_clean_413_each_time(fake: Served) -> None:
+    raw = b'{"prompt": "' + b"word " * 1_000_000 + b'"}'  # 5 MB, over the 4 MiB default
+    with httpx.Client(base_url=fake.url, timeout=30) as client:
+        for _ in range(3):  # a client still uploading must read the answer, not a reset connection
+            response = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+            assert _error(response, 413)["param"] == "body"
+        assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
 def test_a_prompt_far_over_the_context_is_refused_without_tokenizing(fake: Served) -> None:
     prompt = "word " * (fake.engine.max_model_len * fake.engine.max_token_chars)
     error = _error(httpx.post(fake.url + "/v1/completions", json={"prompt": prompt}), 400)

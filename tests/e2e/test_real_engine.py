@@ -41,6 +41,7 @@ class Live:
         text = httpx.get(self.url + "/metrics").text
         pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?") + r" (\S+)"
         values = [float(m.group(m.lastindex or 1)) for m in re.finditer(r"^" + pattern + "$", text, re.M)]
+        assert values, f"no sample of {name}{{{labels}}} on /metrics: renamed or not exported?"
         return sum(values)
 
 
@@ -298,6 +299,27 @@ def test_dashboard_queries_run_on_real_prometheus(live: Live, prometheus: str) -
     for expr in dashboard.expressions(dashboard.dashboard()):
         assert metric_names(expr) <= series, metric_names(expr) - series
         _query(prometheus, expr.replace("$__rate_interval", "1m").replace("$job", ".*"))
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"prompt": "", "max_tokens": 4}, 400, "prompt"),
+    ({"prompt": [-1, 5], "max_tokens": 4}, 400, "prompt"),
+    ({"prompt": [10**7], "max_tokens": 4}, 400, "prompt"),
+    ({"prompt": "x", "seed": 2**64, "max_tokens": 4}, 400, "seed"),
+    ({"prompt": "x\ud800", "max_tokens": 4}, 400, "prompt"),
+    ({"prompt": "def f():", "max_tokens": 0, "stream": True}, 200, None),
+    ({"prompt": "def f():", "max_tokens": 0}, 200, None),
+], ids=["empty", "negative-id", "out-of-vocab", "seed-int64", "surrogate", "max-tokens-0-stream", "max-tokens-0"])
+def test_client_mistakes_never_reach_the_engine_as_500s(live: Live, body: dict, status: int, param: str | None) -> None:
+    """Each was a 500 from vLLM (and max_tokens 0 left the in-flight gauge at 1 for ever)."""
+    response = httpx.post(live.url + "/v1/completions", content=json.dumps(body).encode(),
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    if param is not None:
+        assert response.json()["error"]["param"] == param
+    assert live.metric("codeserve_requests_in_flight") == 0
+    assert live.metric("codeserve_engine_unfinished_requests") == 0
+    assert httpx.post(live.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=60).status_code == 200
 
 
 def test_locust_smoke_run(live: Live, tmp_path: Path) -> None:
