@@ -35,6 +35,7 @@ class FakeEngine:
     death: str | None = None  # set by kill(): the engine core is gone
     tokenized_on_loop: list[bool] = field(default_factory=list)  # per tokenize call: on the event loop?
     prompts: list[str | list[int]] = field(default_factory=list)
+    samplings: list[SamplingSettings] = field(default_factory=list)  # what the server asked for, per request
     aborted: list[str] = field(default_factory=list)
     _running: set[str] = field(default_factory=set)
     _completed: set[str] = field(default_factory=set)
@@ -91,6 +92,7 @@ class FakeEngine:
         if request_id in self._running:
             raise EngineError(f"request id {request_id} is already running")
         self.prompts.append(prompt)
+        self.samplings.append(sampling)
         self._running.add(request_id)
         full = [""] * sampling.n  # everything generated
         emitted = [0] * sampling.n  # how much of it went out (text that may begin a stop string waits)

@@ -29,11 +29,12 @@ def test_plan_table_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
     assert "chosen    qwen2.5-coder-7b  awq" in out and "rejected" in out and "fallbacks" in out
 
 
-def test_plan_is_fast_from_a_fresh_process() -> None:
+def test_plan_runs_in_a_fresh_process_and_reports_its_time() -> None:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "server.cli", "plan", "--gpus", "8xH100"], check=True,
-                   capture_output=True)
-    print(f"codeserve plan took {time.monotonic() - started:.2f} s")  # figure, not a timed assertion
+    result = subprocess.run([sys.executable, "-m", "server.cli", "plan", "--gpus", "8xH100"], check=True,
+                            capture_output=True, text=True)
+    assert "chosen    deepseek-coder-v2" in result.stdout and "vllm serve" in result.stdout
+    print(f"codeserve plan took {time.monotonic() - started:.2f} s")  # a figure, not a timed assertion
 
 
 def test_bad_spec_exits_2_with_the_known_gpus(capsys: pytest.CaptureFixture[str]) -> None:

@@ -196,3 +196,59 @@ def test_engine_args_override_reaches_vllm(failing_vllm, catalog: Catalog, tmp_p
         serve.start_engine(Plan(option, 8, simulated("2xA100-80GB", FIXED_CPU)), settings)
     assert fake.args[0].distributed_executor_backend == "ray"
     assert fake.args[0].model == option.launch.model and fake.args[0].quantization == "fp8"
+
+
+class _Exits:
+    """Stands in for uvicorn's server: what the watchdog sets on it."""
+
+    should_exit = False
+    exit_code = 0
+
+
+def test_watchdog_exits_3_after_the_engine_died(catalog: Catalog) -> None:
+    from tests.api.conftest import ready_runtime
+
+    engine = FakeEngine()
+    runtime, settings = ready_runtime(catalog, engine, failure_exit_s=0.0)
+    server = _Exits()
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(serve.watch(runtime, settings, server))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert not watcher.done() and runtime.status == "ready"
+        engine.kill("the engine core process exited (killed)")
+        await asyncio.wait_for(watcher, timeout=5)
+
+    asyncio.run(scenario())
+    assert (server.should_exit, server.exit_code) == (True, serve.EXIT_ENGINE_FAILED)
+    assert runtime.status == "failed" and "killed" in runtime.detail
+
+
+def test_a_failed_load_is_named_on_ready_and_health(monkeypatch: pytest.MonkeyPatch, failing_vllm,
+                                                     gpu_plan: Plan, tmp_path: Path) -> None:
+    failing_vllm(VLLM_START_FAILURES[-1][0])
+    settings = make_settings(cache_dir=tmp_path)
+    runtime = serve.make_runtime(settings, Metrics(CollectorRegistry()))
+    runtime.plan = gpu_plan
+    asyncio.run(serve.load(runtime, gpu_plan, settings))
+    with running(build_app(runtime, settings), ready_path="/openapi.json") as url:
+        ready, health = httpx.get(url + "/ready"), httpx.get(url + "/health")
+        completion = httpx.post(url + "/v1/completions", json={"prompt": "x"})
+    assert ready.status_code == 503 and ready.json()["status"] == "failed"
+    assert "not a registered model" in ready.json()["detail"]
+    assert health.status_code == 503 and "not a registered model" in health.json()["detail"]
+    assert completion.status_code == 503 and "failed to load" in completion.json()["error"]["message"]
+
+
+def test_sigterm_marks_the_server_draining(catalog: Catalog) -> None:
+    import uvicorn
+
+    from server.api.errors import NotReady
+    from tests.api.conftest import ready_runtime
+
+    runtime, settings = ready_runtime(catalog, FakeEngine())
+    server = serve._Server(uvicorn.Config(build_app(runtime, settings)), runtime)
+    server.handle_exit(15, None)
+    assert server.should_exit and runtime.status == "stopping" and not runtime.ready
+    with pytest.raises(NotReady, match="shutting down"):
+        runtime.require_core()

@@ -142,23 +142,33 @@ def _wait_until(condition, timeout_s: float = 5.0) -> bool:
     return False
 
 
+ENDPOINTS = {  # path, body, metrics endpoint
+    "completions": ("/v1/completions", {"prompt": "x", "max_tokens": 1000}, "completions"),
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000}, "chat"),
+    "infill": ("/infill", {"input_prefix": "def f(", "input_suffix": "):", "n_predict": 1000}, "infill"),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "blocking"])
-def test_client_disconnect_aborts_the_engine_request(serve_fake, stream: bool) -> None:
+def test_client_disconnect_aborts_the_engine_request(serve_fake, stream: bool, endpoint: str) -> None:
     served = serve_fake(engine=FakeEngine(token_delay_s=0.05))
-    body = {"prompt": "x", "max_tokens": 1000, "stream": stream}
+    path, body, label = ENDPOINTS[endpoint]
+    body = {**body, "stream": stream}
     with httpx.Client(timeout=30) as client:
         if stream:
-            with client.stream("POST", served.url + "/v1/completions", json=body) as response:
+            with client.stream("POST", served.url + path, json=body) as response:
                 lines = response.iter_lines()
                 next(lines)  # the first event arrived: generation is under way
                 assert served.engine.num_unfinished_requests() == 1
         else:
             with pytest.raises(httpx.ReadTimeout):
-                client.post(served.url + "/v1/completions", json=body, timeout=0.5)
+                client.post(served.url + path, json=body, timeout=0.5)
     assert _wait_until(lambda: served.engine.num_unfinished_requests() == 0)
     assert len(served.engine.aborted) == 1
-    assert _wait_until(lambda: served.metrics.cancelled.labels("completions")._value.get() == 1)
-    assert served.metrics.in_flight.labels("completions")._value.get() == 0
+    assert _wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
+    assert served.metrics.in_flight.labels(label)._value.get() == 0
+    assert _wait_until(lambda: served.metrics.requests.labels(label, "499")._value.get() == 1)
 
 
 def test_error_mid_stream_is_an_sse_error_event(serve_fake) -> None:

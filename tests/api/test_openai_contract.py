@@ -109,14 +109,15 @@ def test_greedy_n_is_answered_with_identical_choices(fake: Served) -> None:
     assert fake.engine.prompts == [fake.engine.tokenize("a")]  # generated once
 
 
-def test_stop_strings(fake: Served) -> None:
-    engine_words = FakeEngine().tokenize  # the fake emits words from a fixed list; " pass" is one
-    del engine_words
-    result = _client(fake).completions.create(model="qwen2.5-coder-7b", prompt="q", max_tokens=40,
-                                              stop=[" pass", " print", "return", "\n", ":"])
-    assert result.choices[0].finish_reason == "stop"
-    for stop in (" pass", " print", "return", "\n", ":"):
-        assert stop not in result.choices[0].text
+def test_stop_strings_reach_the_engine(fake: Served) -> None:
+    """The server hands the client's stops to the engine (which cuts the text: tested on vLLM in e2e), and
+    adds the FIM family's own stops when it builds a FIM prompt."""
+    stops = [" pass", " print", "return", "\n", ":"]
+    _client(fake).completions.create(model="qwen2.5-coder-7b", prompt="q", max_tokens=4, stop=stops)
+    assert list(fake.engine.samplings[-1].stop) == stops
+    _client(fake).completions.create(model="qwen2.5-coder-7b", prompt="q", suffix="z", max_tokens=4, stop="\n\n")
+    assert list(fake.engine.samplings[-1].stop) == ["\n\n", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>",
+                                                    "<|file_sep|>"]
 
 
 def test_echo_and_logprobs(fake: Served) -> None:

@@ -199,8 +199,11 @@ def test_helm_test_hook_calls_models() -> None:
 
 @pytest.mark.parametrize("bad", ["gpu.count=-1", "config.HOME=/x", "service.port=0", "image.flavor=tpu"])
 def test_schema_rejects_bad_values(bad: str) -> None:
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(subprocess.CalledProcessError) as info:
         render(None, bad)
+    # helm's own words for a values.schema.json violation, naming the key: not any other failure
+    assert "values don't meet the specifications of the schema" in info.value.stderr, info.value.stderr
+    assert bad.split("=")[0].split(".")[-1] in info.value.stderr
 
 
 # Keys whose contents are free-form data (documented once, on the key itself).

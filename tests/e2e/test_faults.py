@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import isolated_env
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +22,7 @@ def test_engine_kill_under_load_recovers_without_leaks(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "soak.py"), "--duration", "70", "--kill-at", "30", "--users", "3",
          "--bad-every", "10", "--warm-up", "5", "--out", str(out), "--json", str(tmp_path / "summary.json")],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, env=isolated_env(tmp_path))
     logs = "\n".join(p.read_text()[-2000:] for p in sorted(out.glob("server-*.log")))
     assert (tmp_path / "summary.json").is_file(), result.stdout[-3000:] + result.stderr[-3000:] + logs
     summary = json.loads((tmp_path / "summary.json").read_text())

