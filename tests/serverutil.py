@@ -41,3 +41,21 @@ def running(app, ready_path: str = "/health", timeout_s: float = 30.0) -> Iterat
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> bool:
+    """Poll `condition` until it holds (True) or the time is up (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    """The error object of an OpenAI-shaped error response with this status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]

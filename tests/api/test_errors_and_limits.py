@@ -12,13 +12,7 @@ import pytest
 
 from tests.api.conftest import Served
 from tests.fake_engine import FakeEngine
-
-
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
+from tests.serverutil import openai_error, wait_until
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -35,7 +29,7 @@ def _error(response: httpx.Response, status: int) -> dict:
     ({"prompt": "x", "presence_penalty": 5}, "presence_penalty"),
 ], ids=lambda v: str(v))
 def test_invalid_completion_field_is_named(fake: Served, body: dict, param: str) -> None:
-    error = _error(httpx.post(fake.url + "/v1/completions", json=body), 400)
+    error = openai_error(httpx.post(fake.url + "/v1/completions", json=body), 400)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param or error["param"].startswith(param), error
     assert param.split(".")[0] in error["message"]
@@ -44,13 +38,13 @@ def test_invalid_completion_field_is_named(fake: Served, body: dict, param: str)
 def test_malformed_json(fake: Served) -> None:
     response = httpx.post(fake.url + "/v1/completions", content=b'{"prompt": "x",',
                           headers={"content-type": "application/json"})
-    assert "malformed JSON" in _error(response, 400)["message"]
+    assert "malformed JSON" in openai_error(response, 400)["message"]
 
 
 def test_chat_needs_messages(fake: Served) -> None:
-    error = _error(httpx.post(fake.url + "/v1/chat/completions", json={"messages": []}), 400)
+    error = openai_error(httpx.post(fake.url + "/v1/chat/completions", json={"messages": []}), 400)
     assert error["param"] == "messages"
-    error = _error(httpx.post(fake.url + "/v1/chat/completions",
+    error = openai_error(httpx.post(fake.url + "/v1/chat/completions",
                               json={"messages": [{"role": "wizard", "content": "x"}]}), 400)
     assert error["param"].startswith("messages.0.role")
 
@@ -64,7 +58,7 @@ def test_unknown_model_is_404(fake: Served) -> None:
 
 def test_context_length_exceeded_names_both_numbers(fake: Served) -> None:
     prompt = "word " * (fake.engine.max_model_len + 10)
-    error = _error(httpx.post(fake.url + "/v1/completions", json={"prompt": prompt}), 400)
+    error = openai_error(httpx.post(fake.url + "/v1/completions", json={"prompt": prompt}), 400)
     assert error["code"] == "context_length_exceeded"
     assert str(fake.engine.max_model_len) in error["message"]
     assert str(len(fake.engine.tokenize(prompt))) in error["message"]
@@ -77,7 +71,7 @@ def test_max_tokens_is_clamped_to_the_context(fake: Served) -> None:
 
 
 def test_unknown_route_is_openai_shaped(fake: Served) -> None:
-    assert _error(httpx.get(fake.url + "/v1/nothing"), 404)["code"] == "not_found"
+    assert openai_error(httpx.get(fake.url + "/v1/nothing"), 404)["code"] == "not_found"
 
 
 def test_server_keeps_serving_after_errors(fake: Served) -> None:
@@ -90,9 +84,9 @@ def test_server_keeps_serving_after_errors(fake: Served) -> None:
 def test_api_keys(serve_fake) -> None:
     served = serve_fake(keys=["k1", "k2"])
     url = served.url + "/v1/completions"
-    assert _error(httpx.post(url, json={"prompt": "x"}), 401)["code"] == "invalid_api_key"
-    assert _error(httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer nope"}), 401)
-    assert _error(httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer"}), 401)
+    assert openai_error(httpx.post(url, json={"prompt": "x"}), 401)["code"] == "invalid_api_key"
+    assert openai_error(httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer nope"}), 401)
+    assert openai_error(httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer"}), 401)
     assert httpx.post(url, json={"prompt": "x", "max_tokens": 1},
                       headers={"Authorization": "Bearer k2"}).status_code == 200
     assert httpx.post(url, json={"prompt": "x", "max_tokens": 1}, headers={"api-key": "k1"}).status_code == 200
@@ -104,7 +98,7 @@ def test_not_ready_is_503(serve_fake) -> None:
     served = serve_fake()
     served.runtime.status = "loading"
     response = httpx.post(served.url + "/v1/completions", json={"prompt": "x"})
-    assert _error(response, 503)["code"] == "model_loading"
+    assert openai_error(response, 503)["code"] == "model_loading"
     assert response.headers["retry-after"]
     assert httpx.get(served.url + "/ready").status_code == 503
     assert httpx.get(served.url + "/health").status_code == 200
@@ -123,23 +117,14 @@ def test_full_server_answers_429_with_retry_after(serve_fake) -> None:
         t.start()
     time.sleep(0.3)  # one running, one queued
     rejected = httpx.post(url, json={"prompt": "x", "max_tokens": 1})
-    error = _error(rejected, 429)
+    error = openai_error(rejected, 429)
     assert rejected.headers["retry-after"] == "1" and "CODESERVE_MAX_QUEUED_REQUESTS" in error["message"]
     streamed = httpx.post(url, json={"prompt": "x", "max_tokens": 1, "stream": True})
-    assert _error(streamed, 429)["code"] == "rate_limit_exceeded"  # JSON 429, not a 200 event stream
+    assert openai_error(streamed, 429)["code"] == "rate_limit_exceeded"  # JSON 429, not a 200 event stream
     for t in threads:
         t.join()
     assert results == [200, 200]
     assert served.metrics.rejected.labels("completions")._value.get() == 2
-
-
-def _wait_until(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 ENDPOINTS = {  # path, body, metrics endpoint
@@ -164,11 +149,11 @@ def test_client_disconnect_aborts_the_engine_request(serve_fake, stream: bool, e
         else:
             with pytest.raises(httpx.ReadTimeout):
                 client.post(served.url + path, json=body, timeout=0.5)
-    assert _wait_until(lambda: served.engine.num_unfinished_requests() == 0)
+    assert wait_until(lambda: served.engine.num_unfinished_requests() == 0)
     assert len(served.engine.aborted) == 1
-    assert _wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
+    assert wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
     assert served.metrics.in_flight.labels(label)._value.get() == 0
-    assert _wait_until(lambda: served.metrics.requests.labels(label, "499")._value.get() == 1)
+    assert wait_until(lambda: served.metrics.requests.labels(label, "499")._value.get() == 1)
 
 
 def test_error_mid_stream_is_an_sse_error_event(serve_fake) -> None:

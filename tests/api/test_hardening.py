@@ -12,22 +12,7 @@ import pytest
 
 from tests.api.conftest import Served
 from tests.fake_engine import FakeEngine
-
-
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
-
-
-def _wait_until(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.serverutil import openai_error, wait_until
 
 
 def _counted(served: Served, endpoint: str, status: int) -> float:
@@ -38,7 +23,7 @@ def _counted(served: Served, endpoint: str, status: int) -> float:
 def test_body_over_the_cap_is_413_before_auth_and_parsing(serve_fake) -> None:
     served = serve_fake(keys=["k"], max_request_body_bytes=4096)
     big = json.dumps({"prompt": "x" * 10_000}).encode()
-    error = _error(httpx.post(served.url + "/v1/completions", content=big,
+    error = openai_error(httpx.post(served.url + "/v1/completions", content=big,
                               headers={"content-type": "application/json"}), 413)
     assert error["param"] == "body" and "CODESERVE_MAX_REQUEST_BODY_BYTES" in error["message"]
 
@@ -48,7 +33,7 @@ def test_body_over_the_cap_is_413_before_auth_and_parsing(serve_fake) -> None:
 
     chunked = httpx.post(served.url + "/v1/completions", content=chunks(),
                          headers={"content-type": "application/json", "authorization": "Bearer k"})
-    assert _error(chunked, 413)["param"] == "body"
+    assert openai_error(chunked, 413)["param"] == "body"
     ok = httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1},
                     headers={"authorization": "Bearer k"})
     assert ok.status_code == 200
@@ -60,13 +45,13 @@ def test_a_body_of_megabytes_gets_a_clean_413_each_time(fake: Served) -> None:
     with httpx.Client(base_url=fake.url, timeout=30) as client:
         for _ in range(3):  # a client still uploading must read the answer, not a reset connection
             response = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
-            assert _error(response, 413)["param"] == "body"
+            assert openai_error(response, 413)["param"] == "body"
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
 
 
 def test_a_prompt_far_over_the_context_is_refused_without_tokenizing(fake: Served) -> None:
     prompt = "word " * (fake.engine.max_model_len * fake.engine.max_token_chars)
-    error = _error(httpx.post(fake.url + "/v1/completions", json={"prompt": prompt}), 400)
+    error = openai_error(httpx.post(fake.url + "/v1/completions", json={"prompt": prompt}), 400)
     assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
     assert fake.engine.tokenized_on_loop == []  # refused on its length in characters alone
 
@@ -88,13 +73,13 @@ def test_a_dead_engine_turns_health_and_ready_503_and_ends_streams_with_503(serv
         events = [line for line in lines if line.startswith("data: ")]
     error = json.loads(events[-1][6:])["error"]
     assert error["code"] == "engine_unavailable" and "[DONE]" not in events
-    assert _wait_until(lambda: httpx.get(served.url + "/health").status_code == 503)
+    assert wait_until(lambda: httpx.get(served.url + "/health").status_code == 503)
     health = httpx.get(served.url + "/health").json()
     assert "killed" in health["detail"]
     assert httpx.get(served.url + "/ready").status_code == 503
-    assert _error(httpx.post(served.url + "/v1/completions", json={"prompt": "x"}), 503)["code"] in (
+    assert openai_error(httpx.post(served.url + "/v1/completions", json={"prompt": "x"}), 503)["code"] in (
         "engine_unavailable", "model_loading")
-    assert _wait_until(lambda: served.metrics.in_flight.labels("completions")._value.get() == 0)
+    assert wait_until(lambda: served.metrics.in_flight.labels("completions")._value.get() == 0)
 
 
 # ---- 3. client mistakes are 400s, never 500s ---------------------------------------------------------
@@ -111,7 +96,7 @@ def test_a_dead_engine_turns_health_and_ready_503_and_ends_streams_with_503(serv
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "stream"])
 def test_client_mistakes_are_400_naming_the_field(fake: Served, body: dict, param: str, stream: bool) -> None:
     raw = json.dumps({**body, "stream": stream}).encode()  # json.dumps escapes the surrogates as \\ud800
-    error = _error(httpx.post(fake.url + "/v1/completions", content=raw,
+    error = openai_error(httpx.post(fake.url + "/v1/completions", content=raw,
                               headers={"content-type": "application/json"}), 400)
     assert error["param"] == param or error["param"].startswith(param + "."), error
     assert fake.metrics.in_flight.labels("completions")._value.get() == 0
@@ -120,7 +105,7 @@ def test_client_mistakes_are_400_naming_the_field(fake: Served, body: dict, para
 
 def test_surrogates_in_chat_messages_are_400(fake: Served) -> None:
     raw = json.dumps({"messages": [{"role": "user", "content": "hi \ud83d"}]}).encode()
-    error = _error(httpx.post(fake.url + "/v1/chat/completions", content=raw,
+    error = openai_error(httpx.post(fake.url + "/v1/chat/completions", content=raw,
                               headers={"content-type": "application/json"}), 400)
     assert error["param"].startswith("messages")
 
@@ -173,7 +158,7 @@ def test_every_response_is_counted_and_unexpected_errors_leak_nothing(serve_fake
         assert client.post("/v1/completions", json={"prompt": 5}, headers=auth).status_code == 400
         response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
                                headers=auth)
-        assert _error(response, 500)["code"] == "engine_error"
+        assert openai_error(response, 500)["code"] == "engine_error"
         # the same keep-alive connection still serves the next request (#11)
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=auth).status_code == 200
     assert _counted(served, "completions", 401) == 1
@@ -189,10 +174,10 @@ def test_a_queued_request_whose_client_left_gives_up_its_place(serve_fake) -> No
     runner = threading.Thread(target=lambda: httpx.post(served.url + "/v1/completions",
                                                         json={"prompt": "first", "max_tokens": 30}, timeout=30))
     runner.start()
-    assert _wait_until(lambda: served.runtime.limiter.active == 1)
+    assert wait_until(lambda: served.runtime.limiter.active == 1)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(served.url + "/v1/completions", json={"prompt": "second", "max_tokens": 5}, timeout=0.3)
-    assert _wait_until(lambda: served.runtime.limiter.waiting == 0)
+    assert wait_until(lambda: served.runtime.limiter.waiting == 0)
     runner.join()
     time.sleep(0.2)
     assert [p for p in served.engine.prompts if p != served.engine.prompts[0]] == []  # never sent to the engine
@@ -200,7 +185,7 @@ def test_a_queued_request_whose_client_left_gives_up_its_place(serve_fake) -> No
 
 def test_the_limit_counts_sequences(serve_fake) -> None:
     served = serve_fake(max_concurrent=4, max_queued=4)
-    error = _error(httpx.post(served.url + "/v1/completions", json={"prompt": ["a", "b", "c"], "n": 2}), 400)
+    error = openai_error(httpx.post(served.url + "/v1/completions", json={"prompt": ["a", "b", "c"], "n": 2}), 400)
     assert error["param"] == "n" and "6 sequences" in error["message"]
     assert httpx.post(served.url + "/v1/completions", json={"prompt": ["a", "b"], "n": 2, "max_tokens": 2,
                                                             "temperature": 0.5}).status_code == 200
@@ -210,7 +195,7 @@ def test_the_limit_counts_sequences(serve_fake) -> None:
 def test_engine_failure_text_stays_in_the_log(serve_fake, caplog) -> None:
     engine = FakeEngine(fail_after=1, fail_message="CUDA error at /opt/secret/kernels.cu:42")
     served = serve_fake(engine=engine)
-    error = _error(httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5}), 500)
+    error = openai_error(httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 5}), 500)
     assert "/opt/secret" not in error["message"] and "cmpl-" in error["message"]
     assert "/opt/secret/kernels.cu" in caplog.text
 
