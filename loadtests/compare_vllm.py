@@ -41,9 +41,10 @@ def vllm_command(args: dict, port: int) -> list[str]:
 
 def run_load(name: str, url: str, out: Path, options: argparse.Namespace) -> dict:
     target = out / name
+    own = ["--no-server-metrics"] if name == "vllm" else []  # vLLM's server has no codeserve_* metrics
     subprocess.run([sys.executable, str(HERE / "run.py"), "--host", url, "--users", str(options.users),
                     "--spawn-rate", str(options.users), "--run-time", options.run_time, "--out", str(target), "--",
-                    "--prefix-only", "--fail-error-rate", "1", *options.locust_args], cwd=ROOT, check=False)
+                    "--prefix-only", "--fail-error-rate", "1", *own, *options.locust_args], cwd=ROOT, check=False)
     return json.loads((target / "summary.json").read_text())
 
 

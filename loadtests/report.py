@@ -116,7 +116,8 @@ def server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str,
     }
 
 
-def check(summary: dict[str, Any], results: Results, max_p95_ttft_ms: float, max_error_rate: float) -> list[str]:
+def check(summary: dict[str, Any], results: Results, max_p95_ttft_ms: float, max_error_rate: float,
+          require_server_metrics: bool = True) -> list[str]:
     failures = []
     if summary["server_5xx"]:
         failures.append(f"{summary['server_5xx']} server errors (5xx)")
@@ -128,6 +129,9 @@ def check(summary: dict[str, Any], results: Results, max_p95_ttft_ms: float, max
             if p95 is not None and p95 > max_p95_ttft_ms:
                 failures.append(f"{name}: p95 TTFT {p95:.0f} ms > {max_p95_ttft_ms:.0f} ms")
     server = summary.get("server") or {}
+    if not server and require_server_metrics:
+        failures.append("could not read codeserve's metrics from the server's /metrics, so the leak check did not "
+                        "run (a key is needed? pass --api-key; not codeserve? pass --no-server-metrics)")
     if server:
         if server["in_flight_after"] or server["engine_unfinished_after"]:
             failures.append(f"leak: {server['in_flight_after']:.0f} requests in flight and "
@@ -154,6 +158,9 @@ def render(summary: dict[str, Any]) -> str:
                  for k in ("ttft_ms", "itl_ms", "e2e_ms")]
         lines.append(f"| {name} | {s['streams']} | {cells[0]} | {cells[1]} | {cells[2]} | {s['tokens_per_s']:.1f} |")
     server = summary.get("server") or {}
+    if not server and require_server_metrics:
+        failures.append("could not read codeserve's metrics from the server's /metrics, so the leak check did not "
+                        "run (a key is needed? pass --api-key; not codeserve? pass --no-server-metrics)")
     if server:
         lines += ["", f"- server after the run: {server['in_flight_after']:.0f} in flight, "
                       f"{server['engine_unfinished_after']:.0f} engine requests, "

@@ -252,3 +252,42 @@ def test_sigterm_marks_the_server_draining(catalog: Catalog) -> None:
     assert server.should_exit and runtime.status == "stopping" and not runtime.ready
     with pytest.raises(NotReady, match="shutting down"):
         runtime.require_core()
+
+
+def test_shutdown_timeout_cuts_a_stream_that_runs_longer(catalog: Catalog) -> None:
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.api.conftest import ready_runtime
+    from tests.serverutil import free_port, wait_until
+
+    runtime, settings = ready_runtime(catalog, FakeEngine(token_delay_s=0.1), shutdown_timeout_s=1.0)
+    port = free_port()
+    config = uvicorn.Config(build_app(runtime, settings), host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    server = serve._Server(config, runtime)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started)
+    received: list[str] = []
+
+    def long_stream() -> None:  # 300 tokens x 0.1 s: far past the 1 s allowed
+        body = {"prompt": "x", "max_tokens": 300, "stream": True}
+        try:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as r:
+                received.extend(line for line in r.iter_lines() if line.startswith("data: "))
+        except httpx.HTTPError:
+            received.append("cut")
+
+    client = threading.Thread(target=long_stream)
+    client.start()
+    assert wait_until(lambda: len(runtime.core.engine._running) == 1)  # type: ignore[union-attr]
+    started = time.monotonic()
+    server.handle_exit(15, None)
+    thread.join(timeout=15)
+    client.join(timeout=15)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert runtime.status == "stopping"
+    assert "data: [DONE]" not in received  # cut off, not finished: 300 tokens would take 30 s

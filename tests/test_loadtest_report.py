@@ -1,0 +1,52 @@
+"""The load test's verdict (loadtests/report.py: check): what makes `loadtests/run.py` exit non-zero."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from loadtests.report import Results, Sample, check
+
+
+
+def _results(errors: dict[tuple[str, int], int] | None = None, cancelled: int = 2,
+             server_after: dict[str, float] | None = None) -> Results:
+    results = Results()
+    now = time.time()
+    for i in range(20):
+        results.add(Sample(now, "completions", 100.0 + i, 10.0, 300.0, 8, cancelled=i < cancelled))
+    for (name, status), count in (errors or {}).items():
+        for _ in range(count):
+            results.add_error(name, status)
+    results.server_before = {"codeserve_requests_cancelled_total": 5.0}
+    results.server_after = server_after if server_after is not None else {
+        "codeserve_requests_in_flight": 0.0, "codeserve_engine_unfinished_requests": 0.0,
+        "codeserve_requests_cancelled_total": 5.0 + cancelled}
+    return results
+
+
+@pytest.mark.parametrize(("results", "require", "expected"), [
+    (_results(), True, []),
+    (_results(errors={("completions", 500): 1}), True, ["1 server errors (5xx)"]),
+    (_results(errors={("completions", 429): 5}), True, ["error rate"]),
+    (_results(server_after={"codeserve_requests_in_flight": 1.0, "codeserve_engine_unfinished_requests": 2.0,
+                             "codeserve_requests_cancelled_total": 7.0}), True, ["leak: 1 requests in flight and 2"]),
+    (_results(server_after={"codeserve_requests_in_flight": 0.0, "codeserve_engine_unfinished_requests": 0.0,
+                             "codeserve_requests_cancelled_total": 5.0}), True, ["server counted 0 cancellations"]),
+    (_results(server_after={}), True, ["could not read codeserve's metrics"]),
+    (_results(server_after={}), False, []),
+], ids=["clean", "5xx", "error-rate", "leak", "cancellations-lost", "metrics-unreadable", "not-codeserve"])
+def test_verdict(results: Results, require: bool, expected: list[str]) -> None:
+    failures = check(results.summary(), results, max_p95_ttft_ms=0, max_error_rate=0.05,
+                     require_server_metrics=require)
+    assert len(failures) == len(expected), failures
+    for failure, start in zip(failures, expected, strict=True):
+        assert start in failure
+
+
+def test_p95_ttft_threshold() -> None:
+    results = _results()
+    assert check(results.summary(), results, max_p95_ttft_ms=50, max_error_rate=0.05)[0].startswith(
+        "completions: p95 TTFT")
+    assert check(results.summary(), results, max_p95_ttft_ms=5000, max_error_rate=0.05) == []
