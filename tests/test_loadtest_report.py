@@ -9,7 +9,6 @@ import pytest
 from loadtests.report import Results, Sample, check
 
 
-
 def _results(errors: dict[tuple[str, int], int] | None = None, cancelled: int = 2,
              server_after: dict[str, float] | None = None) -> Results:
     results = Results()
