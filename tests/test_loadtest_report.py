@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from loadtests.report import Results, Sample, check
+from loadtests.report import Results, Sample, check, render
 
 
 def _results(errors: dict[tuple[str, int], int] | None = None, cancelled: int = 2,
@@ -37,9 +37,11 @@ def _results(errors: dict[tuple[str, int], int] | None = None, cancelled: int = 
     (_results(server_after={}), False, []),
 ], ids=["clean", "5xx", "error-rate", "leak", "cancellations-lost", "metrics-unreadable", "not-codeserve"])
 def test_verdict(results: Results, require: bool, expected: list[str]) -> None:
-    failures = check(results.summary(), results, max_p95_ttft_ms=0, max_error_rate=0.05,
-                     require_server_metrics=require)
+    summary = results.summary()
+    failures = check(summary, results, max_p95_ttft_ms=0, max_error_rate=0.05, require_server_metrics=require)
     assert len(failures) == len(expected), failures
+    text = render({**summary, "failures": failures})  # the report the run prints and writes
+    assert ("FAILED: " in text) is bool(failures)
     for failure, start in zip(failures, expected, strict=True):
         assert start in failure
 
