@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import EngineFailure, ServeError
 from ..metrics import Metrics, RequestObserver
 from .errors import PayloadTooLarge, error_body, status_of
+from .serving import OBSERVER_STATE
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class ResponseAccounting:
             if sent is None:
                 await _send_error(send, EngineFailure("internal error; the server log has the details"))
                 sent = 500
-        observer = scope["state"].get("codeserve_observer")
+        observer = scope["state"].get(OBSERVER_STATE)
         final = observer.status if isinstance(observer, RequestObserver) and observer.status else sent
         endpoint = endpoint_of(scope.get("path", ""))
         if self.metrics is not None and endpoint is not None and final is not None:
