@@ -3,7 +3,6 @@ one handler that sends OpenAI's {"error": {"message", "type", "param", "code"}} 
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -21,8 +20,6 @@ from ..errors import (
     ModelNotFound,
     ServeError,
 )
-
-log = logging.getLogger(__name__)
 
 # What a client told "not now" (429 at capacity, 503 while loading) should wait before retrying: requests
 # finish within seconds, and a load shows progress on /ready, so a short, single hint serves both.
@@ -137,8 +134,5 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 413:  # the body cap (middleware.BodyLimit), hit while FastAPI read the body
             error = PayloadTooLarge(str(exc.detail), param="body")
         return JSONResponse(error_body(error), status_code=exc.status_code, headers=exc.headers)  # e.g. 405's Allow
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(EngineFailure(f"internal error: {type(exc).__name__}"))
+    # Anything else is answered (500) and logged by middleware.ResponseAccounting, which, unlike Starlette's
+    # outermost error middleware, does not re-raise and so keeps the client's keep-alive connection.

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from ..errors import InvalidRequest
 from .errors import RETRY_AFTER_S, RateLimited
@@ -63,11 +61,3 @@ class Limiter:
             sequences, waiter = self._waiters.popleft()
             self.active += sequences
             waiter.set_result(None)
-
-    @asynccontextmanager
-    async def slot(self, sequences: int = 1) -> AsyncIterator[None]:
-        await self.acquire(sequences)
-        try:
-            yield
-        finally:
-            self.release(sequences)
