@@ -77,6 +77,8 @@ def start_engine(plan: Plan, settings: Settings) -> tuple[Engine, Plan]:
     engine and the plan as it turned out (the option running, the ones that failed)."""
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
+    if settings.engine_args:
+        log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
     failures: list[StartFailure] = []
     for option in plan.options:
         if failures:
@@ -84,8 +86,6 @@ def start_engine(plan: Plan, settings: Settings) -> tuple[Engine, Plan]:
                         option.tensor_parallel_size, failures[-1].error)
         log.info("starting vLLM: %s %s tp=%d on %s", option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
-        if settings.engine_args:
-            log.info("CODESERVE_ENGINE_ARGS overrides the plan's engine arguments: %s", settings.engine_args)
         try:
             return VllmEngine.start(resolved_launch(option, settings), settings.engine_args), plan.started(
                 option, failures)

@@ -8,16 +8,15 @@ one place, and keeps an unexpected exception from closing the client's keep-aliv
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import EngineFailure, ServeError
+from ..errors import EngineFailure
 from ..metrics import Metrics, RequestObserver
-from .errors import PayloadTooLarge, error_body, status_of
+from .errors import PayloadTooLarge, error_response
 from .serving import OBSERVER_STATE
 
 log = logging.getLogger(__name__)
@@ -34,13 +33,6 @@ def endpoint_of(path: str) -> str | None:
     if path in _UNCOUNTED:
         return None
     return next((name for pattern, name in _ENDPOINTS if pattern.match(path)), "other")
-
-
-async def _send_error(send: Send, error: ServeError) -> None:
-    body = json.dumps(error_body(error)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status_of(error), "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
@@ -60,7 +52,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, self.error())  # the server discards the unread body, unparsed
+            await error_response(self.error())(scope, receive, send)  # the unread body is discarded, unparsed
             return
         received = 0
 
@@ -102,12 +94,12 @@ class ResponseAccounting:
         try:
             await self.app(scope, receive, tracked)
         except Exception:
-            # Starlette has already answered 500 and re-raises for the server's log; re-raising further
-            # would make uvicorn close the client's keep-alive connection.
+            # Answered here rather than re-raised: Starlette's outermost error middleware would answer too, but
+            # re-raise, and uvicorn would then close the client's keep-alive connection.
             log.exception("unhandled error on %s", scope.get("path"))
             if sent is None:
-                await _send_error(send, EngineFailure("internal error; the server log has the details"))
-                sent = 500
+                await error_response(EngineFailure("internal error; the server log has the details"))(
+                    scope, receive, tracked)
         observer = scope["state"].get(OBSERVER_STATE)
         final = observer.status if isinstance(observer, RequestObserver) and observer.status else sent
         endpoint = endpoint_of(scope.get("path", ""))
