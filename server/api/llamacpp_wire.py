@@ -104,10 +104,9 @@ async def events(core: GenerationCore, p: PreparedInfill, observer: RequestObser
     """llama.cpp's stream: `{"content": ..., "stop": false}` payloads, then one result with `stop: true`."""
     counts = [0] * p.sampling.n
     finishes: list[str | None] = [None] * p.sampling.n
-    if p.sampling.max_tokens > 0:
-        async for index, delta in core.run([p.prompt], p.sampling, p.id, observer):
-            counts[index] += delta.token_count
-            finishes[index] = delta.finish_reason or finishes[index]
-            if delta.text:
-                yield {"content": delta.text, "stop": False, "index": index, "id_slot": 0}
+    async for index, delta in core.run([p.prompt], p.sampling, p.id, observer):  # n_predict 0: no text, at once
+        counts[index] += delta.token_count
+        finishes[index] = delta.finish_reason or finishes[index]
+        if delta.text:
+            yield {"content": delta.text, "stop": False, "index": index, "id_slot": 0}
     yield _result(core, p, "", sum(counts), observer, finishes[0])

@@ -69,3 +69,13 @@ def test_llamacpp_completion(fake: Served) -> None:
 def test_bad_n_predict_is_named(fake: Served) -> None:
     response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "n_predict": -5})
     assert response.status_code == 400 and response.json()["error"]["param"] == "n_predict"
+
+
+def test_streamed_warm_up_answers_one_final_event(fake) -> None:
+    """n_predict 0, streamed: no content events, one result with stop true; the engine is never asked."""
+    response = httpx.post(fake.url + "/infill", json={"input_prefix": "def f(", "input_suffix": ")", "n_predict": 0,
+                                                      "stream": True})
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert response.status_code == 200 and len(events) == 1
+    assert events[0]["stop"] is True and events[0]["content"] == "" and events[0]["tokens_predicted"] == 0
+    assert fake.engine.prompts == []
