@@ -47,9 +47,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, log: Path)
     raise SystemExit(f"the server was not ready after {READY_TIMEOUT_S} s; see {log}")
 
 
-def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(out: Path, settings: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`codeserve serve` on a free port with `settings` (CODESERVE_* variables) over the environment."""
     port = free_port()
-    env = {**os.environ, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}
+    env = {**os.environ, **(settings or {}), "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)}
     log = out / "server.log"
     process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -60,6 +61,11 @@ def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str]:
         process.kill()
         raise
     return process, host
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=120)
 
 
 def main() -> int:
@@ -85,8 +91,7 @@ def main() -> int:
         return subprocess.run(command, cwd=ROOT).returncode
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=120)
+            stop_server(server)
 
 
 if __name__ == "__main__":
