@@ -25,7 +25,7 @@ def test_unknown_template_id() -> None:
 
 @pytest.mark.parametrize(("fim_id", "expected"), [
     ("starcoder", "<fim_prefix>P<fim_suffix>S<fim_middle>"),
-    ("codellama", "<PRE> P <SUF>S <MID>"),
+    ("codellama", "<PRE> <SUF>S <MID> P"),
     ("deepseek", "<｜fim▁begin｜>P<｜fim▁hole｜>S<｜fim▁end｜>"),
     ("qwen", "<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>"),
     ("codestral", "[SUFFIX]S[PREFIX]P"),
@@ -43,7 +43,35 @@ def test_braces_in_code_survive() -> None:
 
 def test_hole_messages_keep_prefix_and_suffix() -> None:
     content = hole_messages("def f():\n", "\nf()")[0]["content"]
-    assert "def f():\n<HOLE>\nf()" in content
+    assert "<HOLE>\nf()" in content and content.endswith("def f():\n<HOLE>")
+
+
+def _unchanged_chars(before: str, after: str) -> int:
+    same = (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b)
+    return next(same, min(len(before), len(after)))
+
+
+# Typing extends the prefix; what the engine can take from its prefix cache is the prompt up to the first change.
+PREFIX, TYPED, SUFFIX = "def f(items):\n    for item in items:\n        ", "print(it", "\n    return items\n" * 20
+
+
+@pytest.mark.parametrize("fim_id", [t.id for t in TEMPLATES.values() if t.suffix_first])
+def test_suffix_first_templates_change_only_after_the_cursor(fim_id: str) -> None:
+    template = TEMPLATES[fim_id]
+    before, after = template.prompt(PREFIX, SUFFIX), template.prompt(PREFIX + TYPED, SUFFIX)
+    tail = template.template.split("{prefix}", 1)[1]  # the constant after the prefix
+    assert _unchanged_chars(before, after) == len(before) - len(tail)
+
+
+def test_trained_suffix_first_families_are_suffix_first() -> None:
+    assert {t.id for t in TEMPLATES.values() if t.suffix_first} == {"codellama", "codestral", "codegeex4"}
+
+
+def test_chat_hole_prompt_changes_only_after_the_cursor() -> None:
+    before = hole_messages(PREFIX, SUFFIX)[0]["content"]
+    after = hole_messages(PREFIX + TYPED, SUFFIX)[0]["content"]
+    assert SUFFIX in before[:_unchanged_chars(before, after)]
+    assert _unchanged_chars(before, after) == len(before) - len("<HOLE>")
 
 
 def _package_dir(name: str) -> Path:
