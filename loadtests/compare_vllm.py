@@ -26,7 +26,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.run import free_port, wait_ready  # noqa: E402
-from server.engine.vllm_args import engine_args, serve_flags  # noqa: E402
+from server.engine.vllm_args import engine_args, engine_env, serve_flags  # noqa: E402
 from server.planning import detect_and_choose  # noqa: E402
 from server.serve import resolved_launch  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
     result = detect_and_choose(settings)
     launch = resolved_launch(result.chosen, settings)
     args = engine_args(launch, settings.engine_args)
-    env = dict(os.environ)
+    env = {**os.environ, **engine_env(launch)}  # the same CPU binding codeserve gives its engine
     summaries = {}
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -71,7 +71,8 @@ def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, An
     """The plan's Launch as vLLM would take it (before the weights are resolved to a local directory)."""
     launch = result.chosen.launch
     args = vllm_args.engine_args(launch, overrides)
-    return {"name": "vllm", "args": args, "command": "vllm serve " + " ".join(vllm_args.serve_flags(args))}
+    env = vllm_args.engine_env(launch)
+    return {"name": "vllm", "args": args, "env": env, "command": vllm_args.serve_command(args, env)}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

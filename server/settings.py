@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     cpu_memory_fraction: float = Field(
         0.5, gt=0.0, le=0.9, description="share of RAM a CPU plan may use (weights + KV cache)"
     )
+    cpu_cores: str = Field(
+        "auto", pattern=r"^(auto|engine|\d+(-\d+)?(,\d+(-\d+)?)*)$",
+        description="CPUs the engine computes on: auto (every core on up to 4 cores, else all but one), "
+                    "engine (vLLM's own: one core kept for its scheduler), or a list such as 0-3,6")
+    eager: bool | None = Field(
+        None, description="true: skip graph compilation (faster start, slower decode); default: compile (the "
+                          "CPU too: about 3 minutes more start-up on 2 cores for ~25% faster decode)")
+    speculative: Literal["auto", "ngram", "off"] = Field(
+        "auto", description="speculative decoding by prompt lookup: auto (completion role on GPUs), ngram, off")
     auto_quantize: bool = True
     torch_index: str = Field(DEFAULT_TORCH_INDEX_URL,
                              description="where the quantization venv finds torch's +cpu build")
@@ -86,6 +95,9 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1024,
         description="larger bodies get 413 while being read (an IDE prompt of a 32k-token context is ~130 KB)")
+    supersede: bool = Field(
+        True, description="a completion from the same API key and `user` (llama.cpp: `id_slot`) ends that owner's "
+                          "in-flight completion (409 request_superseded) and aborts its engine request")
     failure_exit_s: float = Field(
         5.0, ge=0.0, description="after the engine died or failed to load: seconds /ready shows why, then exit 3")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

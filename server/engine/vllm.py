@@ -7,13 +7,14 @@ vLLM's engine core runs in a child process. Argument rendering is in vllm_args.p
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from ..planner.launch import Launch
 from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings, TokenLogprob
-from .vllm_args import engine_args
+from .vllm_args import engine_args, engine_env
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class VllmEngine:
 
         args = engine_args(launch, overrides)
         args.setdefault("disable_log_stats", False)
+        # vLLM reads these in its engine process, which inherits this process's environment; they concern
+        # only the engine, so setting them here changes nothing else this process does.
+        os.environ.update(engine_env(launch))
         try:
             llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:  # vLLM raises RuntimeError/ValueError subclasses with text only

@@ -6,6 +6,7 @@ machine without vLLM's GPU build.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from ..planner.launch import Launch
@@ -35,7 +36,28 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
         # vLLM's CPU worker takes an explicit KV cache size (VLLM_CPU_KVCACHE_SPACE is its legacy, whole-GiB
         # form of the same setting: vllm/platforms/cpu.py, 0.32).
         args["kv_cache_memory_bytes"] = launch.kv_cache_bytes
+    if launch.kv_block_tokens is not None:
+        args["block_size"] = launch.kv_block_tokens
+    if launch.speculation is not None:
+        args["speculative_config"] = {"method": "ngram",
+                                      "num_speculative_tokens": launch.speculation.draft_tokens,
+                                      "prompt_lookup_min": launch.speculation.min_match_tokens,
+                                      "prompt_lookup_max": launch.speculation.max_match_tokens}
     return {**args, **(overrides or {})}
+
+
+def engine_env(launch: Launch) -> dict[str, str]:
+    """Environment variables the engine reads at start: vLLM takes its CPU thread binding only from
+    VLLM_CPU_OMP_THREADS_BIND (vllm/utils/ompmultiprocessing.py, 0.32), read in its engine process."""
+    if launch.device == "cpu" and launch.cpu_cores:
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(cpu) for cpu in launch.cpu_cores)}
+    return {}
+
+
+def serve_command(args: dict[str, Any], env: dict[str, str]) -> str:
+    """The equivalent shell command line: `NAME=value ... vllm serve MODEL --flags`."""
+    words = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
+    return " ".join([*words, "vllm", "serve", *(shlex.quote(flag) for flag in serve_flags(args))])
 
 
 def serve_flags(args: dict[str, Any]) -> list[str]:

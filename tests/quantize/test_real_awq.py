@@ -86,7 +86,8 @@ def test_cpu_engine_serves_it_or_the_planner_refuses(checkpoint: Path) -> None:
     from server.engine.vllm import VllmEngine
 
     chosen = choose(simulated("none", replace(cpu, avx512=True)), catalog, make_settings(precision="awq")).chosen
-    engine = VllmEngine.start(dataclasses.replace(chosen.launch, model=str(checkpoint), max_model_len=1024))
+    engine = VllmEngine.start(dataclasses.replace(chosen.launch, model=str(checkpoint), max_model_len=1024,
+                                                  eager=True))  # no graph compilation: minutes per start
 
     async def complete() -> str:
         text = ""
