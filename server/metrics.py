@@ -39,6 +39,9 @@ class Metrics:
                                ["endpoint"], registry=r)
         self.cancelled = Counter("codeserve_requests_cancelled", "Requests whose client went away before the end",
                                  ["endpoint"], registry=r)
+        self.superseded = Counter("codeserve_requests_superseded",
+                                  "Completions ended (and their engine requests aborted) because a newer one from "
+                                  "the same user or id_slot arrived", ["endpoint"], registry=r)
         self.rejected = Counter("codeserve_requests_rejected", "Requests refused with 429 (server full)",
                                 ["endpoint"], registry=r)
         self.queue_time = Histogram("codeserve_queue_time_seconds", "Wait for a free request slot",
@@ -53,7 +56,8 @@ class Metrics:
         self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
                                          registry=r)
         for endpoint in GENERATION_ENDPOINTS:
-            for family in (self.in_flight, self.cancelled, self.rejected, self.prompt_tokens, self.generation_tokens):
+            for family in (self.in_flight, self.cancelled, self.superseded, self.rejected, self.prompt_tokens,
+                           self.generation_tokens):
                 family.labels(endpoint)
         self.gpus = _GpuCollector()
         r.register(self.gpus)
@@ -173,7 +177,7 @@ class RequestObserver:
             self.first_token_at = now
         self.last_token_at = now
 
-    def end(self, status: int, cancelled: bool = False) -> None:
+    def end(self, status: int, cancelled: bool = False, superseded: bool = False) -> None:
         """The request is over (counted by status in Metrics.count_response, from `status`)."""
         if self.status is not None:
             return
@@ -186,5 +190,7 @@ class RequestObserver:
             self._in_flight = False
         if cancelled:
             m.cancelled.labels(self.endpoint).inc()
+        if superseded:
+            m.superseded.labels(self.endpoint).inc()
         if status < 400 and not cancelled:
             m.e2e.labels(self.endpoint).observe(self.clock() - self.started)

@@ -22,6 +22,7 @@ from .api.app import build_app
 from .api.auth import KeyCheck
 from .api.limits import Limiter
 from .api.serving import Runtime
+from .api.supersession import Supersession
 from .engine.base import Engine, EngineStartError, SamplingSettings
 from .fim import template_for
 from .generation.core import GenerationCore, ServedModel, fim_marker_problem
@@ -134,7 +135,8 @@ async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
 
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
     return Runtime(limiter=Limiter(settings.max_concurrent_requests, settings.max_queued_requests),
-                   keys=KeyCheck(settings.all_api_keys()), metrics=metrics)
+                   keys=KeyCheck(settings.all_api_keys()), metrics=metrics,
+                   supersession=Supersession() if settings.supersede else None)
 
 
 # Exit status when the engine died or never loaded: the orchestrator restarts the process (2 is a plan that

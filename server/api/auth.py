@@ -10,6 +10,13 @@ from fastapi import Request
 from .errors import Unauthorized
 
 
+def presented_key(request: Request) -> str:
+    """The key the request carries ('' for none): `Authorization: Bearer <key>`, else the `api-key` header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else request.headers.get("api-key", "")
+
+
 class KeyCheck:
     def __init__(self, keys: list[str]):
         self._keys = [k.encode("utf-8") for k in keys if k]
@@ -17,9 +24,7 @@ class KeyCheck:
     def __call__(self, request: Request) -> None:
         if not self._keys:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("api-key", "")
+        presented = presented_key(request)
         if not presented:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         # HTTP headers arrive as bytes that Starlette decodes as latin-1: encode back to those bytes, which

@@ -49,10 +49,17 @@ class PayloadTooLarge(ServeError):
     code = "request_too_large"
 
 
+class Superseded(ServeError):
+    """A newer completion from the same user or id_slot took this one's place (api/supersession.py)."""
+
+    code = "request_superseded"
+
+
 # Most specific class first; the first match wins. Types are OpenAI's.
 _HTTP: tuple[tuple[type[ServeError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
+    (Superseded, 409, "invalid_request_error"),
     (Unauthorized, 401, "invalid_request_error"),
     (ModelNotFound, 404, "invalid_request_error"),
     (NotFound, 404, "invalid_request_error"),

@@ -172,6 +172,7 @@ class LlamaCppRequest(_Request):
     seed: Annotated[int, Field(**INT64)] | None = None
     stream: bool = False
     n_cmpl: int = Field(1, ge=1, le=MAX_N)
+    id_slot: int = Field(-1, ge=-1)  # llama.cpp's slot; here it names the typist for supersession (-1: none)
     response_fields: list[str] | None = None
 
     @field_validator("seed", mode="before")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -21,8 +21,9 @@ from ..metrics import Metrics, RequestObserver
 from ..planner.plan import Plan
 from . import sse
 from .auth import KeyCheck
-from .errors import RETRY_AFTER_S, NotReady, status_of
+from .errors import RETRY_AFTER_S, NotReady, Superseded, status_of
 from .limits import Limiter
+from .supersession import Claim, Supersession
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Runtime:
     status: str = "loading"  # loading | ready | failed | stopping
     detail: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    supersession: Supersession | None = None  # None: CODESERVE_SUPERSEDE=false
 
     @property
     def ready(self) -> bool:
@@ -87,32 +89,38 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
                  prepare: Callable[[GenerationCore], P],
                  collect: Callable[[GenerationCore, P, RequestObserver], Awaitable[Payload | list[Any]]],
                  events: Callable[[GenerationCore, P, RequestObserver], AsyncIterator[Payload]],
-                 done_event: str | None) -> Response:
-    """Serve one generation request; `done_event` ends a successful stream (OpenAI's [DONE], or None)."""
+                 done_event: str | None, user: str | None = None, slot: int | None = None) -> Response:
+    """Serve one generation request; `done_event` ends a successful stream (OpenAI's [DONE], or None).
+    `user` / `slot` name the request's owner for supersession (api/supersession.py)."""
     observer = runtime.observer(endpoint)
     request.scope.setdefault("state", {})[OBSERVER_STATE] = observer  # the response accounting reads its status
+    claim: Claim | None = None
     release: Callable[[], None] | None = None
     try:
         core = runtime.require_core()
         # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
         prepared = await asyncio.to_thread(prepare, core)
         sequences = prepared.sequences
+        if runtime.supersession is not None:  # only a valid request takes its owner's place
+            claim = runtime.supersession.claim(request, user, slot)
+        release = _once(lambda: _release(runtime, claim))
         # The slot is taken before any 200 goes out (a full server answers 429, also to streams); a client
-        # that leaves while queued gives up its place.
-        if await _unless_disconnected(request, runtime.limiter.acquire(sequences)) is _DISCONNECTED:
+        # that leaves while queued gives up its place, as does one superseded while queued.
+        if await _unless_disconnected(request, runtime.limiter.acquire(sequences), claim) is _DISCONNECTED:
             observer.end(CLIENT_CLOSED, cancelled=True)
             return Response(status_code=CLIENT_CLOSED)
-        release = _once(lambda: runtime.limiter.release(sequences))
+        release = _once(lambda: _release(runtime, claim, sequences))
         observer.begin()
         if stream:
-            response = StreamingResponse(_stream(observer, events(core, prepared, observer), done_event, release),
+            payloads = _until_superseded(events(core, prepared, observer), claim)
+            response = StreamingResponse(_stream(observer, payloads, done_event, release),
                                          media_type="text/event-stream", background=BackgroundTask(release),
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             release = None  # the stream owns the slot now
             return response
-        result = await _unless_disconnected(request, collect(core, prepared, observer))
+        result = await _unless_disconnected(request, collect(core, prepared, observer), claim)
     except ServeError as error:
-        observer.end(status_of(error))
+        observer.end(status_of(error), superseded=isinstance(error, Superseded))
         raise
     except BaseException:
         observer.end(500)
@@ -127,6 +135,14 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), media_type="application/json")
     return JSONResponse(result)  # compact separators: llama.vim looks for `"content":"`
+
+
+def _release(runtime: Runtime, claim: Claim | None, sequences: int = 0) -> None:
+    """Give back what a request holds: its owner's place and its limiter slot (once acquired)."""
+    if runtime.supersession is not None:
+        runtime.supersession.release(claim)
+    if sequences:
+        runtime.limiter.release(sequences)
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:
@@ -150,24 +166,57 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Run `work`, cancelling it (which aborts its engine requests) if the client disconnects first."""
+async def _unless_disconnected(request: Request, work: Awaitable[Any], claim: Claim | None) -> Any:
+    """Run `work`, cancelling it (which aborts its engine requests) if the client disconnects first, or
+    raising Superseded if a newer request of the same owner arrives first."""
     task = asyncio.ensure_future(work)
     listener = asyncio.ensure_future(_disconnect(request))
+    superseded = asyncio.ensure_future(claim.event.wait() if claim else asyncio.Event().wait())
     try:
-        done, _ = await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
-        return task.result() if task in done else _DISCONNECTED
+        done, _ = await asyncio.wait({task, listener, superseded}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        if superseded in done and claim is not None:
+            raise claim.error()
+        return _DISCONNECTED
     finally:
-        for pending in (task, listener):
+        for pending in (task, listener, superseded):
             pending.cancel()
-        await asyncio.gather(task, listener, return_exceptions=True)
+        await asyncio.gather(task, listener, superseded, return_exceptions=True)
+
+
+async def _until_superseded(payloads: AsyncIterator[Payload], claim: Claim | None) -> AsyncIterator[Payload]:
+    """The stream's payloads until a newer request of the same owner arrives: then the pending step is
+    cancelled (the generation's cleanup aborts its engine request) and Superseded is raised."""
+    if claim is None:
+        async for payload in payloads:
+            yield payload
+        return
+    superseded = asyncio.ensure_future(claim.event.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(payloads))
+            await asyncio.wait({step, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+                raise claim.error()
+            try:
+                payload = step.result()
+            except StopAsyncIteration:
+                return
+            yield payload
+    finally:
+        superseded.cancel()
+        if isinstance(payloads, AsyncGenerator):
+            await payloads.aclose()
 
 
 async def _stream(observer: RequestObserver, payloads: AsyncIterator[Payload], done_event: str | None,
                   release: Callable[[], None]) -> AsyncIterator[str]:
     """Starlette cancels this generator when the client disconnects; the engine request is aborted then.
     The slot is released here, or by the response's background task if the stream never started."""
-    status, cancelled = 200, True
+    status, cancelled, superseded = 200, True, False
     try:
         async for payload in payloads:
             yield sse.event(payload)
@@ -175,7 +224,7 @@ async def _stream(observer: RequestObserver, payloads: AsyncIterator[Payload], d
             yield done_event
         cancelled = False
     except ServeError as error:  # mid-stream: the 200 is out, so the error goes as an event
-        status, cancelled = status_of(error), False
+        status, cancelled, superseded = status_of(error), False, isinstance(error, Superseded)
         yield sse.error_event(error)
     except Exception:
         log.exception("a stream failed")
@@ -183,4 +232,4 @@ async def _stream(observer: RequestObserver, payloads: AsyncIterator[Payload], d
         yield sse.error_event(EngineFailure("internal error while streaming; the server log has the details"))
     finally:
         release()
-        observer.end(CLIENT_CLOSED if cancelled else status, cancelled=cancelled)
+        observer.end(CLIENT_CLOSED if cancelled else status, cancelled=cancelled, superseded=superseded)

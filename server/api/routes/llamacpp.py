@@ -27,7 +27,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def _llamacpp(request: Request, body: LlamaCppRequest, infill: bool) -> Response:
     runtime: Runtime = request.app.state.runtime
     return await handle(request, runtime, "infill" if infill else "llamacpp_completion", body.stream,
-                        lambda core: wire.prepare(core, body, infill), wire.collect, wire.events, None)
+                        lambda core: wire.prepare(core, body, infill), wire.collect, wire.events, None,
+                        slot=body.id_slot)
 
 
 @router.post("/infill", responses=RESPONSES)

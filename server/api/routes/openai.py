@@ -37,7 +37,7 @@ async def list_models(request: Request) -> ModelList:
 async def _completions(request: Request, body: CompletionRequest) -> Response:
     return await handle(request, _runtime(request), "completions", body.stream,
                         lambda core: wire.prepare_completion(core, body), wire.completion, wire.completion_events,
-                        DONE)
+                        DONE, user=body.user)
 
 
 @router.post("/v1/completions", responses=_generation_responses(CompletionResponse))
