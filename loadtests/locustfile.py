@@ -6,6 +6,12 @@ Users:
   short think time; a share of requests (default 30%) is cancelled mid-stream by closing the connection,
   as an IDE does when the user keeps typing.
 - ChatUser: code questions through /v1/chat/completions, streamed, longer answers.
+- TypingUser (--typing-weight, default 1): a developer typing through a real file (TypingSession in
+  typing_session.py): a completion every 2 typed characters at ~8 characters/s in bursts of a word or two,
+  each read until the next keystroke and then closed (the editor drops the stale one; the same `user`
+  throughout, so the server supersedes any it has not yet seen closed), the last of a burst read to the end
+  while the developer pauses. Its entries are named "typing", apart from the random-file completions; the
+  summary adds the server's prefix-cache hit rate and speculative acceptance over the run.
 
 Besides locust's request stats, each stream reports custom entries: "TTFT" (time to first token, ms),
 "ITL" (mean inter-token latency, ms) and "tokens/s" (the stream's decode rate, in the response-time
@@ -23,14 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 from gevent import GreenletExit
-from locust import HttpUser, between, events, task
+from locust import HttpUser, between, constant, events, task
 from locust.env import Environment
 
 try:  # run as `locust -f loadtests/locustfile.py` (no package) or imported by tests
     from loadtests import report
+    from loadtests.typing_session import TypingSession
 except ImportError:  # pragma: no cover - locust puts loadtests/ itself on sys.path
     import report  # type: ignore[no-redef]
+    from typing_session import TypingSession  # type: ignore[no-redef]
 
 CHARS_PER_TOKEN = 4  # source code averages ~3.5-4.5 characters per BPE token
 QUESTIONS = [
@@ -50,6 +59,8 @@ def _options(parser: Any) -> None:
     parser.add_argument("--chat-weight", type=int, default=1, env_var="LOADTEST_CHAT_WEIGHT",
                         help="chat users per --completion-weight completion users")
     parser.add_argument("--completion-weight", type=int, default=4, env_var="LOADTEST_COMPLETION_WEIGHT")
+    parser.add_argument("--typing-weight", type=int, default=1, env_var="LOADTEST_TYPING_WEIGHT",
+                        help="typing-session users (see TypingUser)")
     parser.add_argument("--prefix-only", action="store_true", env_var="LOADTEST_PREFIX_ONLY",
                         help="send no suffix (for servers without FIM support, e.g. vLLM's own)")
     parser.add_argument("--max-prefix-tokens", type=int, default=1500, env_var="LOADTEST_MAX_PREFIX_TOKENS")
@@ -107,13 +118,14 @@ class _StreamingUser(HttpUser):
         self.environment.events.request.fire(request_type="METRIC", name=name, response_time=value,
                                              response_length=0, exception=None, context={})
 
-    def stream(self, path: str, body: dict[str, Any], name: str, cancel_after: int | None) -> None:
+    def stream(self, path: str, body: dict[str, Any], name: str, cancel_after: int | None,
+               cancel_at: float | None = None) -> None:
         if self.model:
             body["model"] = self.model
         start = time.perf_counter()
         stamps: list[float] = []
         try:
-            cancelled = self._read(path, body, name, cancel_after, stamps)
+            cancelled = self._read(path, body, name, cancel_after, stamps, cancel_at)
         except GreenletExit:  # the test is stopping mid-stream: that closes the connection too
             self._record(name, start, stamps, cancelled=True)
             raise
@@ -121,34 +133,47 @@ class _StreamingUser(HttpUser):
             self._record(name, start, stamps, cancelled)
 
     def _read(self, path: str, body: dict[str, Any], name: str, cancel_after: int | None,
-              stamps: list[float]) -> bool | None:
-        """Stream one response; True if we walked away, False if it finished, None on error."""
-        cancelled = False
+              stamps: list[float], cancel_at: float | None = None) -> bool | None:
+        """Stream one response; True if we walked away (after `cancel_after` tokens, or at the perf_counter
+        time `cancel_at`), False if it finished, None on error."""
         with self.client.post(path, json=body, headers=self.headers, stream=True, name=name,
                               catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 RESULTS.add_error(name, response.status_code)
                 return None
-            # chunk_size=None: hand over each event as it arrives (a fixed size would wait for more bytes)
-            for line in response.iter_lines(chunk_size=None, decode_unicode=True):
-                if not line or not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    response.failure(event["error"].get("message", "error event"))
-                    RESULTS.add_error(name, 500)
-                    return None
-                if _has_text(event):
-                    stamps.append(time.perf_counter())
-                if _finished(event):
-                    cancel_after = None  # the server is done: closing now would cancel nothing
-                if cancel_after is not None and len(stamps) >= cancel_after:
+            if cancel_at is None:
+                cancelled = self._events(response, name, cancel_after, stamps)
+            else:
+                try:
+                    with gevent.Timeout(max(0.0, cancel_at - time.perf_counter()), _Deadline):
+                        cancelled = self._events(response, name, cancel_after, stamps)
+                except _Deadline:  # the next keystroke: drop this completion
                     cancelled = True
-                    response.raw.close() if response.raw is not None else None  # walk away mid-stream
-                    break
-            response.success()
+                    response.raw.close() if response.raw is not None else None
+            if cancelled is not None:
+                response.success()
         return cancelled
+
+    def _events(self, response: Any, name: str, cancel_after: int | None, stamps: list[float]) -> bool | None:
+        """Read the events; True if we walked away after `cancel_after` tokens, False at the end, None on error."""
+        # chunk_size=None: hand over each event as it arrives (a fixed size would wait for more bytes)
+        for line in response.iter_lines(chunk_size=None, decode_unicode=True):
+            if not line or not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                response.failure(event["error"].get("message", "error event"))
+                RESULTS.add_error(name, 500)
+                return None
+            if _has_text(event):
+                stamps.append(time.perf_counter())
+            if _finished(event):
+                cancel_after = None  # the server is done: closing now would cancel nothing
+            if cancel_after is not None and len(stamps) >= cancel_after:
+                response.raw.close() if response.raw is not None else None  # walk away mid-stream
+                return True
+        return False
 
     def _record(self, name: str, start: float, stamps: list[float], cancelled: bool) -> None:
         end = time.perf_counter()
@@ -197,6 +222,36 @@ class IdeCompletionUser(_StreamingUser):
         self.stream("/v1/completions", body, "completions", cancel_after)
 
 
+class _Deadline(Exception):
+    """The next keystroke is due (raised by gevent.Timeout inside a typing user's read)."""
+
+
+class TypingUser(_StreamingUser):
+    wait_time = constant(0)  # the session paces itself
+    chars_per_s = 8.0  # ~100 words per minute
+
+    @task
+    def type_through_a_file(self) -> None:
+        options = self.environment.parsed_options
+        session = TypingSession(self.random.randrange(1 << 30), typed_chars=48)
+        user = f"typist-{id(self)}"
+        burst_end = 0
+        keystrokes = list(session.keystrokes())
+        for i, keystroke in enumerate(keystrokes):
+            body: dict[str, Any] = {"prompt": keystroke.prefix, "max_tokens": 32, "temperature": 0,
+                                    "stream": True, "user": user, "stop": ["\n\n"]}
+            if not (options and options.prefix_only):
+                body["suffix"] = keystroke.suffix
+            if i >= burst_end:  # a pause after a word or two: this completion is read to its end
+                burst_end = i + self.random.randint(2, 6)
+                self.stream("/v1/completions", body, "typing", None)
+                gevent.sleep(self.random.uniform(1.0, 3.0))
+                continue
+            due = time.perf_counter() + session.chars_per_request / self.chars_per_s
+            self.stream("/v1/completions", body, "typing", None, cancel_at=due)
+            gevent.sleep(max(0.0, due - time.perf_counter()))
+
+
 class ChatUser(_StreamingUser):
     wait_time = between(2, 6)  # reading the previous answer
 
@@ -217,6 +272,7 @@ def _weights(environment: Environment, **_: Any) -> None:
     if options is None:
         return
     IdeCompletionUser.weight, ChatUser.weight = options.completion_weight, options.chat_weight
+    TypingUser.weight = options.typing_weight
     environment.user_classes = [c for c in environment.user_classes if c.weight > 0]
 
 

@@ -84,7 +84,10 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 WATCHED = ("codeserve_requests_in_flight", "codeserve_requests_cancelled_total", "codeserve_engine_unfinished_requests",
-           "codeserve_requests_rejected_total")
+           "codeserve_requests_rejected_total", "codeserve_requests_superseded_total",
+           # vLLM's own: prefix-cache reuse and speculative decoding over the run
+           "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+           "vllm:spec_decode_num_draft_tokens_total", "vllm:spec_decode_num_accepted_tokens_total")
 
 
 def server_metrics(host: str, headers: dict[str, str]) -> dict[str, float]:
@@ -103,16 +106,25 @@ def server_metrics(host: str, headers: dict[str, str]) -> dict[str, float]:
     return totals
 
 
-def server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
     if not after:
         return {}
+
+    def grown(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    queries, drafted = grown("vllm:prefix_cache_queries_total"), grown("vllm:spec_decode_num_draft_tokens_total")
     return {
         "in_flight_after": after.get("codeserve_requests_in_flight", 0.0),
         "engine_unfinished_after": after.get("codeserve_engine_unfinished_requests", 0.0),
-        "cancelled": after.get("codeserve_requests_cancelled_total", 0.0)
-        - before.get("codeserve_requests_cancelled_total", 0.0),
-        "rejected": after.get("codeserve_requests_rejected_total", 0.0)
-        - before.get("codeserve_requests_rejected_total", 0.0),
+        # ended early on the server: the client left, or a newer request of the same user took its place
+        # (a client that closes its stale stream just before sending the next one races the two)
+        "cancelled": grown("codeserve_requests_cancelled_total") + grown("codeserve_requests_superseded_total"),
+        "superseded": grown("codeserve_requests_superseded_total"),
+        "rejected": grown("codeserve_requests_rejected_total"),
+        "prefix_cache_hit_rate": round(grown("vllm:prefix_cache_hits_total") / queries, 3) if queries else None,
+        "spec_acceptance_rate": (round(grown("vllm:spec_decode_num_accepted_tokens_total") / drafted, 3)
+                                 if drafted else None),
     }
 
 
@@ -161,7 +173,12 @@ def render(summary: dict[str, Any]) -> str:
     if server:
         lines += ["", f"- server after the run: {server['in_flight_after']:.0f} in flight, "
                       f"{server['engine_unfinished_after']:.0f} engine requests, "
-                      f"{server['cancelled']:.0f} cancellations counted, {server['rejected']:.0f} rejected (429)"]
+                      f"{server['cancelled']:.0f} cancellations counted ({server.get('superseded', 0):.0f} "
+                      f"superseded), {server['rejected']:.0f} rejected (429)"]
+        if server.get("prefix_cache_hit_rate") is not None:
+            lines.append(f"- prefix cache hit rate {server['prefix_cache_hit_rate']:.1%}")
+        if server.get("spec_acceptance_rate") is not None:
+            lines.append(f"- speculative decoding: {server['spec_acceptance_rate']:.1%} of draft tokens accepted")
     if summary.get("failures"):
         lines += ["", "FAILED: " + "; ".join(summary["failures"])]
     else:
