@@ -233,7 +233,9 @@ class TypingUser(_StreamingUser):
     @task
     def type_through_a_file(self) -> None:
         options = self.environment.parsed_options
-        session = TypingSession(self.random.randrange(1 << 30), typed_chars=48)
+        prefix_tokens = options.max_prefix_tokens if options else 1500
+        suffix_lines = max(1, (options.max_suffix_tokens if options else 500) // 12)  # ~12 tokens per line
+        session = TypingSession(self.random.randrange(1 << 30), prefix_tokens, suffix_lines, typed_chars=48)
         user = f"typist-{id(self)}"
         burst_end = 0
         keystrokes = list(session.keystrokes())

@@ -69,4 +69,5 @@ def test_server_delta_reports_cache_hits_and_speculation() -> None:
     text = render({**_results().summary(), "server": {**delta, "in_flight_after": 0.0,
                                                       "engine_unfinished_after": 0.0}, "failures": []})
     assert "prefix cache hit rate 90.0%" in text and "25.0% of draft tokens accepted" in text
-    assert server_delta(before, {**after, "vllm:spec_decode_num_draft_tokens_total": 0.0})["spec_acceptance_rate"] is None
+    no_drafts = {**after, "vllm:spec_decode_num_draft_tokens_total": 0.0}
+    assert server_delta(before, no_drafts)["spec_acceptance_rate"] is None

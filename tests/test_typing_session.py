@@ -3,6 +3,8 @@ function, the file's own next characters typed, a request every two characters."
 
 from __future__ import annotations
 
+import itertools
+
 from loadtests.typing_session import TypingSession
 
 
@@ -11,7 +13,7 @@ def test_each_keystroke_extends_the_prefix_and_keeps_the_suffix() -> None:
     strokes = list(session.keystrokes())
     assert len(strokes) == len(session.typed) // 2 + 1 and len(strokes) > 10
     assert all(s.suffix == session.suffix for s in strokes)
-    for before, after in zip(strokes, strokes[1:], strict=False):
+    for before, after in itertools.pairwise(strokes):
         assert after.prefix.startswith(before.prefix) and len(after.prefix) == len(before.prefix) + 2
     source = session.path.read_text(encoding="utf-8", errors="replace")
     assert session.base_prefix + session.typed + session.suffix in source  # the file's own text, in order

@@ -193,13 +193,12 @@ async def _until_superseded(payloads: AsyncIterator[Payload], claim: Claim | Non
             yield payload
         return
     superseded = asyncio.ensure_future(claim.event.wait())
+    step: asyncio.Future[Payload] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(payloads))
             await asyncio.wait({step, superseded}, return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
                 raise claim.error()
             try:
                 payload = step.result()
@@ -207,7 +206,12 @@ async def _until_superseded(payloads: AsyncIterator[Payload], claim: Claim | Non
                 return
             yield payload
     finally:
-        superseded.cancel()
+        # However this ends (superseded, or the client left and Starlette cancelled the stream), the pending
+        # step is cancelled first: that runs the generation's cleanup, which aborts its engine request.
+        pending = [task for task in (superseded, step) if task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if isinstance(payloads, AsyncGenerator):
             await payloads.aclose()
 

@@ -151,3 +151,19 @@ def test_off_by_setting(serve_fake) -> None:
     thread.join(timeout=30)
     assert "error" not in _events(result["response"])[-1]
     assert served.engine.aborted == []
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_client_that_leaves_is_cancelled_as_without_an_owner(serve_fake, route: str) -> None:
+    """Found by the locust typing user: a stream with an owner whose client closed it ran on to its end."""
+    served = serve_fake(engine=FakeEngine(token_delay_s=SLOW))
+    path, body, label = ROUTES[route]
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", served.url + path, json={**body(5 if route == "infill" else "dev-1"), "stream": True}) as response:
+        lines = response.iter_lines()
+        next(lines)  # the first event arrived: generation is under way
+    assert wait_until(lambda: served.engine.num_unfinished_requests() == 0)
+    assert len(served.engine.aborted) == 1
+    assert wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
+    assert served.metrics.superseded.labels(label)._value.get() == 0
+    assert wait_until(lambda: len(served.runtime.supersession or ()) == 0)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -208,6 +209,42 @@ def test_disconnect_aborts_the_engine_request(live: Live) -> None:
     assert live.metric("codeserve_requests_in_flight") == 0
 
 
+def test_a_newer_completion_of_the_same_user_supersedes_the_older(live: Live) -> None:
+    superseded_before = live.metric("codeserve_requests_superseded_total")
+    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 2000, "stream": True, "temperature": 0, "user": "typist"}
+    with httpx.Client(timeout=60) as http, http.stream("POST", live.url + "/v1/completions", json=body) as response:
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                break  # tokens are flowing
+        newer = http.post(live.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 4})
+        rest = [line for line in lines if line.startswith("data: ")]  # ends at once: no 2000 tokens to wait for
+    assert newer.status_code == 200 and newer.json()["usage"]["completion_tokens"] == 4
+    assert json.loads(rest[-1][6:])["error"]["code"] == "request_superseded"
+    assert live.metric("codeserve_requests_superseded_total") == superseded_before + 1
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and live.metric("codeserve_engine_unfinished_requests") != 0:
+        time.sleep(0.1)
+    assert live.metric("codeserve_engine_unfinished_requests") == 0
+    assert live.metric("vllm:num_requests_running") == 0
+
+
+def test_typing_reuses_the_prompt_up_to_the_cursor(live: Live) -> None:
+    """Each keystroke's prompt is served from vLLM's prefix cache up to the cursor: the suffix comes first, so
+    only the last (partial) block and the template's tail are prefilled again."""
+    source = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text(encoding="utf-8")
+    prefix, suffix = source[2000:3600], source[3600:5600]  # the code after the cursor outweighs the change
+    body = {"prompt": prefix, "suffix": suffix, "max_tokens": 1, "temperature": 0}
+    assert httpx.post(live.url + "/v1/completions", json=body, timeout=120).status_code == 200
+    queries, hits = live.metric("vllm:prefix_cache_queries_total"), live.metric("vllm:prefix_cache_hits_total")
+    typed = httpx.post(live.url + "/v1/completions", json={**body, "prompt": prefix + "if n"}, timeout=120)
+    assert typed.status_code == 200
+    prompt_tokens = typed.json()["usage"]["prompt_tokens"]
+    assert live.metric("vllm:prefix_cache_queries_total") - queries == prompt_tokens
+    reused = live.metric("vllm:prefix_cache_hits_total") - hits
+    assert reused >= prompt_tokens - 64, f"only {reused} of {prompt_tokens} prompt tokens came from the cache"
+
+
 def test_llama_vscode_infill(live: Live) -> None:
     response = httpx.post(live.url + "/infill", json={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n",
                                                        "n_predict": 8, "temperature": 0}, timeout=60)
@@ -346,8 +383,9 @@ def test_locust_smoke_run(live: Live, tmp_path: Path) -> None:
     out = tmp_path / "loadtest"
     result = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parents[2] / "loadtests" / "run.py"), "--host", live.url,
-         "--users", "3", "--spawn-rate", "3", "--run-time", "20s", "--out", str(out), "--",
-         "--cancel-share", "0.5", "--completion-weight", "3", "--chat-weight", "1", "--max-prefix-tokens", "120",
+         "--users", "4", "--spawn-rate", "4", "--run-time", "20s", "--out", str(out), "--",
+         "--cancel-share", "0.5", "--completion-weight", "2", "--chat-weight", "1", "--typing-weight", "1",
+         "--max-prefix-tokens", "120",
          "--max-suffix-tokens", "40", "--completion-max-tokens", "8-24", "--chat-max-tokens", "16-32"],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -360,6 +398,8 @@ def test_locust_smoke_run(live: Live, tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0, name
     stats = (out / "locust_stats.csv").read_text()
     assert "TTFT completions" in stats and "tokens/s completions" in stats
+    assert summary["by_endpoint"]["typing"]["ttft_ms"]["p50"] is not None  # the typing user, reported apart
+    assert summary["server"]["prefix_cache_hit_rate"] > 0
 
 
 def test_sigterm_lets_in_flight_requests_finish(live: Live) -> None:
