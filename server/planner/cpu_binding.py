@@ -2,10 +2,11 @@
 
 vLLM's CPU worker, left to itself ("auto"), binds one OpenMP thread per physical core of a NUMA node and
 keeps one core out for its scheduler process. On a small machine that kept core is a large share of the
-compute: on 2 cores it halves it. Measured on this project's 2-core machines with the bundled model
-(issue 11; figures in the README's "CPU serving" section): binding both cores cut cold TTFT 4,565 -> 2,662 ms
-and raised decode 24.1 -> 27.7 tok/s, and 8 concurrent streams still ran faster than with the reserved core,
-although the HTTP process and the scheduler then share the cores with the compute threads.
+compute: on 2 cores it halves it. Measured on a 2-core AVX2 machine with the bundled model (typing session,
+loadtests/typing_session.py, issue 11): binding both cores cut cold TTFT 13.8 -> 9.2 s and warm TTFT p50
+1,195 -> 882 ms, and 8 concurrent streams decoded 10.0 -> 15.3 tok/s although the HTTP process and the
+scheduler then share the cores with the compute threads. (Other work on the machine hurts more then: with a
+test run beside it, one stream fell to 3.6 tok/s.)
 So: on up to SMALL_MACHINE_CORES physical cores every core computes; above that one core stays free (a
 small share there, and it keeps the scheduler and HTTP responsive). Across NUMA nodes vLLM's own binding
 (per node) is kept. One logical CPU per physical core: SMT siblings share the core's matrix units.
