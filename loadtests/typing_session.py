@@ -25,6 +25,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtests import report
 from loadtests.run import start_server, stop_server
 
 CHARS_PER_TOKEN = 4  # source code averages ~3.5-4.5 characters per BPE token
@@ -112,17 +114,9 @@ def completion_stream(host: str, body: dict[str, object], headers: dict[str, str
 
 
 def counters(host: str, headers: dict[str, str]) -> dict[str, float]:
-    """vLLM's prefix-cache and speculative-decoding counters from /metrics (0 when absent)."""
-    names = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:spec_decode_num_drafts_total",
-             "vllm:spec_decode_num_draft_tokens_total", "vllm:spec_decode_num_accepted_tokens_total",
-             "codeserve_superseded_requests_total")
-    found = dict.fromkeys(names, 0.0)
-    text = requests.get(host + "/metrics", headers=headers, timeout=10).text
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in found:
-            found[name] += float(line.rsplit(" ", 1)[1])
-    return found
+    """vLLM's prefix-cache and speculative-decoding counters (the load report's reading of /metrics), 0 when
+    absent: a server without speculation exports no spec_decode series."""
+    return defaultdict(float, report.server_metrics(host, headers))
 
 
 def percentile(values: list[float], q: float) -> float:

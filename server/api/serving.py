@@ -171,18 +171,21 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any], claim: Cl
     raising Superseded if a newer request of the same owner arrives first."""
     task = asyncio.ensure_future(work)
     listener = asyncio.ensure_future(_disconnect(request))
-    superseded = asyncio.ensure_future(claim.event.wait() if claim else asyncio.Event().wait())
+    waiters = {task, listener}
+    superseded = asyncio.ensure_future(claim.event.wait()) if claim is not None else None
+    if superseded is not None:  # only requests with an owner wait on a third event
+        waiters.add(superseded)
     try:
-        done, _ = await asyncio.wait({task, listener, superseded}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         if superseded in done and claim is not None:
             raise claim.error()
         return _DISCONNECTED
     finally:
-        for pending in (task, listener, superseded):
+        for pending in waiters:
             pending.cancel()
-        await asyncio.gather(task, listener, superseded, return_exceptions=True)
+        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 async def _until_superseded(payloads: AsyncIterator[Payload], claim: Claim | None) -> AsyncIterator[Payload]:

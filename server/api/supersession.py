@@ -21,13 +21,14 @@ from .errors import Superseded
 class Claim:
     """One request's hold on its owner; `event` is set when a newer request of the owner arrives."""
 
-    owner: tuple[str, str]
+    owner: tuple[str, str]  # (API key digest, the owner's field and value)
+    param: str  # the request field that named the owner: "user" or "id_slot"
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def error(self) -> Superseded:
-        return Superseded(f"superseded by a newer completion request from the same {self.owner[1].split(':')[0]} "
-                          "(the server keeps one completion per user in flight; CODESERVE_SUPERSEDE=false turns "
-                          "this off)", param="user" if self.owner[1].startswith("user:") else "id_slot")
+        return Superseded(f"superseded by a newer completion request from the same {self.param} (the server keeps "
+                          "one completion per user in flight; CODESERVE_SUPERSEDE=false turns this off)",
+                          param=self.param)
 
 
 class Supersession:
@@ -37,16 +38,16 @@ class Supersession:
     def claim(self, request: Request, user: str | None, slot: int | None) -> Claim | None:
         """Take the owner's place, superseding the request that held it; None when the request has no owner."""
         if user:
-            name = f"user:{user}"
+            param, value = "user", user
         elif slot is not None and slot >= 0:
-            name = f"id_slot:{slot}"
+            param, value = "id_slot", str(slot)
         else:
             return None
-        owner = (_key_of(request), name)
+        owner = (_key_of(request), f"{param}:{value}")
         previous = self._current.get(owner)
         if previous is not None:
             previous.event.set()
-        claim = self._current[owner] = Claim(owner)
+        claim = self._current[owner] = Claim(owner, param)
         return claim
 
     def release(self, claim: Claim | None) -> None:
