@@ -76,36 +76,42 @@ HOLE_INSTRUCTION = (
 )
 
 
-# Chat models answer in Markdown: the closing fence ends the answer (a stop string), and the opening fence
-# line, if the answer starts with one, is removed by FenceFilter, so only code reaches the editor.
-HOLE_STOP = ("\n```",)
+# Chat models answer in Markdown: generation/infill.py drops an opening fence line or a role name before the
+# code and ends the answer at the closing fence (not a stop string: one would also fire on an opening fence
+# after a preamble line), so only code reaches the editor.
 
 
-class FenceFilter:
-    """Streams text through, dropping a leading ```lang line. Buffers only while the text seen so far
-    could still be the start of a fence."""
+@dataclass(frozen=True)
+class RepoFormat:
+    """How a family was trained to see other files of the repository before the file being edited."""
 
-    def __init__(self) -> None:
-        self._buffer = ""
-        self._decided = False
+    header: str  # with {repo}; written only when the request names the repository
+    file: str  # one other file, with {path} and {text}
+    current: str  # what opens the edited file, with {path}; the FIM prompt follows
+    markers: tuple[str, ...]  # must be single tokens of the served tokenizer, else plain text is used
+    source: str
+    path_in_prefix: bool = False  # the edited file's path opens the FIM prefix (StarCoder2)
 
-    def feed(self, text: str, final: bool = False) -> str:
-        if self._decided:
-            return text
-        self._buffer += text
-        head = self._buffer.lstrip()
-        if head.startswith("```"):
-            if "\n" not in head:
-                if not final:
-                    return ""  # the fence line is not complete yet
-                self._decided = True
-                return ""
-            self._decided = True
-            return head.split("\n", 1)[1]
-        if len(head) < 3 and "```".startswith(head) and not final:
-            return ""  # could still become a fence
-        self._decided = True
-        return self._buffer
+    def render(self, files: list[tuple[str, str]], path: str, repo: str | None) -> str:
+        head = self.header.format(repo=repo) if repo else ""
+        return head + "".join(self.file.format(path=p, text=t) for p, t in files) + self.current.format(
+            path="" if self.path_in_prefix else path)
+
+
+REPO_FORMATS: dict[str, RepoFormat] = {
+    "qwen": RepoFormat("<|repo_name|>{repo}\n", "<|file_sep|>{path}\n{text}\n", "<|file_sep|>{path}\n",
+                       ("<|repo_name|>", "<|file_sep|>"),
+                       "Qwen2.5-Coder README, repository-level code completion"),
+    "starcoder": RepoFormat("<repo_name>{repo}", "<file_sep>{path}\n{text}", "<file_sep>",
+                            ("<repo_name>", "<file_sep>"),
+                            "StarCoder2 paper (arXiv 2402.19173) section 5: <repo_name>name<file_sep>path\\ncode ..."
+                            "<file_sep><fim_prefix>path\\ncode_pre<fim_suffix>...", path_in_prefix=True),
+}
+
+
+def plain_context(files: list[tuple[str, str]]) -> str:
+    """Other files for a family without repository tokens: each one's name on a line, then its text."""
+    return "".join(f"{path}\n{text}\n" for path, text in files)
 
 
 def template_for(fim_id: str | None) -> FimTemplate | None:

@@ -53,6 +53,10 @@ class Metrics:
         self.e2e = Histogram("codeserve_request_duration_seconds", "Request arrival to last byte",
                              ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
+        self.infill_cleanups = Counter(
+            "codeserve_infill_cleanups", "Fill-in-the-middle completions changed for the editor, by rule: lead (a chat "
+            "model's fence or role line dropped), repeat (restated prefix dropped), marker, suffix (cut where it ran "
+            "into the suffix), line, indent, bracket (code-aware stops)", ["endpoint", "action"], registry=r)
         self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
                                          registry=r)
         for endpoint in GENERATION_ENDPOINTS:
@@ -159,6 +163,11 @@ class RequestObserver:
     def prompt_tokens(self, count: int) -> None:
         if self.metrics is not None:
             self.metrics.prompt_tokens.labels(self.endpoint).inc(count)
+
+    def cleaned(self, actions: list[str]) -> None:
+        if self.metrics is not None:
+            for action in actions:
+                self.metrics.infill_cleanups.labels(self.endpoint, action).inc()
 
     def tokens(self, count: int) -> None:
         if count <= 0:

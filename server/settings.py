@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     speculative: Literal["auto", "ngram", "off"] = Field(
         "auto", description="speculative decoding by prompt lookup: auto (completion role on GPUs), ngram, off")
     auto_quantize: bool = True
+    quant_quality_gate: Literal["warn", "refuse", "off"] = Field(
+        "warn", description="after quantizing, score 4-bit against the source on FIM holes: warn, or refuse (fall "
+                            "back to the plan's next option) when it loses more than quant_max_quality_loss")
+    quant_max_quality_loss: float = Field(
+        0.05, ge=0.0, le=1.0, description="largest relative drop in edit similarity 4-bit may cost (0.05 = 5%): "
+                                          "studies put 7B+ code models under 2%, ~1B ones over 12%")
+    quant_gate_samples: int = Field(24, ge=0, le=400, description="FIM holes the gate scores (0: no gate)")
     torch_index: str = Field(DEFAULT_TORCH_INDEX_URL,
                              description="where the quantization venv finds torch's +cpu build")
     engine_args: dict[str, Any] = Field(
@@ -95,6 +102,10 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1024,
         description="larger bodies get 413 while being read (an IDE prompt of a 32k-token context is ~130 KB)")
+    completion_code_stops: bool = Field(
+        False, description="code-aware stops (end of line, dedent, closing bracket) on /v1/completions with a suffix "
+                           "by default; off keeps OpenAI's contract (max_tokens and stop decide), clients such as "
+                           "Tabby stop on their own; /infill and the Copilot route always default to on")
     supersede: bool = Field(
         True, description="a completion from the same API key and `user` (llama.cpp: `id_slot`) ends that owner's "
                           "in-flight completion (409 request_superseded) and aborts its engine request")

@@ -32,6 +32,8 @@ class FakeEngine:
     fail_message: str = "fake engine failure"
     vocab_size: int = VOCAB_SIZE
     max_token_chars: int = MAX_TOKEN_CHARS
+    special_tokens: frozenset[str] = frozenset({"<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"})
+    reply: str | None = None  # when set, every sequence 'generates' this text, token by token, then stops
     death: str | None = None  # set by kill(): the engine core is gone
     tokenized_on_loop: list[bool] = field(default_factory=list)  # per tokenize call: on the event loop?
     prompts: list[str | list[int]] = field(default_factory=list)
@@ -126,9 +128,14 @@ class FakeEngine:
 
     def _next(self, prompt: str | list[int], sampling: SamplingSettings, index: int,
               step: int) -> tuple[str, str | None]:
-        """The next token's text and the finish reason it brings (EOS or the length limit)."""
+        """The next token's text and the finish reason it brings (EOS, a stop token, or the length limit)."""
         if self.eos_after is not None and step >= self.eos_after:
             return "", "stop"
+        if self.reply is not None:
+            pieces = _TOKEN.findall(self.reply)
+            if step >= len(pieces) or self.tokenize(pieces[step])[0] in sampling.stop_token_ids:
+                return "", "stop"
+            return pieces[step], "length" if step + 1 == sampling.max_tokens else None
         greedy = sampling.temperature == 0  # one most likely continuation: every choice is the same
         word = self._word(prompt, 0 if greedy else index, 0 if greedy else sampling.seed, step)
         return word, "length" if step + 1 == sampling.max_tokens else None

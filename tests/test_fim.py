@@ -104,20 +104,3 @@ def test_qwen_markers_are_single_special_tokens() -> None:
     specials = {token: index for index, token in QWEN3_5_SPECIAL_TOKENS}
     for marker in (*TEMPLATES["qwen"].markers, *TEMPLATES["qwen"].stop):
         assert tokenizer.encode(marker) == [specials[marker]], marker
-
-
-@pytest.mark.parametrize(("chunks", "expected"), [
-    (["```python\n", "x = 1\n", "y"], "x = 1\ny"),
-    (["``", "`py", "\nreturn a"], "return a"),
-    (["return", " a"], "return a"),
-    (["`x` is", " fine"], "`x` is fine"),
-    (["  ```\n", "pass"], "pass"),
-    (["```"], ""),
-    (["`"], "`"),
-], ids=["fence", "split-fence", "no-fence", "inline-code", "indented-fence", "only-fence", "lone-backtick"])
-def test_fence_filter(chunks: list[str], expected: str) -> None:
-    from server.fim import FenceFilter
-
-    fence = FenceFilter()
-    out = "".join(fence.feed(c, final=(i == len(chunks) - 1)) for i, c in enumerate(chunks))
-    assert out == expected

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..engine.base import SamplingSettings
 from ..generation.core import GenerationCore, Prompt, new_id
+from ..generation.hole import Hole, extra_files
 from ..metrics import RequestObserver
 from .protocol import LlamaCppRequest
 
@@ -33,9 +34,12 @@ class PreparedInfill:
 
 def prepare(core: GenerationCore, req: LlamaCppRequest, infill: bool) -> PreparedInfill:
     if infill:
-        # Extra context (other open files) goes before the prefix, as plain text with its file name.
-        extra = "".join(f"{chunk.filename}\n{chunk.text}\n" for chunk in req.input_extra if chunk.text)
-        prompt = core.text_prompt(extra + req.input_prefix, req.input_suffix, infill=True)
+        # llama.cpp keeps the FIM format for an empty suffix (the cursor is at the end); other files go in the
+        # family's repository format; code-aware stops and trimming to fit are on unless the request says no.
+        hole = Hole(req.input_prefix, req.input_suffix, extra_files(req.infill_extras()), req.filename,
+                    req.repo_name, code_stops=req.code_stops is not False, min_indent=req.n_indent or None,
+                    fit=req.fit_context is not False, reserve_tokens=None if req.n_predict < 0 else req.n_predict)
+        prompt = core.fill(hole)
         if req.prompt:  # llama.cpp appends `prompt` after the middle marker (text typed at the cursor)
             prompt = core.extend(prompt, req.prompt)
     else:
@@ -60,7 +64,7 @@ def _result(core: GenerationCore, p: PreparedInfill, content: str, predicted: in
         "tokens_predicted": predicted,
         "tokens_evaluated": len(p.prompt.token_ids),
         "tokens_cached": 0,
-        "truncated": False,
+        "truncated": p.prompt.truncation is not None,
         "stop_type": "limit" if finish == "length" else "eos",
         "generation_settings": {"n_predict": p.sampling.max_tokens, "temperature": p.sampling.temperature,
                                 "top_p": p.sampling.top_p, "stop": list(p.sampling.stop), "model": core.served.id,
@@ -70,6 +74,8 @@ def _result(core: GenerationCore, p: PreparedInfill, content: str, predicted: in
                     "predicted_n": predicted, "predicted_ms": predicted_ms,
                     "predicted_per_second": predicted / predicted_ms * 1000 if predicted_ms else 0.0},
     }
+    if p.prompt.truncation is not None:
+        result["truncation"] = p.prompt.truncation.as_dict()
     return _select(result, p.request.response_fields)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..engine.base import SamplingSettings, TokenLogprob
 from ..errors import InvalidRequest
 from ..generation.core import GenerationCore, Prompt, new_id
+from ..generation.hole import Hole, extra_files
 from ..metrics import RequestObserver
 from .protocol import (
     AssistantMessage,
@@ -27,6 +28,7 @@ from .protocol import (
     CompletionResponse,
     TokenLogprobOut,
     TopLogprob,
+    Truncation,
     Usage,
 )
 
@@ -58,6 +60,11 @@ class PreparedGeneration:
     def sequences(self) -> int:
         return self.choice_count
 
+    @property
+    def truncation(self) -> Truncation | None:
+        cut = next((p.truncation for p in self.prompts if p.truncation is not None), None)
+        return None if cut is None else Truncation(**cut.as_dict())
+
     def usage(self, completion_tokens: int) -> Usage:
         """OpenAI's accounting: prompts once each, completion tokens summed over every returned choice."""
         prompt = sum(len(p.token_ids) for p in self.prompts)
@@ -70,15 +77,31 @@ def _sampling(req: CompletionRequest | ChatRequest, max_tokens: int, logprobs: i
                             frequency_penalty=req.frequency_penalty, logprobs=logprobs)
 
 
-def prepare_completion(core: GenerationCore, req: CompletionRequest) -> PreparedGeneration:
+def prepare_completion(core: GenerationCore, req: CompletionRequest, ide: bool = False,
+                       code_stops: bool = False) -> PreparedGeneration:
+    """`ide`: the Copilot route, where code-aware stops and trimming to fit are on unless the request says
+    otherwise; on /v1/completions trimming needs `fit_context` and `code_stops` defaults to the setting."""
     core.check_model(req.model)
     texts = req.prompts()
     if req.echo and any(isinstance(t, list) for t in texts):
         raise InvalidRequest("'echo' needs a text prompt, not token ids", param="echo")
-    prompts = [core.text_prompt(t, req.suffix) for t in texts]
+    prompts = [_prompt(core, req, t, ide, code_stops) for t in texts]
     budget = min(core.token_budget(p, req.max_tokens) for p in prompts)
     echo = [t if req.echo and isinstance(t, str) else "" for t in texts]
     return PreparedGeneration(new_id("cmpl"), prompts, echo, _sampling(req, budget, req.logprobs), req.include_usage)
+
+
+def _prompt(core: GenerationCore, req: CompletionRequest, text: str | list[int], ide: bool,
+            code_stops: bool) -> Prompt:
+    infill = bool(req.suffix) or bool(req.input_extra)
+    if not infill:
+        return core.text_prompt(text)
+    if isinstance(text, list):
+        raise InvalidRequest("'suffix' needs a text prompt, not token ids", param="suffix")
+    stops = req.code_stops if req.code_stops is not None else (ide or code_stops)
+    fit = req.fit_context if req.fit_context is not None else ide
+    return core.fill(Hole(text, req.suffix or "", extra_files(req.infill_extras()), req.filename, req.repo_name,
+                          code_stops=stops, fit=fit, reserve_tokens=req.max_tokens))
 
 
 def prepare_chat(core: GenerationCore, req: ChatRequest) -> PreparedGeneration:
@@ -129,7 +152,7 @@ async def completion(core: GenerationCore, prepared: PreparedGeneration,
         body.append(CompletionChoice(index=i, text=echo + c.text, logprobs=logprobs,
                                      finish_reason=c.finish_reason))
     return CompletionResponse(id=prepared.id, created=prepared.created, model=core.served.id, choices=body,
-                              usage=prepared.usage(sum(c.tokens for c in choices)))
+                              usage=prepared.usage(sum(c.tokens for c in choices)), truncation=prepared.truncation)
 
 
 async def chat(core: GenerationCore, prepared: PreparedGeneration, observer: RequestObserver) -> ChatCompletionResponse:
@@ -145,8 +168,12 @@ async def chat(core: GenerationCore, prepared: PreparedGeneration, observer: Req
 
 async def completion_events(core: GenerationCore, prepared: PreparedGeneration,
                             observer: RequestObserver) -> AsyncIterator[CompletionChunk]:
+    truncation = [prepared.truncation]  # reported once, on the first event
+
     def chunk(*choices: CompletionChoice) -> CompletionChunk:
-        return CompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id, choices=list(choices))
+        cut, truncation[0] = truncation[0], None
+        return CompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id, choices=list(choices),
+                               truncation=cut)
 
     for i in range(prepared.choice_count):
         echo = prepared.echo_texts[i // prepared.sampling.n]

@@ -96,7 +96,33 @@ class _Sampling(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class CompletionRequest(_Sampling):
+class InputExtra(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    filename: Text = ""
+    text: Text = ""
+
+
+class _Infill(BaseModel):
+    """codeserve's fill-in-the-middle extensions, shared by /v1/completions and /infill."""
+
+    input_extra: list[InputExtra] = Field(
+        default_factory=list, description="other files for context (llama.cpp's input_extra), written in the "
+                                          "model family's repository format where it has one")
+    filename: Text = Field("", description="the edited file's path, where the repository format has a place for it")
+    repo_name: Text | None = Field(None, description="the repository's name, for the repository format's header")
+    code_stops: bool | None = Field(
+        None, description="end at the end of the line (cursor mid-line), on a dedent below the cursor's block, or "
+                          "after closing a bracket opened before the cursor; default: on for /infill and the "
+                          "Copilot route, CODESERVE_COMPLETION_CODE_STOPS for /v1/completions")
+    fit_context: bool | None = Field(
+        None, description="trim other files, then the far prefix, then the far suffix (whole lines) to fit the "
+                          "context instead of answering 400; default: on for /infill and the Copilot route")
+
+    def infill_extras(self) -> tuple[tuple[str, str], ...]:
+        return tuple((chunk.filename, chunk.text) for chunk in self.input_extra if chunk.text)
+
+
+class CompletionRequest(_Sampling, _Infill):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=64)] | Annotated[
         list[int], Field(min_length=1)]
     suffix: Text | None = None  # Tabby's vllm backend sends null: same as absent
@@ -152,18 +178,11 @@ class ChatRequest(_Sampling):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class InputExtra(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    filename: Text = ""
-    text: Text = ""
-
-
-class LlamaCppRequest(_Request):
+class LlamaCppRequest(_Request, _Infill):
     """llama.cpp's /infill and /completion (llama.vscode, llama.vim, Continue's llama.cpp provider)."""
 
     input_prefix: Text = ""
     input_suffix: Text = ""
-    input_extra: list[InputExtra] = Field(default_factory=list)
     prompt: Text = ""
     n_predict: int = Field(-1, ge=-1)
     temperature: float = Field(0.8, ge=0.0, le=2.0)
@@ -172,6 +191,7 @@ class LlamaCppRequest(_Request):
     seed: Annotated[int, Field(**INT64)] | None = None
     stream: bool = False
     n_cmpl: int = Field(1, ge=1, le=MAX_N)
+    n_indent: int = Field(0, ge=0, description="llama.cpp: lines indented less than this end the completion")
     id_slot: int = Field(-1, ge=-1)  # llama.cpp's slot; here it names the typist for supersession (-1: none)
     response_fields: list[str] | None = None
 
@@ -218,13 +238,25 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None
 
 
-class CompletionResponse(BaseModel):
+class Truncation(BaseModel):
+    """codeserve's extension: what trimming to fit (`fit_context`) removed from a fill-in-the-middle prompt."""
+
+    extra_files_dropped: int
+    prefix_chars_dropped: int
+    suffix_chars_dropped: int
+    prompt_tokens_before: int
+    prompt_tokens: int
+
+
+class CompletionResponse(_OmitsNone):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    truncation: Truncation | None = None  # only when the prompt was trimmed to fit
+    _omit_if_none = ("truncation",)
 
 
 class CompletionChunk(_OmitsNone):
@@ -236,7 +268,8 @@ class CompletionChunk(_OmitsNone):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    _omit_if_none = ("usage",)
+    truncation: Truncation | None = None  # on the first event, when the prompt was trimmed to fit
+    _omit_if_none = ("usage", "truncation")
 
 
 class TopLogprob(BaseModel):

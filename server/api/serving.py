@@ -46,6 +46,7 @@ class Runtime:
     detail: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     supersession: Supersession | None = None  # None: CODESERVE_SUPERSEDE=false
+    completion_code_stops: bool = False  # CODESERVE_COMPLETION_CODE_STOPS: the default on /v1/completions
 
     @property
     def ready(self) -> bool:

@@ -32,6 +32,7 @@ class SamplingSettings:
     top_p: float = 1.0
     n: int = 1
     stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -64,6 +65,7 @@ class Engine(Protocol):
     max_model_len: int
     vocab_size: int  # token ids run from 0 to vocab_size - 1
     max_token_chars: int  # the longest text one token stands for: len(text) / this bounds the token count
+    special_tokens: frozenset[str]  # the tokenizer's special tokens (template markers), as text
 
     def generate(self, prompt: str | list[int], sampling: SamplingSettings, request_id: str) -> AsyncIterator[Delta]:
         """Yield deltas until every sequence finished. Cancelling the iteration aborts the request."""

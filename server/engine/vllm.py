@@ -45,6 +45,9 @@ class VllmEngine:
         # Vocabulary keys spell a token's bytes (byte-level BPE) or characters (SentencePiece): never fewer
         # characters than the token's text, so this bounds the characters one token can cover.
         self.max_token_chars = max(len(token) for token in self._tokenizer.get_vocab())
+        added = getattr(self._tokenizer, "added_tokens_decoder", {}).values()
+        self.special_tokens = frozenset(self._tokenizer.all_special_tokens) | {
+            t.content for t in added if getattr(t, "special", False)}
 
     @classmethod
     def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> VllmEngine:
@@ -85,6 +88,7 @@ class VllmEngine:
             params = SamplingParams(
                 n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                 top_p=sampling.top_p, stop=list(sampling.stop), seed=sampling.seed,
+                stop_token_ids=list(sampling.stop_token_ids),
                 presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
                 logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
             )

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field, replace
 
 from ..engine.base import Delta, Engine, EngineDead, SamplingSettings
 from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest, ModelNotFound
-from ..fim import HOLE_STOP, FenceFilter, FimTemplate, hole_messages, template_for
+from ..fim import FimTemplate, template_for
 from ..metrics import RequestObserver
 from ..planner.catalog import ModelEntry
+from .hole import DEFAULT_RESERVE_TOKENS, Hole, HoleFormat, Truncation, fit, repo_format
+from .infill import InfillCleaner, InfillContext
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ class ServedModel:
 class Prompt:
     token_ids: list[int]
     stop: tuple[str, ...] = ()
-    strip_fence: bool = False  # a chat model fills the hole: drop the Markdown fence it may open with
+    stop_token_ids: tuple[int, ...] = ()  # template tokens that end the answer (special: no stop string sees them)
+    infill: InfillContext | None = None  # a fill-in-the-middle prompt: its output is cleaned for the editor
+    truncation: Truncation | None = None  # what trimming removed to fit the context
 
 
 def new_id(prefix: str) -> str:
@@ -70,6 +74,26 @@ class GenerationCore:
     def __init__(self, engine: Engine, served: ServedModel):
         self.engine = engine
         self.served = served
+        fim = served.fim
+        chat = engine.chat_prompt if served.fills_holes_by_chat else None
+        self.holes = HoleFormat(fim, repo_format(fim, self._single_token), chat)
+        # Template tokens are special: vLLM hides them from the text, so stop strings never see them. They
+        # end the answer as token ids; as text (a tokenizer that does not mark them special) the cleaner cuts.
+        if fim is not None:
+            markers = {*fim.markers, *fim.stop, *(self.holes.repo.markers if self.holes.repo else ())}
+        elif chat is not None:
+            template = chat([{"role": "user", "content": ""}])
+            markers = {t for t in engine.special_tokens if t in template}
+        else:
+            markers = set()
+        self.markers = tuple(sorted(markers))
+        self.marker_ids = tuple(sorted({ids[0] for m in self.markers if len(ids := self._ids(m)) == 1}))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.engine.tokenize(text, add_special_tokens=False)
+
+    def _single_token(self, text: str) -> bool:
+        return len(self._ids(text)) == 1
 
     def check_model(self, name: str | None) -> None:
         if not self.served.accepts(name):
@@ -77,30 +101,53 @@ class GenerationCore:
                                 param="model")
 
     # ---- prompts -------------------------------------------------------------------------------
-    def text_prompt(self, text: str | list[int], suffix: str | None = None, infill: bool = False) -> Prompt:
-        """The prompt for `text`; fill-in-the-middle when a suffix is given, or always with `infill`
-        (llama.cpp's /infill keeps the FIM format for an empty suffix: the cursor is at the end)."""
+    def text_prompt(self, text: str | list[int]) -> Prompt:
+        """The prompt for plain text or token ids, continued as they are."""
         if isinstance(text, list):
-            if suffix:
-                raise InvalidRequest("'suffix' needs a text prompt, not token ids", param="suffix")
             vocab = self.engine.vocab_size
             if any(not 0 <= t < vocab for t in text):
                 raise InvalidRequest(f"token ids must lie in 0..{vocab - 1} (this model's vocabulary)", param="prompt")
             return Prompt(list(text))
-        suffix = suffix or ""
-        self._check_length(len(text) + len(suffix))
-        if not suffix and not infill:
-            if not text:
-                raise InvalidRequest("'prompt' is empty: send the text to continue", param="prompt")
-            return Prompt(self.engine.tokenize(text))
+        self._check_length(len(text))
+        if not text:
+            raise InvalidRequest("'prompt' is empty: send the text to continue", param="prompt")
+        return Prompt(self.engine.tokenize(text))
+
+    def fill(self, hole: Hole) -> Prompt:
+        """The prompt for a hole between `hole.prefix` and `hole.suffix`, in the served family's format (or its
+        chat template), trimmed to fit when `hole.fit`; its output is cleaned for the editor."""
         fim = self.served.fim
-        if fim is not None:
-            return Prompt(self.engine.tokenize(fim.prompt(text, suffix)), fim.stop)
-        if self.served.fills_holes_by_chat:
-            chat = self.chat_prompt(hole_messages(text, suffix))
-            return Prompt(chat.token_ids, HOLE_STOP, strip_fence=True)
-        raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot be "
-                             "honoured; send the prefix alone", param="suffix")
+        if fim is None and not self.served.fills_holes_by_chat:
+            raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot "
+                                 "be honoured; send the prefix alone", param="suffix")
+        truncation = None
+        if hole.fit:
+            reserve = min(hole.reserve_tokens or DEFAULT_RESERVE_TOKENS, self.served.max_model_len // 2)
+            hole, truncation = fit(self._bounded(hole, reserve), self._prompt_tokens, self.served.max_model_len
+                                   - reserve)
+        else:
+            self._check_length(len(hole.prefix) + len(hole.suffix) + sum(len(f.text) for f in hole.extra))
+        context = InfillContext(hole.prefix, hole.suffix, self.markers, chat=fim is None,
+                                code_stops=hole.code_stops, min_indent=hole.min_indent)
+        stop = fim.stop if fim is not None else ()
+        return Prompt(self._ids_of(self.holes.text(hole)), stop, self.marker_ids, context, truncation)
+
+    def _ids_of(self, prompt_text: str) -> list[int]:
+        # FIM prompts take the tokenizer's BOS where the model has one; a chat template writes its own.
+        return self.engine.tokenize(prompt_text, add_special_tokens=self.served.fim is not None)
+
+    def _prompt_tokens(self, hole: Hole) -> int:
+        return len(self._ids_of(self.holes.text(hole)))
+
+    def _bounded(self, hole: Hole, reserve: int) -> Hole:
+        """No token covers more than max_token_chars characters: text beyond (context x that) characters
+        cannot fit, so it is cut by characters before the tokenizer sees it (megabytes would hold a CPU)."""
+        room = (self.served.max_model_len - reserve) * self.engine.max_token_chars
+        if len(hole.prefix) > room:
+            hole = replace(hole, prefix=hole.prefix[len(hole.prefix) - room:])
+        if len(hole.suffix) > room:
+            hole = replace(hole, suffix=hole.suffix[:room])
+        return hole
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
         self._check_length(sum(len(m["content"]) for m in messages))
@@ -109,7 +156,9 @@ class GenerationCore:
 
     def extend(self, prompt: Prompt, text: str) -> Prompt:
         """`prompt` followed by `text` (llama.cpp's /infill: what was typed after the middle marker)."""
-        return replace(prompt, token_ids=prompt.token_ids + self.engine.tokenize(text, add_special_tokens=False))
+        infill = prompt.infill and replace(prompt.infill, prefix=prompt.infill.prefix + text)
+        return replace(prompt, token_ids=prompt.token_ids + self.engine.tokenize(text, add_special_tokens=False),
+                       infill=infill)
 
     def _check_length(self, characters: int) -> None:
         """Refuse, before tokenizing, text that cannot fit: no token covers more than max_token_chars
@@ -152,19 +201,31 @@ class GenerationCore:
 
     async def _one(self, prompt: Prompt, sampling: SamplingSettings, request_id: str,
                    observer: RequestObserver) -> AsyncIterator[Delta]:
-        sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop)
+        sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop,
+                           stop_token_ids=tuple(sampling.stop_token_ids) + prompt.stop_token_ids)
         finished = False
         observer.prompt_tokens(len(prompt.token_ids))
-        fences: dict[int, FenceFilter] = {}
+        cleaners: dict[int, InfillCleaner] = {}
+        ended: set[int] = set()  # choices the cleaner ended: their engine output is no longer wanted
         try:
             async for delta in self.engine.generate(prompt.token_ids, sampling, request_id):
                 if not delta.copied:
                     observer.tokens(delta.token_count)
-                if prompt.strip_fence:
-                    fence = fences.setdefault(delta.index, FenceFilter())
-                    delta = replace(delta, text=fence.feed(delta.text, final=delta.finish_reason is not None))
+                if prompt.infill is not None:
+                    if delta.index in ended:
+                        continue
+                    cleaner = cleaners.setdefault(delta.index, InfillCleaner(prompt.infill))
+                    delta = replace(delta, text=cleaner.feed(delta.text, final=delta.finish_reason is not None))
+                    if cleaner.reason is not None:
+                        ended.add(delta.index)
+                        delta = replace(delta, finish_reason=delta.finish_reason or "stop")
+                    if delta.finish_reason is not None:
+                        observer.cleaned(cleaner.actions)
                 yield delta
-            finished = True
+                if len(ended) == sampling.n:
+                    break  # every choice ended early: the finally below aborts the engine's request
+            else:
+                finished = True
         except EngineDead as exc:
             raise EngineUnavailable(f"the engine stopped while serving request {request_id}: {exc}; the server "
                                     "restarts, retry shortly") from exc

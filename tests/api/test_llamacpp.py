@@ -19,7 +19,9 @@ def test_infill_builds_the_fim_prompt_with_extra_context(fake: Served) -> None:
     data = response.json()
     assert data["content"] and data["tokens_predicted"] == 4 and data["stop"] is True
     assert "generation_settings" in data and data["timings"]["predicted_n"] == 4
-    expected = ("<|fim_prefix|>util.py\ndef g(): pass\ndef f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>")
+    # Qwen2.5-Coder's repository format: other files after <|file_sep|>, then the edited file
+    expected = ("<|file_sep|>util.py\ndef g(): pass\n<|file_sep|>\n"
+                "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>")
     assert fake.engine.prompts[-1] == fake.engine.tokenize(expected) + fake.engine.tokenize("y")
 
 

@@ -34,10 +34,11 @@ async def list_models(request: Request) -> ModelList:
                                      max_model_len=served.max_model_len)])
 
 
-async def _completions(request: Request, body: CompletionRequest) -> Response:
-    return await handle(request, _runtime(request), "completions", body.stream,
-                        lambda core: wire.prepare_completion(core, body), wire.completion, wire.completion_events,
-                        DONE, user=body.user)
+async def _completions(request: Request, body: CompletionRequest, ide: bool = False) -> Response:
+    runtime = _runtime(request)
+    return await handle(request, runtime, "completions", body.stream,
+                        lambda core: wire.prepare_completion(core, body, ide, runtime.completion_code_stops),
+                        wire.completion, wire.completion_events, DONE, user=body.user)
 
 
 @router.post("/v1/completions", responses=_generation_responses(CompletionResponse))
@@ -52,7 +53,7 @@ async def engine_completions(request: Request, engine: str, body: CompletionRequ
     del engine
     if body.model is not None and not _runtime(request).require_core().served.accepts(body.model):
         body = body.model_copy(update={"model": None})
-    return await _completions(request, body)
+    return await _completions(request, body, ide=True)
 
 
 @router.post("/v1/chat/completions", responses=_generation_responses(ChatCompletionResponse))

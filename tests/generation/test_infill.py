@@ -1,0 +1,203 @@
+"""Fill-in-the-middle output hygiene and code-aware stops: rules as tables, and properties over real code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from server.generation.infill import InfillCleaner, InfillContext, clean, suffix_head_length
+
+# Real code to cut holes in: the standard library's json package (present wherever Python is).
+SOURCES = [p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py"))
+           if p.stat().st_size > 2000]
+ISSUE_PREFIX = "import os\n\ndef list_python_files(root):\n    result = []\n    for "
+ISSUE_SUFFIX = "\n    return result\n"
+
+
+def _stream(context: InfillContext, chunks: list[str]) -> tuple[str, list[str], InfillCleaner]:
+    cleaner = InfillCleaner(context)
+    released = [cleaner.feed(c, final=(i == len(chunks) - 1)) for i, c in enumerate(chunks)]
+    return "".join(released), released, cleaner
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "completion", "expected"), [
+    # the issue's report: the bundled model started the whole file over
+    (ISSUE_PREFIX, ISSUE_SUFFIX, ISSUE_PREFIX + "f in os.listdir(root):\n        result.append(f)\n    return result\n",
+     "f in os.listdir(root):\n        result.append(f)"),
+    (ISSUE_PREFIX, ISSUE_SUFFIX, "    for f in os.listdir(root):", "f in os.listdir(root):"),
+    (ISSUE_PREFIX, ISSUE_SUFFIX, "f in os.listdir(root):", "f in os.listdir(root):"),
+    ("x = compute(a,", "\nprint(x)\n", "x = compute(a, b)", " b)"),
+    ("def f(a", "):\n    pass\n", ", b):\n    pass\n\ndef g(): pass", ", b"),
+    # a lone closing bracket at the head of the suffix is no proof: the next line must follow too
+    ("print(", ")", "foo()", "foo()"),
+    ("foo(a,\n", "\n)\nbar()\n", "    b,\n)\nbar()\n", "    b,"),
+    ("x = 1\n", "", "y = 2", "y = 2"),
+    ("a = [\n", "]\n", "    1,\n    2,\n", "    1,\n    2,\n"),
+], ids=["whole-file-again", "cursor-line-restated", "clean-already", "mid-line-restated", "runs-into-suffix",
+        "lone-bracket-kept", "bracket-plus-next-line", "nothing-to-do", "partial-suffix-kept"])
+def test_hygiene(prefix: str, suffix: str, completion: str, expected: str) -> None:
+    assert clean(InfillContext(prefix, suffix), completion) == expected
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    (["```python\n", "x = 1\n", "y"], "x = 1\ny"),
+    (["``", "`py", "\nreturn a"], "return a"),
+    (["return", " a"], "return a"),
+    (["`x` is", " fine"], "`x` is fine"),
+    (["  ```\n", "pass"], "pass"),
+    (["```"], ""),
+    (["assistant\n", "x = 1"], "x = 1"),
+    (["<|assistant|>\n```\n", "x"], "x"),
+    (["assert", " x"], "assert x"),
+    (["break\nno", "<|im_start|>", "assistant\nmore"], "break\nno"),
+    (["```python\nx = 1\n`", "``\nThis sets x."], "x = 1"),
+    (["x = 1\n```\n"], "x = 1"),
+], ids=["fence", "split-fence", "no-fence", "inline-code", "indented-fence", "only-fence", "role-line",
+        "role-tag-and-fence", "assert-is-no-role", "leaked-turn-marker",
+        "closing-fence-then-prose", "closing-fence-only"])
+def test_chat_artefacts(chunks: list[str], expected: str) -> None:
+    context = InfillContext("", "", markers=("<|im_start|>", "<|im_end|>"), chat=True)
+    assert _stream(context, chunks)[0] == expected
+
+
+def test_a_chat_model_restating_the_cursor_lines_indentation_loses_it() -> None:
+    assert clean(InfillContext("def f():\n    ", "", chat=True), "    return 1") == "return 1"
+    # a FIM model's leading whitespace is its answer (deeper indentation), not a restatement
+    assert clean(InfillContext("def f():\n    ", ""), "    return 1") == "    return 1"
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "completion", "expected", "reason"), [
+    # cursor mid-line (text after it on the line): the line's end ends the completion
+    ("x = foo(", ")\nprint(x)", "a, b\nmore = 1", "a, b", "line"),
+    # a dedent below the cursor's block
+    ("def f(x):\n    y = x\n    ", "\n", "return y\n\ndef g():\n    pass", "return y", "indent"),
+    ("def f(x):\n", "\n", "    if x:\n        return 1\n    return 2\nprint(f(1))", "    if x:\n        return 1\n"
+     "    return 2", "indent"),
+    # the cursor line opens a block: the next line sets the block's indentation
+    ("class A:\n    def f(self):", "\n", "\n        return 1\n\n    def g(self):\n        pass",
+     "\n        return 1", "indent"),
+    # closing a bracket opened before the cursor ends the completion after that line
+    ("items = [\n", "\n", "    1,\n    2,\n]\nprint(items)", "    1,\n    2,\n]", "bracket"),
+    # brackets inside strings and comments do not count
+    ("def f():\n    ", "\n", "s = ')'  # (\n    return s\nx = 1", "s = ')'  # (\n    return s", "indent"),
+    ("def f():\n    ", "\n", "return \"it's\"", "return \"it's\"", None),
+], ids=["mid-line", "dedent", "nested-block", "opener", "bracket", "strings-and-comments", "apostrophe"])
+def test_code_stops(prefix: str, suffix: str, completion: str, expected: str, reason: str | None) -> None:
+    text, _, cleaner = _stream(InfillContext(prefix, suffix, code_stops=True), [completion])
+    assert (text, cleaner.reason) == (expected, reason)
+
+
+def test_n_indent_sets_the_block() -> None:
+    context = InfillContext("if x:\n", "\n", code_stops=True, min_indent=4)
+    assert clean(context, "    a()\n  b()") == "    a()"
+
+
+def test_code_stops_decide_a_line_as_soon_as_its_first_visible_character_arrives() -> None:
+    context = InfillContext("def f(x):\n    ", "\n", code_stops=True)
+    text, released, cleaner = _stream(context, ["return x", "\n", "\n", "d", "ef g(): pass"])
+    assert released[:2] == ["return x", ""]  # the newline waits: the next line may be dedented
+    assert released[3] == "" and cleaner.reason == "indent" and text == "return x"
+
+
+def test_streaming_holds_only_what_could_still_be_cut() -> None:
+    context = InfillContext(ISSUE_PREFIX, ISSUE_SUFFIX)
+    cleaner = InfillCleaner(context)
+    assert cleaner.feed("    fo") == ""  # could still be the cursor line restated
+    assert cleaner.feed("r f") == "f"  # it was: dropped, the rest flows
+    assert cleaner.feed(" in x:") == " in x:"
+    assert cleaner.feed("\n    ret") == ""  # could be the suffix's head
+    assert cleaner.feed("ry()") == "\n    retry()"  # it was not
+    assert cleaner.feed("\n    return result") == "" and cleaner.reason == "suffix"
+
+
+def test_text_after_the_end_is_ignored() -> None:
+    cleaner = InfillCleaner(InfillContext("x = (", ")\n", code_stops=True))
+    assert cleaner.feed("1 + 2\nmore") == "1 + 2" and cleaner.reason == "line"
+    assert cleaner.feed("and more", final=True) == ""
+
+
+@pytest.mark.parametrize(("suffix", "length"), [
+    ("", 0), ("\n\n", 0), (")", 0), (")\n  foo()", 9), ("\n    return x\n", 13), ("})\n", 2),
+])
+def test_suffix_head_length(suffix: str, length: int) -> None:
+    assert suffix_head_length(suffix) == length
+
+
+# ---- properties over real code ---------------------------------------------------------------------------
+def _line_starts(text: str) -> list[int]:
+    return [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+
+
+def _longest_restated_tail(prefix: str, completion: str) -> int:
+    """By definition: the longest tail of the prefix starting at a line start, with visible text, that the
+    completion begins with (0: none)."""
+    tails = [len(prefix) - j for j in _line_starts(prefix) if prefix[j:].strip() and completion.startswith(prefix[j:])]
+    return max(tails, default=0)
+
+
+def _first_run_into(text: str, suffix: str) -> int | None:
+    required = suffix_head_length(suffix)
+    for at in range(len(text)):
+        n = 0
+        while n < min(len(text) - at, len(suffix)) and text[at + n] == suffix[n]:
+            n += 1
+        if required and n >= required:
+            return at
+    return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(data=st.data())
+def test_restated_tail_plus_middle_plus_suffix_head_comes_back_as_the_middle(data: st.DataObject) -> None:
+    source = SOURCES[data.draw(st.integers(0, len(SOURCES) - 1), label="source")]
+    start = data.draw(st.integers(1, len(source) - 50), label="cursor")
+    end = data.draw(st.integers(start + 1, min(len(source) - 1, start + 240)), label="middle end")
+    prefix, middle, suffix = source[:start], source[start:end], source[end:]
+    starts = [j for j in _line_starts(prefix) if prefix[j:].strip()]
+    tail_from = data.draw(st.sampled_from([len(prefix), *starts[-4:], 0]), label="restated from")
+    tail = prefix[tail_from:]
+    required = suffix_head_length(suffix)
+    assume(required)
+    head = suffix[:required + data.draw(st.integers(0, 60), label="run on")]
+    completion = tail + middle + head
+    # Ambiguous by construction (another answer is as consistent with the text): skip those.
+    assume(_longest_restated_tail(prefix, completion) == len(tail))
+    assume(_first_run_into(middle + head, suffix) == len(middle))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(completion)), max_size=8), label="chunking"))
+    chunks = [completion[a:b] for a, b in zip([0, *cuts], [*cuts, len(completion)], strict=True)]
+    text, _, cleaner = _stream(InfillContext(prefix, suffix), chunks)
+    assert text == middle
+    assert cleaner.reason == "suffix"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_chunking_gives_the_same_text_as_the_whole(data: st.DataObject) -> None:
+    source = SOURCES[data.draw(st.integers(0, len(SOURCES) - 1))]
+    start = data.draw(st.integers(1, len(source) - 2))
+    end = data.draw(st.integers(start, min(len(source), start + 400)))
+    prefix, completion, suffix = source[:start], source[start:end], source[end:end + 200]
+    context = InfillContext(prefix, suffix[50:], code_stops=data.draw(st.booleans()), chat=data.draw(st.booleans()))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(completion)), max_size=10)))
+    chunks = [completion[a:b] for a, b in zip([0, *cuts], [*cuts, len(completion)], strict=True)]
+    assert _stream(context, chunks)[0] == clean(context, completion)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_code_that_continues_the_file_loses_nothing_before_its_first_stop(data: st.DataObject) -> None:
+    """The real continuation of a file is cut only at a line end, a dedent or a bracket close: what comes
+    back is always a prefix of it, ending at a line's end."""
+    source = SOURCES[data.draw(st.integers(0, len(SOURCES) - 1))]
+    start = data.draw(st.integers(1, len(source) - 2))
+    end = data.draw(st.integers(start, min(len(source), start + 400)))
+    prefix, completion = source[:start], source[start:end]
+    assume(_longest_restated_tail(prefix, completion) == 0)  # else the repeat rule rightly drops a tail
+    text = clean(InfillContext(prefix, "\n", code_stops=True), completion)
+    assert completion.startswith(text)
+    rest = completion[len(text):]
+    assert not rest or rest.startswith("\n") or rest[:1].isspace() or text == ""
