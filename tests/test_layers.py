@@ -16,7 +16,7 @@ LAYERS = [
     {"server.settings", "server.errors", "server.fsutil", "server.fim"},
     {"server.planner"},
     {"server.engine", "server.prepare", "server.quantize", "server.metrics"},
-    {"server.generation"},
+    {"server.generation", "server.evaluation"},
     {"server.api"},
     {"server.serve", "server.planning", "server.cli"},
 ]

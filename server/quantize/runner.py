@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..fsutil import atomic_directory
 from ..settings import DEFAULT_TORCH_INDEX_URL
@@ -102,8 +103,9 @@ def _torch_requirement() -> str:
 
 def quantize(spec: QuantSpec, model_dir: Path, cache_dir: Path, progress: Callable[[str], None],
              torch_index_url: str = DEFAULT_TORCH_INDEX_URL, python: Path | None = None,
-             worker: Path = WORKER) -> Path:
-    """The cached checkpoint for `spec`, producing it first if needed."""
+             worker: Path = WORKER, evaluation: dict[str, Any] | None = None) -> Path:
+    """The cached checkpoint for `spec`, producing it first if needed. `evaluation` (evaluation/gate.py's
+    job): prompts the worker also answers with the source and the 4-bit weights, stored beside the result."""
     existing = find(cache_dir, spec)
     if existing is not None:
         progress(f"reusing the quantized checkpoint {existing}")
@@ -114,7 +116,7 @@ def quantize(spec: QuantSpec, model_dir: Path, cache_dir: Path, progress: Callab
     python = python or QuantEnv(cache_dir, torch_index_url).ensure(progress)
     started = time.monotonic()
     with atomic_directory(final) as tmp:  # `final` without the marker is only ever an incomplete leftover
-        _run_worker(python, worker, spec, model_dir, tmp, progress)
+        _run_worker(python, worker, spec, model_dir, tmp, progress, evaluation)
         _check_output(tmp)
         marker = {**asdict(spec), "key": spec.key, "seconds": round(time.monotonic() - started, 1),
                   "source_dir": str(model_dir)}
@@ -130,11 +132,11 @@ def export(checkpoint: Path, out: Path) -> None:
 
 
 def _run_worker(python: Path, worker: Path, spec: QuantSpec, model_dir: Path, out: Path,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], evaluation: dict[str, Any] | None = None) -> None:
     out.mkdir(parents=True)
     job = {"model_dir": str(model_dir), "out_dir": str(out), "bits": spec.bits, "group_size": spec.group_size,
            "seed": spec.calibration.seed, "max_seq_len": spec.calibration.max_seq_len,
-           "texts": spec.calibration.texts()}
+           "texts": spec.calibration.texts(), "evaluation": evaluation}
     job_file = out / "job.json"
     job_file.write_text(json.dumps(job))
     tail: list[str] = []

@@ -23,6 +23,59 @@ def _no_pinning_without_cuda() -> None:
         cache.IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
 
+def _decoder_layers(model) -> list:  # type: ignore[no-untyped-def]
+    """The model's repeated blocks (its longest ModuleList), which llm-compressor's sequential pipeline
+    calibrates one at a time."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def _report_layers(model, stage: str) -> list:  # type: ignore[no-untyped-def]
+    """PROGRESS lines as calibration reaches each layer (its first forward call), with the elapsed time and
+    an estimate of what is left from the pace so far. Returns the hook handles."""
+    layers = _decoder_layers(model)
+    started = time.monotonic()
+    reached: set[int] = set()
+
+    def hook(index: int):  # type: ignore[no-untyped-def]
+        def pre(module, args):  # type: ignore[no-untyped-def]
+            if index in reached:
+                return
+            reached.add(index)
+            elapsed = time.monotonic() - started
+            eta = f" eta {elapsed / index * (len(layers) - index):.0f}s" if index else ""
+            print(f"PROGRESS {stage} {index}/{len(layers)} layers elapsed {elapsed:.0f}s{eta}", flush=True)
+        return pre
+
+    return [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+
+
+def _complete(model, tokenizer, evaluation: dict, stage: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Greedy completions of the quality gate's prompts (raw text, special tokens kept: the server's
+    cleaner cuts at them). Chat prompts are wrapped in the model's chat template here."""
+    import torch
+
+    texts = []
+    started = time.monotonic()
+    for i, item in enumerate(evaluation["prompts"]):
+        prompt = item["text"]
+        if item["chat"]:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                   add_generation_prompt=True)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not item["chat"])
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=item["max_tokens"], do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=False))
+        elapsed = time.monotonic() - started
+        left = elapsed / (i + 1) * (len(evaluation["prompts"]) - i - 1)
+        print(f"PROGRESS {stage} {i + 1}/{len(evaluation['prompts'])} samples elapsed {elapsed:.0f}s eta {left:.0f}s",
+              flush=True)
+    return texts
+
+
 def main(job_path: str) -> int:
     with open(job_path, encoding="utf-8") as f:
         job = json.load(f)
@@ -55,10 +108,23 @@ def main(job_path: str) -> int:
         AWQModifier(duo_scaling=True),
         QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"]),
     ]
-    print(f"PROGRESS calibrate 0/{len(job['texts'])}", flush=True)
+    evaluation = job.get("evaluation")
+    quality: dict = {}
+    if evaluation:  # the source's answers, before calibration changes the weights
+        model.eval()
+        quality["source"] = _complete(model, tokenizer, evaluation, "evaluate-source")
+    hooks = _report_layers(model, "calibrate")
     oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=job["max_seq_len"],
             num_calibration_samples=len(job["texts"]), shuffle_calibration_samples=False)
-    print(f"PROGRESS calibrate {len(job['texts'])}/{len(job['texts'])}", flush=True)
+    for handle in hooks:
+        handle.remove()
+    print(f"PROGRESS calibrate done {time.monotonic() - started:.0f}s", flush=True)
+    if evaluation:  # the same prompts through the quantized weights (llm-compressor's quantize-dequantize)
+        quality["quantized"] = _complete(model, tokenizer, evaluation, "evaluate-4bit")
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        quality["special_tokens"] = sorted(set(tokenizer.all_special_tokens) | set(added))
+        with open(f"{job['out_dir']}/{evaluation['file']}", "w", encoding="utf-8") as f:
+            json.dump({**evaluation, **quality}, f)  # the holes with both sets of answers
     # Ship 16-bit: embeddings, norms and scales in bf16, as the planner's memory model and vLLM's W4A16
     # kernels expect.
     model = model.to(torch.bfloat16)

@@ -252,6 +252,33 @@ def test_llama_vscode_infill(live: Live) -> None:
     assert response.json()["tokens_predicted"] >= 1
 
 
+ISSUE_PREFIX = "import os\n\ndef list_python_files(root):\n    result = []\n    for "
+
+
+@pytest.mark.parametrize("path", ["/infill", "/v1/engines/copilot/completions", "/v1/completions"])
+def test_fim_output_never_restates_the_prefix_or_leaks_the_template(live: Live, path: str) -> None:
+    """The issue's report on the real model: the answer started with the whole file again."""
+    suffix = "\n    return result\n"
+    body = ({"input_prefix": ISSUE_PREFIX, "input_suffix": suffix, "n_predict": 48, "temperature": 0}
+            if path == "/infill" else {"prompt": ISSUE_PREFIX, "suffix": suffix, "max_tokens": 48, "temperature": 0})
+    response = httpx.post(live.url + path, json=body, timeout=120)
+    assert response.status_code == 200
+    data = response.json()
+    text = data["content"] if path == "/infill" else data["choices"][0]["text"]
+    starts = [0] + [i + 1 for i, c in enumerate(ISSUE_PREFIX) if c == "\n"]
+    assert not any(text.startswith(ISSUE_PREFIX[j:]) for j in starts if ISSUE_PREFIX[j:].strip()), text
+    assert "assistant" not in text and "<|im_" not in text and "```" not in text, text
+    assert not text.rstrip().endswith("return result"), text  # ran into the suffix: cut
+
+
+def test_eval_scores_the_real_server(live: Live) -> None:
+    from server.evaluation.client import Target, evaluate
+
+    result = evaluate(Target(live.url), 4, seed=0)
+    assert result["errors"] == 0 and result["samples"] == 4 and result["model"] == MODEL
+    assert 0.0 <= result["exact_match"] <= 1.0 and 0.0 < result["edit_similarity"] <= 1.0
+
+
 def test_generated_tokens_counter_matches_usage(client: openai.OpenAI, live: Live) -> None:
     before = live.metric("codeserve_generation_tokens_total", 'endpoint="completions"')
     prompts_before = live.metric("codeserve_prompt_tokens_total", 'endpoint="completions"')
