@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import random
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from locust.env import Environment
 try:  # run as `locust -f loadtests/locustfile.py` (no package) or imported by tests
     from loadtests import report
     from loadtests.typing_session import TypingSession
+    from loadtests.workload import COMPLETION_MAX_TOKENS, COMPLETION_STOP, SourceFiles, pick
 except ImportError:  # pragma: no cover - locust puts loadtests/ itself on sys.path
     import report  # type: ignore[no-redef]
     from typing_session import TypingSession  # type: ignore[no-redef]
-
-CHARS_PER_TOKEN = 4  # source code averages ~3.5-4.5 characters per BPE token
+    from workload import COMPLETION_MAX_TOKENS, COMPLETION_STOP, SourceFiles, pick  # type: ignore[no-redef]
 QUESTIONS = [
     "Explain what this function does and suggest a clearer name:\n\n{code}",
     "Find a bug in this code and show the fix:\n\n{code}",
@@ -76,22 +75,6 @@ def _options(parser: Any) -> None:
     parser.add_argument("--fail-error-rate", type=float, default=0.01, env_var="LOADTEST_FAIL_ERROR_RATE")
     parser.add_argument("--no-server-metrics", action="store_true", env_var="LOADTEST_NO_SERVER_METRICS",
                         help="the server is not codeserve (e.g. vLLM's own): skip the leak and cancellation checks")
-
-
-class SourceFiles:
-    """Real code to cut prompts from: the standard library's .py files, read lazily and seeded."""
-
-    def __init__(self, seed: int) -> None:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        self.files = sorted(p for p in root.glob("*.py") if p.stat().st_size > 4000)
-        self.random = random.Random(seed)
-
-    def cut(self, max_prefix_tokens: int, max_suffix_tokens: int) -> tuple[str, str]:
-        text = self.random.choice(self.files).read_text(encoding="utf-8", errors="replace")
-        cursor = self.random.randint(len(text) // 5, len(text) - 1)
-        prefix_chars = self.random.randint(200, max_prefix_tokens * CHARS_PER_TOKEN)
-        suffix_chars = self.random.randint(0, max_suffix_tokens * CHARS_PER_TOKEN)
-        return text[max(0, cursor - prefix_chars):cursor], text[cursor:cursor + suffix_chars]
 
 
 SOURCES: SourceFiles | None = None
@@ -191,9 +174,8 @@ class _StreamingUser(HttpUser):
 
 def _pick(rng: random.Random, options: Any, name: str) -> int:
     """A value from a "low-high" range option."""
-    default = {"completion_max_tokens": "16-128", "chat_max_tokens": "128-384"}[name]
-    low, _, high = str(getattr(options, name, default) if options else default).partition("-")
-    return rng.randint(int(low), int(high or low))
+    default = {"completion_max_tokens": COMPLETION_MAX_TOKENS, "chat_max_tokens": "128-384"}[name]
+    return pick(rng, str(getattr(options, name, default) if options else default))
 
 
 def _finished(event: dict[str, Any]) -> bool:
@@ -214,7 +196,7 @@ class IdeCompletionUser(_StreamingUser):
                                                          options.max_suffix_tokens if options else 500)
         body: dict[str, Any] = {"prompt": prefix, "max_tokens": _pick(self.random, options, "completion_max_tokens"),
                                 "temperature": 0.2,
-                                "stream": True, "stop": ["\n\n\n"]}
+                                "stream": True, "stop": COMPLETION_STOP}
         if suffix and not (options and options.prefix_only):
             body["suffix"] = suffix
         share = options.cancel_share if options else 0.3

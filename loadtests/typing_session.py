@@ -35,8 +35,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests import report
 from loadtests.run import start_server, stop_server
-
-CHARS_PER_TOKEN = 4  # source code averages ~3.5-4.5 characters per BPE token
+from loadtests.workload import CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,11 @@ class RepeatedPrefix(_Stage):
 
     def __init__(self, context: InfillContext):
         self.prefix = context.prefix
-        last = len(self.prefix) if context.chat else len(self.prefix.rstrip())
+        last = len(self.prefix.rstrip())
         self._viable = [j for j in context.line_starts if j < last]
+        cursor_line = context.line_starts[-1]
+        if context.chat and cursor_line >= last and cursor_line < len(self.prefix):
+            self._viable.append(cursor_line)  # the cursor line's indentation, which a chat model restates
         self._buffer = ""
         self._done = False
         self.dropped = 0

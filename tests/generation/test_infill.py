@@ -68,6 +68,8 @@ def test_a_chat_model_restating_the_cursor_lines_indentation_loses_it() -> None:
     assert clean(InfillContext("def f():\n    ", "", chat=True), "    return 1") == "return 1"
     # a FIM model's leading whitespace is its answer (deeper indentation), not a restatement
     assert clean(InfillContext("def f():\n    ", ""), "    return 1") == "    return 1"
+    # only the cursor line's own indentation: a blank line before the cursor is no restatement
+    assert clean(InfillContext("x = 1\n\n", "", chat=True), "\ny = 2") == "\ny = 2"
 
 
 @pytest.mark.parametrize(("prefix", "suffix", "completion", "expected", "reason"), [
