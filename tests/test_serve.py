@@ -291,3 +291,24 @@ def test_shutdown_timeout_cuts_a_stream_that_runs_longer(catalog: Catalog) -> No
     assert not thread.is_alive() and time.monotonic() - started < 10
     assert runtime.status == "stopping"
     assert "data: [DONE]" not in received  # cut off, not finished: 300 tokens would take 30 s
+
+
+def test_ready_shows_what_a_long_start_step_is_doing(monkeypatch: pytest.MonkeyPatch, catalog: Catalog,
+                                                     tmp_path: Path) -> None:
+    """While the server quantizes at start, /ready's detail is the quantizer's latest progress line."""
+    settings = make_settings(cache_dir=tmp_path)
+    plan = choose(simulated("1xL4", FIXED_CPU), catalog, settings)
+    runtime = serve.make_runtime(settings, None)
+    seen: list[tuple[int, str]] = []
+
+    def start(plan: Plan, settings: Any, progress: Any = None) -> Any:
+        progress("quantizing x to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s")
+        with running(build_app(runtime, settings)) as url:
+            response = httpx.get(url + "/ready")
+            seen.append((response.status_code, response.json()["detail"]))
+        raise EngineStartError("stop here")
+
+    monkeypatch.setattr(serve, "start_engine", start)
+    asyncio.run(serve.load(runtime, plan, settings))
+    assert seen == [(503, "quantizing x to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s")]
+    assert runtime.status == "failed" and runtime.detail == "stop here"

@@ -38,7 +38,8 @@ def prepare(core: GenerationCore, req: LlamaCppRequest, infill: bool) -> Prepare
         # family's repository format; code-aware stops and trimming to fit are on unless the request says no.
         hole = Hole(req.input_prefix, req.input_suffix, extra_files(req.infill_extras()), req.filename,
                     req.repo_name, code_stops=req.code_stops is not False, min_indent=req.n_indent or None,
-                    fit=req.fit_context is not False, reserve_tokens=None if req.n_predict < 0 else req.n_predict)
+                    fit=req.fit_context is not False, reserve_tokens=None if req.n_predict < 0 else req.n_predict,
+                    prefix_field="input_prefix")
         prompt = core.fill(hole)
         if req.prompt:  # llama.cpp appends `prompt` after the middle marker (text typed at the cursor)
             prompt = core.extend(prompt, req.prompt)

@@ -41,6 +41,7 @@ class Hole:
     min_indent: int | None = None  # llama.cpp's n_indent
     fit: bool = False  # trim to fit the context instead of refusing
     reserve_tokens: int | None = None  # what the completion needs (its max_tokens) when trimming
+    prefix_field: str = "prompt"  # the request field the prefix came in, for error messages
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def fit(hole: Hole, tokens_of: Callable[[Hole], int], limit: int) -> tuple[Hole,
         raise ContextLengthExceeded(
             f"the prompt is {count} tokens after dropping every other file and all but the cursor's line of the "
             f"prefix and suffix, over the {limit} this model's context leaves for it; send a shorter cursor "
-            "line or ask for fewer tokens", param="input_prefix")
+            "line or ask for fewer tokens", param=hole.prefix_field)
     if current is hole:
         return hole, None
     return current, Truncation(len(hole.extra) - len(current.extra), len(hole.prefix) - len(current.prefix),

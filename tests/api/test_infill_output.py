@@ -143,7 +143,8 @@ def test_a_cursor_line_longer_than_the_context_is_still_refused(serve_fake) -> N
     served = serve_fake(engine=FakeEngine(max_model_len=128))
     body = {"input_prefix": "x = [" + ", ".join(str(i) for i in range(200)), "input_suffix": "]", "n_predict": 8}
     response = httpx.post(served.url + "/infill", json=body)
-    assert response.status_code == 400 and "cursor" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert response.status_code == 400 and "cursor" in error["message"] and error["param"] == "input_prefix"
 
 
 def test_repository_context_uses_the_familys_tokens(serve_fake) -> None:
