@@ -11,12 +11,9 @@ by default). Reports the completion tokens generated, the time, and which rule e
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.run import start_server, stop_server
+from loadtests.run import bearer, script_parser, server_at
 from loadtests.workload import COMPLETION_MAX_TOKENS, COMPLETION_STOP, SourceFiles, pick
 
 ACTIONS = ("line", "indent", "bracket", "suffix", "repeat", "marker", "lead", "fence")
@@ -67,27 +64,15 @@ def workload(requests_count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", help="server to measure; omitted: start the built-in default")
-    parser.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY", ""))
+    parser = script_parser(__doc__)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1234, help="the locust profile's default seed")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("server_env", nargs="*", help="NAME=VALUE settings for the started server, after --")
     args = parser.parse_args()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = bearer(args.api_key)
     bodies = workload(args.requests, args.seed)
-    server, host = None, args.host
-    if host is None:
-        out = Path(tempfile.mkdtemp(prefix="code-stops-"))
-        server, host = start_server(out, dict(item.split("=", 1) for item in args.server_env))
-        print(f"server log: {out / 'server.log'}", file=sys.stderr)
-    try:
+    with server_at(args.host, args.server_env, "code-stops") as host:
         off = run(host, headers, bodies, code_stops=False)
         on = run(host, headers, bodies, code_stops=True)
-    finally:
-        if server is not None:
-            stop_server(server)
     saved = off["completion_tokens"] - on["completion_tokens"]
     figures = {"requests": len(bodies), "off": off, "on": on, "tokens_saved": saved,
                "tokens_saved_share": round(saved / off["completion_tokens"], 3) if off["completion_tokens"] else None,

@@ -11,12 +11,15 @@ into --out, prints the summary, and exits non-zero when locust or a threshold fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -66,6 +69,36 @@ def start_server(out: Path, settings: dict[str, str] | None = None) -> tuple[sub
 def stop_server(process: subprocess.Popen[bytes]) -> None:
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=120)
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every measuring script shares: a server to measure (or the default, started with the
+    settings after --), its API key, and JSON output."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", help="server to measure; omitted: start the built-in default")
+    parser.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY", ""))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("server_env", nargs="*", help="NAME=VALUE settings for the started server, after --")
+    return parser
+
+
+def bearer(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+@contextlib.contextmanager
+def server_at(host: str | None, server_env: list[str], name: str) -> Iterator[str]:
+    """`host`, or the built-in default server started with `server_env` (NAME=VALUE items) for the block."""
+    if host is not None:
+        yield host
+        return
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    server, started = start_server(out, dict(item.split("=", 1) for item in server_env))
+    print(f"server log: {out / 'server.log'}", file=sys.stderr)
+    try:
+        yield started
+    finally:
+        stop_server(server)
 
 
 def main() -> int:

@@ -14,16 +14,13 @@ the next keystroke arrives, so the requests never overlap and each TTFT is the s
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
-import os
 import random
 import re
 import statistics
 import sys
 import sysconfig
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -34,7 +31,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests import report
-from loadtests.run import start_server, stop_server
+from loadtests.run import bearer, script_parser, server_at
 from loadtests.workload import CHARS_PER_TOKEN
 
 
@@ -164,29 +161,15 @@ def measure(host: str, headers: dict[str, str], session: TypingSession, streams:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", help="server to measure; omitted: start the built-in default")
-    parser.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY", ""))
+    parser = script_parser(__doc__)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams for the parallel decode rate")
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("server_env", nargs="*", help="NAME=VALUE settings for the started server, after --")
     args = parser.parse_args()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = bearer(args.api_key)
     session = TypingSession(args.seed)
-    server = None
-    host = args.host
-    if host is None:
-        out = Path(tempfile.mkdtemp(prefix="typing-session-"))
-        env = dict(item.split("=", 1) for item in args.server_env)
-        server, host = start_server(out, env)
-        print(f"server log: {out / 'server.log'}", file=sys.stderr)
-    try:
+    with server_at(args.host, args.server_env, "typing-session") as host:
         figures = measure(host, headers, session, args.streams, args.decode_tokens)
-    finally:
-        if server is not None:
-            stop_server(server)
     if args.json:
         print(json.dumps(figures))
     else:

@@ -83,19 +83,29 @@ _LEAD_LINE = re.compile(r"[ \t]*(```[\w+#.-]*|(<\|)?(assistant|Assistant|ASSISTA
 _LEAD_FORMS = ("```", "assistant:", "Assistant:", "ASSISTANT:", "<|assistant|>")
 
 
-class LeadLines(_Stage):
-    """Drops the lines a chat model puts before the code (a ```lang fence, a role name). Holds only the
-    first line, and only while it could still be one of them."""
+class _AtStart(_Stage):
+    """A stage that decides once, about how the completion starts, and then lets everything through."""
 
     def __init__(self) -> None:
         self._buffer = ""
         self._done = False
-        self.dropped = 0
+        self.dropped = 0  # characters (RepeatedPrefix) or lines (LeadLines) it removed
 
     def feed(self, text: str) -> str:
         if self._done:
             return text
         self._buffer += text
+        return self._start()
+
+    def _start(self) -> str:
+        raise NotImplementedError
+
+
+class LeadLines(_AtStart):
+    """Drops the lines a chat model puts before the code (a ```lang fence, a role name). Holds only the
+    first line, and only while it could still be one of them."""
+
+    def _start(self) -> str:
         while True:
             line, newline, rest = self._buffer.partition("\n")
             if newline and _LEAD_LINE.fullmatch(line):
@@ -120,27 +130,22 @@ def _could_lead(partial: str) -> bool:
     return head.startswith("```") or any(form.startswith(head) for form in _LEAD_FORMS)
 
 
-class RepeatedPrefix(_Stage):
+class RepeatedPrefix(_AtStart):
     """Drops a restatement of the code before the cursor at the start of the completion: the longest tail of
     the prefix that starts at a line start (the line being typed, or whole lines before it, up to the whole
     file) and that the completion begins with. A tail must hold visible text, except for a chat model, which
     also restates the cursor line's indentation."""
 
     def __init__(self, context: InfillContext):
+        super().__init__()
         self.prefix = context.prefix
         last = len(self.prefix.rstrip())
         self._viable = [j for j in context.line_starts if j < last]
         cursor_line = context.line_starts[-1]
         if context.chat and cursor_line >= last and cursor_line < len(self.prefix):
             self._viable.append(cursor_line)  # the cursor line's indentation, which a chat model restates
-        self._buffer = ""
-        self._done = False
-        self.dropped = 0
 
-    def feed(self, text: str) -> str:
-        if self._done:
-            return text
-        self._buffer += text
+    def _start(self) -> str:
         size, seen = len(self.prefix), self._buffer
         self._viable = [j for j in self._viable if self.prefix.startswith(seen[:size - j], j)]
         if any(size - j > len(seen) for j in self._viable):
