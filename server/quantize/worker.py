@@ -33,8 +33,10 @@ def _decoder_layers(model) -> list:  # type: ignore[no-untyped-def]
 
 
 def _report_layers(model, stage: str) -> list:  # type: ignore[no-untyped-def]
-    """PROGRESS lines as calibration reaches each layer (its first forward call), with the elapsed time and
-    an estimate of what is left from the pace so far. Returns the hook handles."""
+    """PROGRESS lines as calibration reaches each layer, with the elapsed time and an estimate of what is
+    left from the pace so far. llm-compressor's sequential pipeline traces through the decoder layers and
+    calls their leaf modules (the Linear layers) from generated code, so a hook on the layer itself never
+    fires: the first call of any of a layer's leaves marks it reached. Returns the hook handles."""
     layers = _decoder_layers(model)
     started = time.monotonic()
     reached: set[int] = set()
@@ -46,10 +48,11 @@ def _report_layers(model, stage: str) -> list:  # type: ignore[no-untyped-def]
             reached.add(index)
             elapsed = time.monotonic() - started
             eta = f" eta {elapsed / index * (len(layers) - index):.0f}s" if index else ""
-            print(f"PROGRESS {stage} {index}/{len(layers)} layers elapsed {elapsed:.0f}s{eta}", flush=True)
+            print(f"PROGRESS {stage} layer {index + 1}/{len(layers)} elapsed {elapsed:.0f}s{eta}", flush=True)
         return pre
 
-    return [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    return [leaf.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)
+            for leaf in layer.modules() if not list(leaf.children())]
 
 
 def _complete(model, tokenizer, evaluation: dict, stage: str) -> list[str]:  # type: ignore[no-untyped-def]
