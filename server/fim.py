@@ -69,6 +69,7 @@ TEMPLATES: dict[str, FimTemplate] = {t.id: t for t in (
 # Models without FIM tokens (SmolLM2, Phi-1, PolyCoder) fill the hole through their chat template:
 # the instruction below, then the model's answer is the missing code. The code after the hole comes first
 # and the code before it last, ending at the hole: only the end of the prompt changes while typing.
+HOLE_MARKER = "<HOLE>"  # small models echo it before their answer, or restate the prompt from one
 HOLE_INSTRUCTION = (
     "Fill in the missing code at <HOLE>. Reply with only the code that replaces <HOLE>, no explanation, "
     "no code fences.\n\nThe code after the hole:\n<HOLE>{suffix}\n\n"

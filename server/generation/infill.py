@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..fim import HOLE_MARKER
+
 # Openers after which the next lines form a new, deeper block (Python's ":", C-family braces, open calls).
 BLOCK_OPENERS = (":", "{", "(", "[", "=>")
 BRACKETS = {"(": ")", "[": "]", "{": "}"}
@@ -102,11 +104,18 @@ class _AtStart(_Stage):
 
 
 class LeadLines(_AtStart):
-    """Drops the lines a chat model puts before the code (a ```lang fence, a role name). Holds only the
-    first line, and only while it could still be one of them."""
+    """Drops what a chat model puts before the code: lines with a ```lang fence or a role name, and an echo of
+    the hole marker our instruction uses. Holds only the first line, and only while it could still be one."""
 
     def _start(self) -> str:
         while True:
+            head = self._buffer.lstrip(" \t")
+            if head.startswith(HOLE_MARKER):
+                rest = head[len(HOLE_MARKER):]
+                self._buffer, self.dropped = (rest[1:] if rest.startswith("\n") else rest), self.dropped + 1
+                continue
+            if HOLE_MARKER.startswith(head) and head:
+                return ""
             line, newline, rest = self._buffer.partition("\n")
             if newline and _LEAD_LINE.fullmatch(line):
                 self._buffer, self.dropped = rest, self.dropped + 1
@@ -349,7 +358,8 @@ class InfillCleaner:
         self.repeat = RepeatedPrefix(context)
         stages: list[_Stage] = [CutAtMarkers(context.markers)]
         if self.lead is not None:
-            stages += [self.lead, CutAtMarkers((CLOSING_FENCE,), reason="fence")]
+            stages += [self.lead, CutAtMarkers((CLOSING_FENCE,), reason="fence"),
+                       CutAtMarkers((HOLE_MARKER,))]  # a second marker: it restates the prompt
         stages += [self.repeat, SuffixCut(context.suffix)]
         if context.code_stops:
             stages.append(CodeStops(context))

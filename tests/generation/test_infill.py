@@ -56,9 +56,12 @@ def test_hygiene(prefix: str, suffix: str, completion: str, expected: str) -> No
     (["break\nno", "<|im_start|>", "assistant\nmore"], "break\nno"),
     (["```python\nx = 1\n`", "``\nThis sets x."], "x = 1"),
     (["x = 1\n```\n"], "x = 1"),
+    (["<HO", "LE>\n", "    return x\n", "<HOLE>\nclass A:"], "    return x\n"),
+    (["<HOLE>x = 1"], "x = 1"),
 ], ids=["fence", "split-fence", "no-fence", "inline-code", "indented-fence", "only-fence", "role-line",
         "role-tag-and-fence", "assert-is-no-role", "leaked-turn-marker",
-        "closing-fence-then-prose", "closing-fence-only"])
+        "closing-fence-then-prose", "closing-fence-only", "hole-marker-echoed-then-prompt-restated",
+        "hole-marker-on-the-code-line"])
 def test_chat_artefacts(chunks: list[str], expected: str) -> None:
     context = InfillContext("", "", markers=("<|im_start|>", "<|im_end|>"), chat=True)
     assert _stream(context, chunks)[0] == expected
