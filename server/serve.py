@@ -108,7 +108,7 @@ def _quantized(option: Option, settings: Settings, progress: Callable[[str], Non
                 "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
                 "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
                 minutes, quantize_runner.quantized_root(settings.cache_dir))
-    evaluation = (gate.job(template_for(entry.fim), settings.quant_gate_samples)
+    evaluation = (gate.job(template_for(entry.fim), settings.quant_gate_samples, by_chat=settings.hole_fill == "chat")
                   if settings.quant_gate_samples and settings.quant_quality_gate != "off" else None)
 
     def report(line: str) -> None:
@@ -175,7 +175,7 @@ async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
     # Publish what runs, not what was planned: the option that started and the engine's own numbers.
     runtime.plan = started
     runtime.engine = engine.describe()
-    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
+    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill)
     runtime.status, runtime.detail = "ready", ""
     if runtime.metrics is not None:
         runtime.metrics.set_plan(started, runtime.engine["name"], engine.max_model_len)

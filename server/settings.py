@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1024,
         description="larger bodies get 413 while being read (an IDE prompt of a 32k-token context is ~130 KB)")
+    hole_fill: Literal["auto", "continue", "chat"] = Field(
+        "auto", description="how an instruct model without FIM tokens fills a hole: continue the prefix (the suffix "
+                            "then only says where to cut), or ask through its chat template; auto: continue "
+                            "(measured better on the bundled model)")
     completion_code_stops: bool = Field(
         False, description="code-aware stops (end of line, dedent, closing bracket) on /v1/completions with a suffix "
                            "by default; off keeps OpenAI's contract (max_tokens and stop decide), clients such as "

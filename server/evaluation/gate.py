@@ -23,13 +23,18 @@ QUALITY_FILE = "quality.json"  # the scores
 MAX_TOKENS = {"single-line": 32, "multi-line": 96}  # enough for the references; the gate runs on the CPU too
 
 
-def job(fim: FimTemplate | None, samples: int, seed: int = 0) -> dict[str, Any]:
-    """What the quantization worker answers: each hole as the served family's prompt (or, for a model that
-    fills holes by chat, the instruction the server sends, which the worker wraps in the chat template)."""
+def job(fim: FimTemplate | None, samples: int, seed: int = 0, by_chat: bool = False) -> dict[str, Any]:
+    """What the quantization worker answers: each hole as the server writes it for the family: its FIM
+    prompt, else the prefix to continue, or (`by_chat`) the instruction the worker wraps in the chat template."""
     holes = cut(samples, seed)
-    prompts = [{"text": fim.prompt(s.prefix, s.suffix) if fim else HOLE_INSTRUCTION.format(prefix=s.prefix,
-                                                                                             suffix=s.suffix),
-                "chat": fim is None, "max_tokens": MAX_TOKENS[s.kind]} for s in holes]
+    chat = fim is None and by_chat
+
+    def text(s: Sample) -> str:
+        if fim is not None:
+            return fim.prompt(s.prefix, s.suffix)
+        return HOLE_INSTRUCTION.format(prefix=s.prefix, suffix=s.suffix) if chat else s.prefix
+
+    prompts = [{"text": text(s), "chat": chat, "max_tokens": MAX_TOKENS[s.kind]} for s in holes]
     return {"file": RAW_FILE, "prompts": prompts, "samples": [s.to_dict() for s in holes], "seed": seed,
             "samples_from": source_name(), "markers": list(fim.markers + fim.stop) if fim else []}
 

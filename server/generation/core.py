@@ -35,8 +35,8 @@ class ServedModel:
         return template_for(self.entry.fim)
 
     @property
-    def fills_holes_by_chat(self) -> bool:
-        """No FIM tokens, but an instruct model: holes are filled through its chat template."""
+    def fills_holes_without_fim(self) -> bool:
+        """No FIM tokens, but an instruct model: holes are filled by continuing the prefix or by chat."""
         return self.fim is None and self.entry.role == "instruct"
 
     def accepts(self, name: str | None) -> bool:
@@ -69,20 +69,23 @@ def fim_marker_problem(engine: Engine, template: FimTemplate | None) -> str | No
 
 
 class GenerationCore:
-    """Turns requests into engine prompts and runs them; one per served model."""
+    """Turns requests into engine prompts and runs them; one per served model. `hole_fill` is how a model
+    without FIM tokens fills a hole (CODESERVE_HOLE_FILL): "continue" the prefix, or ask through its "chat"
+    template; "auto" is "continue" (see hole.py for the measurement)."""
 
-    def __init__(self, engine: Engine, served: ServedModel):
+    def __init__(self, engine: Engine, served: ServedModel, hole_fill: str = "auto"):
         self.engine = engine
         self.served = served
         fim = served.fim
-        chat = engine.chat_prompt if served.fills_holes_by_chat else None
+        by_chat = served.fills_holes_without_fim and hole_fill == "chat"
+        chat = engine.chat_prompt if by_chat else None
         self.holes = HoleFormat(fim, repo_format(fim, self._single_token), chat)
         # Template tokens are special: vLLM hides them from the text, so stop strings never see them. They
         # end the answer as token ids; as text (a tokenizer that does not mark them special) the cleaner cuts.
         if fim is not None:
             markers = {*fim.markers, *fim.stop, *(self.holes.repo.markers if self.holes.repo else ())}
-        elif chat is not None:
-            template = chat([{"role": "user", "content": ""}])
+        elif served.fills_holes_without_fim:  # an instruct model may open another turn, whichever way it fills
+            template = engine.chat_prompt([{"role": "user", "content": ""}])
             markers = {t for t in engine.special_tokens if t in template}
         else:
             markers = set()
@@ -117,7 +120,7 @@ class GenerationCore:
         """The prompt for a hole between `hole.prefix` and `hole.suffix`, in the served family's format (or its
         chat template), trimmed to fit when `hole.fit`; its output is cleaned for the editor."""
         fim = self.served.fim
-        if fim is None and not self.served.fills_holes_by_chat:
+        if fim is None and not self.served.fills_holes_without_fim:
             raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot "
                                  "be honoured; send the prefix alone", param="suffix")
         truncation = None
@@ -127,14 +130,15 @@ class GenerationCore:
                                    - reserve)
         else:
             self._check_length(len(hole.prefix) + len(hole.suffix) + sum(len(f.text) for f in hole.extra))
-        context = InfillContext(hole.prefix, hole.suffix, self.markers, chat=fim is None,
+        context = InfillContext(hole.prefix, hole.suffix, self.markers, chat=self.holes.chat_prompt is not None,
                                 code_stops=hole.code_stops, min_indent=hole.min_indent)
         stop = fim.stop if fim is not None else ()
         return Prompt(self._ids_of(self.holes.text(hole)), stop, self.marker_ids, context, truncation)
 
     def _ids_of(self, prompt_text: str) -> list[int]:
-        # FIM prompts take the tokenizer's BOS where the model has one; a chat template writes its own.
-        return self.engine.tokenize(prompt_text, add_special_tokens=self.served.fim is not None)
+        # FIM prompts and continued prefixes take the tokenizer's BOS where the model has one; a chat template
+        # writes its own.
+        return self.engine.tokenize(prompt_text, add_special_tokens=self.holes.chat_prompt is None)
 
     def _prompt_tokens(self, hole: Hole) -> int:
         return len(self._ids_of(self.holes.text(hole)))

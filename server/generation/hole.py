@@ -60,8 +60,11 @@ class Truncation:
 
 @dataclass(frozen=True)
 class HoleFormat:
-    """How this server writes a hole for the served model: its FIM template (or the chat instruction) and
-    its repository format when the tokenizer has that format's tokens."""
+    """How this server writes a hole for the served model: its FIM template and its repository format when
+    the tokenizer has that format's tokens. A model without FIM tokens either continues the prefix (the
+    suffix then only tells the cleaner where to cut) or is asked through its chat template (`chat_prompt`).
+    Continuing is the default: on the bundled SmolLM2-135M-Instruct, `codeserve eval` (40 holes, seed 0)
+    scored exact match 0.125 and edit similarity 0.384 by continuing, 0.0 and 0.154 by chat."""
 
     fim: FimTemplate | None
     repo: RepoFormat | None
@@ -70,7 +73,8 @@ class HoleFormat:
     def text(self, hole: Hole) -> str:
         files = [(f.filename, f.text) for f in hole.extra if f.text]
         if self.fim is None:
-            assert self.chat_prompt is not None
+            if self.chat_prompt is None:
+                return plain_context(files) + hole.prefix
             return self.chat_prompt(hole_messages(plain_context(files) + hole.prefix, hole.suffix))
         if self.repo is None or not (files or hole.filename):  # the file alone: the file-level format
             return self.fim.prompt(plain_context(files) + hole.prefix, hole.suffix)

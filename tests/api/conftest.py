@@ -38,7 +38,7 @@ def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5
                              max_queued_requests=max_queued, **settings_overrides)
     metrics = Metrics(CollectorRegistry())
     runtime = make_runtime(settings, metrics)
-    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len))
+    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill)
     runtime.status = "ready"
     runtime.engine = engine.describe()
     metrics.watch_engine(engine.num_unfinished_requests)

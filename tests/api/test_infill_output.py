@@ -95,7 +95,7 @@ def test_a_chat_hole_fill_stops_on_the_templates_tokens(serve_fake) -> None:
     """A chat model that opens another turn (special tokens, hidden from text) ends its answer there; role
     lines and fences before the code are dropped."""
     served = serve_fake(engine=FakeEngine(reply="assistant\n```python\nbreak\nno<|user|>assistant\nmore"),
-                        model_id="smollm2-135m-instruct")
+                        model_id="smollm2-135m-instruct", hole_fill="chat")
     body = {"input_prefix": "for x in y:\n    if x:\n        ", "input_suffix": "\n", "n_predict": 30}
     response = httpx.post(served.url + "/infill", json=body).json()
     stop_ids = served.engine.samplings[-1].stop_token_ids
@@ -103,6 +103,18 @@ def test_a_chat_hole_fill_stops_on_the_templates_tokens(serve_fake) -> None:
     assert response["content"] == "break"  # and the dedented "no" line ends it (code-aware stops)
     body["code_stops"] = False
     assert httpx.post(served.url + "/infill", json=body).json()["content"] == "break\nno"
+
+
+def test_a_model_without_fim_tokens_continues_the_prefix_by_default(serve_fake) -> None:
+    """The prompt is the prefix alone (measured better than asking by chat on the bundled model); the
+    suffix still tells the cleaner where the answer runs into the code after the cursor."""
+    served = serve_fake(engine=FakeEngine(reply="f in os.listdir(root):\n        result.append(f)\n    return result\n"),
+                        model_id="smollm2-135m-instruct")
+    body = {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 60}
+    text = httpx.post(served.url + "/v1/completions", json=body).json()["choices"][0]["text"]
+    assert served.engine.prompts[-1] == served.engine.tokenize(PREFIX)
+    assert text == MIDDLE
+    assert set(served.engine.tokenize("<|user|><|assistant|>")) <= set(served.engine.samplings[-1].stop_token_ids)
 
 
 def test_infill_trims_to_fit_and_says_what_it_cut(serve_fake) -> None:

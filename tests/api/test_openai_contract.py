@@ -62,8 +62,8 @@ def test_suffix_on_a_model_without_fim_is_refused(serve_fake) -> None:
     assert error["param"] == "suffix" and "codellama-34b" in error["message"]
 
 
-def test_suffix_on_an_instruct_model_without_fim_uses_the_chat_template(serve_fake) -> None:
-    served = serve_fake(model_id="smollm2-135m-instruct")
+def test_suffix_on_an_instruct_model_without_fim_uses_the_chat_template_when_asked(serve_fake) -> None:
+    served = serve_fake(model_id="smollm2-135m-instruct", hole_fill="chat")
     response = httpx.post(served.url + "/v1/completions", json={"prompt": "def f():\n", "suffix": "\nf()"})
     assert response.status_code == 200
     sent = served.engine.prompts[-1]
@@ -82,7 +82,7 @@ class _MarkdownAnswer(FakeEngine):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "stream"])
 def test_hole_filled_by_chat_returns_only_code(serve_fake, stream: bool) -> None:
-    served = serve_fake(engine=_MarkdownAnswer(), model_id="smollm2-135m-instruct")
+    served = serve_fake(engine=_MarkdownAnswer(), model_id="smollm2-135m-instruct", hole_fill="chat")
     body = {"prompt": "def f():\n    ", "suffix": "\n", "max_tokens": 12, "stream": stream}
     response = httpx.post(served.url + "/v1/completions", json=body)
     if stream:

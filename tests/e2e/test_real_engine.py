@@ -137,12 +137,13 @@ def test_chat_streaming(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-def test_fill_in_the_middle_through_the_chat_template(client: openai.OpenAI) -> None:
-    # SmolLM2 has no FIM tokens: codeserve asks the instruct model to fill the hole.
-    result = client.completions.create(model=MODEL, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))",
+def test_fill_in_the_middle_on_a_model_without_fim_tokens(client: openai.OpenAI, tokenizer) -> None:
+    # SmolLM2 has no FIM tokens: codeserve continues the prefix and cuts where the answer meets the suffix.
+    prefix = "def add(a, b):\n    "
+    result = client.completions.create(model=MODEL, prompt=prefix, suffix="\n\nprint(add(1, 2))",
                                        max_tokens=24, temperature=0)
     assert result.choices[0].text.strip()
-    assert result.usage is not None and result.usage.prompt_tokens > 20  # the instruction was sent too
+    assert result.usage is not None and result.usage.prompt_tokens == len(tokenizer(prefix)["input_ids"])
 
 
 def test_n_choices_with_sampling(client: openai.OpenAI) -> None:
@@ -269,6 +270,13 @@ def test_fim_output_never_restates_the_prefix_or_leaks_the_template(live: Live, 
     assert not any(text.startswith(ISSUE_PREFIX[j:]) for j in starts if ISSUE_PREFIX[j:].strip()), text
     assert "assistant" not in text and "<|im_" not in text and "```" not in text, text
     assert not text.rstrip().endswith("return result"), text  # ran into the suffix: cut
+
+
+def test_infill_with_the_cursor_mid_line_answers_one_line(live: Live) -> None:
+    body = {"input_prefix": "import math\n\nradius = 2\narea = math.", "input_suffix": "  # the area\nprint(area)\n",
+            "n_predict": 40, "temperature": 0}
+    data = httpx.post(live.url + "/infill", json=body, timeout=120).json()
+    assert "\n" not in data["content"] and data["tokens_predicted"] < 40, data
 
 
 def test_eval_scores_the_real_server(live: Live) -> None:

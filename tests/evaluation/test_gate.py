@@ -28,7 +28,9 @@ def test_the_job_writes_each_hole_as_the_served_family_would() -> None:
     sample = Sample(**fim["samples"][0])
     assert fim["prompts"][0] == {"text": TEMPLATES["qwen"].prompt(sample.prefix, sample.suffix), "chat": False,
                                  "max_tokens": gate.MAX_TOKENS[sample.kind]}
-    chat = gate.job(None, SAMPLES)  # a model without FIM tokens: the hole instruction, wrapped by the worker
+    plain = gate.job(None, SAMPLES)  # a model without FIM tokens continues the prefix, as the server does
+    assert plain["prompts"][0] == {"text": sample.prefix, "chat": False, "max_tokens": gate.MAX_TOKENS[sample.kind]}
+    chat = gate.job(None, SAMPLES, by_chat=True)  # CODESERVE_HOLE_FILL=chat: the instruction, wrapped by the worker
     assert chat["prompts"][0]["chat"] and "<HOLE>" in chat["prompts"][0]["text"]
     assert chat["samples"] == fim["samples"]  # same holes whatever the family
 
