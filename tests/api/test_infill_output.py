@@ -108,8 +108,7 @@ def test_a_chat_hole_fill_stops_on_the_templates_tokens(serve_fake) -> None:
 def test_a_model_without_fim_tokens_continues_the_prefix_by_default(serve_fake) -> None:
     """The prompt is the prefix alone (measured better than asking by chat on the bundled model); the
     suffix still tells the cleaner where the answer runs into the code after the cursor."""
-    served = serve_fake(engine=FakeEngine(reply="f in os.listdir(root):\n        result.append(f)\n    return result\n"),
-                        model_id="smollm2-135m-instruct")
+    served = serve_fake(engine=FakeEngine(reply=MIDDLE + "\n    return result\n"), model_id="smollm2-135m-instruct")
     body = {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 60}
     text = httpx.post(served.url + "/v1/completions", json=body).json()["choices"][0]["text"]
     assert served.engine.prompts[-1] == served.engine.tokenize(PREFIX)
