@@ -143,12 +143,13 @@ def _run_worker(python: Path, worker: Path, spec: QuantSpec, model_dir: Path, ou
     with subprocess.Popen([str(python), str(worker), str(job_file)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line.startswith("PROGRESS "):
-                progress(line.removeprefix("PROGRESS "))
-            elif line:
-                tail = [*tail[-40:], line]
+        for text in process.stdout:
+            # tqdm's bars end in "\r", so a progress line can arrive glued to one: split on both
+            for line in text.rstrip().split("\r"):
+                if line.startswith("PROGRESS "):
+                    progress(line.removeprefix("PROGRESS "))
+                elif line.strip():
+                    tail = [*tail[-40:], line]
     job_file.unlink(missing_ok=True)
     if process.returncode != 0:
         raise QuantizeError(f"quantizing {spec.model_id} failed (exit {process.returncode}):\n" + "\n".join(tail))

@@ -27,6 +27,9 @@ out = pathlib.Path(job["out_dir"])
 calls = pathlib.Path(job["model_dir"]) / "calls"
 calls.write_text(str(int(calls.read_text()) + 1) if calls.exists() else "1")
 print("PROGRESS calibrate 0/%d" % len(job["texts"]), flush=True)
+# tqdm's bars (stderr, merged) end in a carriage return, not a newline: a progress line follows on the same line
+sys.stderr.write("(2/31): Calibrating: 100%|##########| 32/32 [00:20<00:00]\\r"); sys.stderr.flush()
+print("PROGRESS calibrate layer 2/30 elapsed 40s eta 560s", flush=True)
 mode = (pathlib.Path(job["model_dir"]) / "mode").read_text()
 (out / "config.json").write_text(json.dumps({"quantization_config": {"group_size": job["group_size"]}}))
 if mode == "fail":
@@ -62,6 +65,7 @@ def test_produces_a_marked_checkpoint(fake) -> None:
     marker = json.loads((result / runner.COMPLETE_MARKER).read_text())
     assert marker["key"] == SPEC.key and marker["group_size"] == 64
     assert "calibrate 0/2" in lines and "save 1/1" in lines
+    assert "calibrate layer 2/30 elapsed 40s eta 560s" in lines
     assert not (result / "job.json").exists()
 
 
