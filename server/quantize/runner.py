@@ -144,12 +144,14 @@ def _run_worker(python: Path, worker: Path, spec: QuantSpec, model_dir: Path, ou
                           stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
         for text in process.stdout:
-            # tqdm's bars end in "\r", so a progress line can arrive glued to one: split on both
-            for line in text.rstrip().split("\r"):
-                if line.startswith("PROGRESS "):
-                    progress(line.removeprefix("PROGRESS "))
-                elif line.strip():
-                    tail = [*tail[-40:], line]
+            # tqdm redraws its bars (stderr, merged here) as "\r" + bar with no newline after, so a progress
+            # line arrives glued behind the last bar drawn
+            line = text.rstrip()
+            at = line.find("PROGRESS ")
+            if at >= 0:
+                progress(line[at:].removeprefix("PROGRESS "))
+            elif line.strip():
+                tail = [*tail[-40:], line]
     job_file.unlink(missing_ok=True)
     if process.returncode != 0:
         raise QuantizeError(f"quantizing {spec.model_id} failed (exit {process.returncode}):\n" + "\n".join(tail))

@@ -27,8 +27,8 @@ out = pathlib.Path(job["out_dir"])
 calls = pathlib.Path(job["model_dir"]) / "calls"
 calls.write_text(str(int(calls.read_text()) + 1) if calls.exists() else "1")
 print("PROGRESS calibrate 0/%d" % len(job["texts"]), flush=True)
-# tqdm's bars (stderr, merged) end in a carriage return, not a newline: a progress line follows on the same line
-sys.stderr.write("(2/31): Calibrating: 100%|##########| 32/32 [00:20<00:00]\\r"); sys.stderr.flush()
+# tqdm draws its bars (stderr, merged) as a carriage return and the bar, no newline: a progress line follows
+sys.stderr.write("\\r(2/31): Calibrating: 100%|##########| 32/32 [00:20<00:00]"); sys.stderr.flush()
 print("PROGRESS calibrate layer 2/30 elapsed 40s eta 560s", flush=True)
 mode = (pathlib.Path(job["model_dir"]) / "mode").read_text()
 (out / "config.json").write_text(json.dumps({"quantization_config": {"group_size": job["group_size"]}}))
