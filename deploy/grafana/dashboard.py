@@ -47,6 +47,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("cancelled (client left)", 'sum(rate(codeserve_requests_cancelled_total{job=~"$job"}[$__rate_interval]))'),
         ("rejected (429)", 'sum(rate(codeserve_requests_rejected_total{job=~"$job"}[$__rate_interval]))'),
     ]),
+    ("FIM answers changed for the editor, by rule", "reqps", [
+        ("{{action}}", 'sum by (action) (rate(codeserve_infill_cleanups_total{job=~"$job"}[$__rate_interval]))'),
+    ]),
     ("In flight and queued", "short", [
         ("in flight {{endpoint}}", 'sum by (endpoint) (codeserve_requests_in_flight{job=~"$job"})'),
         ("engine running", 'sum(vllm:num_requests_running{job=~"$job"})'),
