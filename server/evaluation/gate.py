@@ -58,7 +58,7 @@ class Quality:
     def describe(self) -> str:
         return (f"4-bit vs source on {self.source['samples']} FIM holes: edit similarity "
                 f"{self.source['edit_similarity']:.3f} -> {self.quantized['edit_similarity']:.3f} "
-                f"({self.loss:+.1%} loss), exact match {self.source['exact_match']:.3f} -> "
+                f"({self.loss:.1%} loss), exact match {self.source['exact_match']:.3f} -> "
                 f"{self.quantized['exact_match']:.3f}")
 
 
