@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fim import HOLE_INSTRUCTION, FimTemplate
+from ..fim import FimTemplate, hole_messages
+from ..generation.hole import Hole, HoleFormat
 from ..generation.infill import InfillContext, clean
 from .samples import Sample, cut, source_name
 from .score import by_kind, score, summary
@@ -24,15 +25,15 @@ MAX_TOKENS = {"single-line": 32, "multi-line": 96}  # enough for the references;
 
 
 def job(fim: FimTemplate | None, samples: int, seed: int = 0, by_chat: bool = False) -> dict[str, Any]:
-    """What the quantization worker answers: each hole as the server writes it for the family: its FIM
-    prompt, else the prefix to continue, or (`by_chat`) the instruction the worker wraps in the chat template."""
+    """What the quantization worker answers: each hole as the server writes it for the family (hole.py's
+    HoleFormat: its FIM prompt, else the prefix to continue), or with `by_chat` the instruction the server sends,
+    which the worker wraps in the chat template (the server's own template call needs the engine)."""
     holes = cut(samples, seed)
     chat = fim is None and by_chat
+    plain = HoleFormat(fim, None, None)
 
     def text(s: Sample) -> str:
-        if fim is not None:
-            return fim.prompt(s.prefix, s.suffix)
-        return HOLE_INSTRUCTION.format(prefix=s.prefix, suffix=s.suffix) if chat else s.prefix
+        return hole_messages(s.prefix, s.suffix)[0]["content"] if chat else plain.text(Hole(s.prefix, s.suffix))
 
     prompts = [{"text": text(s), "chat": chat, "max_tokens": MAX_TOKENS[s.kind]} for s in holes]
     return {"file": RAW_FILE, "prompts": prompts, "samples": [s.to_dict() for s in holes], "seed": seed,
