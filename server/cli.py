@@ -164,9 +164,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         source = source_dir(settings.cache_dir, entry, settings.model)
         spec = QuantSpec(entry.id, fingerprint(source), args.method, args.bits, group,
                          Calibration(args.samples, args.seq_len, args.seed))
-        samples = settings.quant_gate_samples if args.gate_samples is None else args.gate_samples
-        evaluation = (gate.job(template_for(entry.fim), samples, by_chat=settings.hole_fill == "chat")
-                      if samples and settings.quant_quality_gate != "off" else None)
+        evaluation = gate.job_for(template_for(entry.fim), settings, args.gate_samples)
         result = runner.quantize(spec, source, settings.cache_dir, lambda line: print(f"quantize: {line}", flush=True),
                                  settings.torch_index, evaluation=evaluation)
     except QuantizeError as exc:

@@ -108,8 +108,7 @@ def _quantized(option: Option, settings: Settings, progress: Callable[[str], Non
                 "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
                 "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
                 minutes, quantize_runner.quantized_root(settings.cache_dir))
-    evaluation = (gate.job(template_for(entry.fim), settings.quant_gate_samples, by_chat=settings.hole_fill == "chat")
-                  if settings.quant_gate_samples and settings.quant_quality_gate != "off" else None)
+    evaluation = gate.job_for(template_for(entry.fim), settings)
 
     def report(line: str) -> None:
         log.info("quantize: %s", line)

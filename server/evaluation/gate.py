@@ -16,6 +16,7 @@ from typing import Any
 from ..fim import FimTemplate, hole_messages
 from ..generation.hole import Hole, HoleFormat
 from ..generation.infill import InfillContext, clean
+from ..settings import Settings
 from .samples import Sample, cut, source_name
 from .score import by_kind, score, summary
 
@@ -38,6 +39,15 @@ def job(fim: FimTemplate | None, samples: int, seed: int = 0, by_chat: bool = Fa
     prompts = [{"text": text(s), "chat": chat, "max_tokens": MAX_TOKENS[s.kind]} for s in holes]
     return {"file": RAW_FILE, "prompts": prompts, "samples": [s.to_dict() for s in holes], "seed": seed,
             "samples_from": source_name(), "markers": list(fim.markers + fim.stop) if fim else []}
+
+
+def job_for(fim: FimTemplate | None, settings: Settings, samples: int | None = None) -> dict[str, Any] | None:
+    """The gate's job as the settings ask for it (None: no gate); `samples` overrides
+    CODESERVE_QUANT_GATE_SAMPLES (codeserve quantize --gate-samples)."""
+    count = settings.quant_gate_samples if samples is None else samples
+    if not count or settings.quant_quality_gate == "off":
+        return None
+    return job(fim, count, by_chat=settings.hole_fill == "chat")
 
 
 @dataclass(frozen=True)
