@@ -22,40 +22,81 @@ class GpuModel:
     total_bytes: int  # usable memory as NVML reports it (a little under the datasheet capacity)
     compute_capability: tuple[int, int]
     bandwidth_gb_s: int
+    tflops_16bit: float  # dense (not 2:4 sparse) fp16/bf16 tensor-core throughput
     source: str
 
 
-def _gpu(name: str, total_mib: int, cc: tuple[int, int], bw: int, source: str) -> GpuModel:
-    return GpuModel(name, total_mib * MIB, cc, bw, source)
+def _gpu(name: str, total_mib: int, cc: tuple[int, int], bw: int, tflops: float, source: str) -> GpuModel:
+    return GpuModel(name, total_mib * MIB, cc, bw, tflops, source)
 
 
-# Capacity and bandwidth from NVIDIA's datasheets; compute capability from developer.nvidia.com/cuda-gpus;
+# Capacity, bandwidth and dense 16-bit tensor throughput from NVIDIA's datasheets (planner/latency.py estimates
+# speed from the last two); compute capability from developer.nvidia.com/cuda-gpus;
 # total_mib is what nvidia-smi reports for the part (ECC and firmware reserve keep it below the label).
 GPU_TABLE: dict[str, GpuModel] = {
     g.name: g
     for g in (
-        _gpu("T4", 15360, (7, 5), 320, "NVIDIA T4 datasheet: 16 GB GDDR6, 320 GB/s"),
-        _gpu("V100-16GB", 16160, (7, 0), 900, "NVIDIA V100 datasheet: 16 GB HBM2, 900 GB/s (SXM2)"),
-        _gpu("V100-32GB", 32510, (7, 0), 900, "NVIDIA V100 datasheet: 32 GB HBM2, 900 GB/s (SXM2)"),
-        _gpu("A10G", 23028, (8, 6), 600, "AWS G5 / NVIDIA A10G: 24 GB GDDR6, 600 GB/s"),
-        _gpu("A10", 23028, (8, 6), 600, "NVIDIA A10 datasheet: 24 GB GDDR6, 600 GB/s"),
-        _gpu("L4", 23034, (8, 9), 300, "NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s"),
-        _gpu("L40", 46068, (8, 9), 864, "NVIDIA L40 datasheet: 48 GB GDDR6, 864 GB/s"),
-        _gpu("L40S", 46068, (8, 9), 864, "NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s"),
-        _gpu("A100-40GB", 40960, (8, 0), 1555, "NVIDIA A100 datasheet: 40 GB HBM2, 1555 GB/s (SXM4)"),
-        _gpu("A100-80GB", 81920, (8, 0), 2039, "NVIDIA A100 datasheet: 80 GB HBM2e, 2039 GB/s (SXM4)"),
-        _gpu("H100", 81559, (9, 0), 3350, "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s (SXM5)"),
-        _gpu("H100-PCIe", 81559, (9, 0), 2000, "NVIDIA H100 datasheet: 80 GB HBM2e, 2 TB/s (PCIe)"),
-        _gpu("H200", 143771, (9, 0), 4800, "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s"),
-        _gpu("B200", 183359, (10, 0), 8000, "NVIDIA DGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s"),
-        _gpu("RTX-3090", 24576, (8, 6), 936, "GeForce RTX 3090 specs: 24 GB GDDR6X, 936 GB/s"),
-        _gpu("RTX-4090", 24564, (8, 9), 1008, "GeForce RTX 4090 specs: 24 GB GDDR6X, 1008 GB/s"),
-        _gpu("RTX-A6000", 49140, (8, 6), 768, "NVIDIA RTX A6000 datasheet: 48 GB GDDR6, 768 GB/s"),
-        _gpu("RTX-6000-Ada", 49140, (8, 9), 960, "NVIDIA RTX 6000 Ada datasheet: 48 GB GDDR6, 960 GB/s"),
+        _gpu("T4", 15360, (7, 5), 320, 65,
+             "NVIDIA T4 datasheet: 16 GB GDDR6, 320 GB/s, 65 TFLOPS fp16"),
+        _gpu("V100-16GB", 16160, (7, 0), 900, 125,
+             "NVIDIA V100 datasheet: 16 GB HBM2, 900 GB/s (SXM2), 125 TFLOPS tensor"),
+        _gpu("V100-32GB", 32510, (7, 0), 900, 125,
+             "NVIDIA V100 datasheet: 32 GB HBM2, 900 GB/s (SXM2), 125 TFLOPS tensor"),
+        _gpu("A10G", 23028, (8, 6), 600, 70,
+             "AWS G5 / NVIDIA A10G: 24 GB GDDR6, 600 GB/s; no datasheet: ~70 TFLOPS fp16 dense as quoted for G5"),
+        _gpu("A10", 23028, (8, 6), 600, 125,
+             "NVIDIA A10 datasheet: 24 GB GDDR6, 600 GB/s, 125 TFLOPS bf16 dense"),
+        _gpu("L4", 23034, (8, 9), 300, 121,
+             "NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s, 121 TFLOPS bf16 dense (242 sparse)"),
+        _gpu("L40", 46068, (8, 9), 864, 181,
+             "NVIDIA L40 datasheet: 48 GB GDDR6, 864 GB/s, 181 TFLOPS bf16 dense (362 sparse)"),
+        _gpu("L40S", 46068, (8, 9), 864, 362,
+             "NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, 362 TFLOPS bf16 dense (733 sparse)"),
+        _gpu("A100-40GB", 40960, (8, 0), 1555, 312,
+             "NVIDIA A100 datasheet: 40 GB HBM2, 1555 GB/s (SXM4), 312 TFLOPS bf16 dense"),
+        _gpu("A100-80GB", 81920, (8, 0), 2039, 312,
+             "NVIDIA A100 datasheet: 80 GB HBM2e, 2039 GB/s (SXM4), 312 TFLOPS bf16 dense"),
+        _gpu("H100", 81559, (9, 0), 3350, 989,
+             "NVIDIA H100 datasheet: 80 GB HBM3, 3.35 TB/s (SXM5), 989 TFLOPS bf16 dense"),
+        _gpu("H100-PCIe", 81559, (9, 0), 2000, 756,
+             "NVIDIA H100 datasheet: 80 GB HBM2e, 2 TB/s (PCIe), 756 TFLOPS bf16 dense"),
+        _gpu("H200", 143771, (9, 0), 4800, 989,
+             "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, 989 TFLOPS bf16 dense"),
+        _gpu("B200", 183359, (10, 0), 8000, 2250,
+             "NVIDIA DGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s, 2.25 PFLOPS bf16 dense"),
+        _gpu("RTX-3090", 24576, (8, 6), 936, 71,
+             "GeForce RTX 3090 specs: 24 GB GDDR6X, 936 GB/s, 71 TFLOPS fp16 (fp32 accumulate)"),
+        _gpu("RTX-4090", 24564, (8, 9), 1008, 165,
+             "GeForce RTX 4090 specs: 24 GB GDDR6X, 1008 GB/s, 165 TFLOPS fp16 (fp32 accumulate)"),
+        _gpu("RTX-A6000", 49140, (8, 6), 768, 155,
+             "NVIDIA RTX A6000 datasheet: 48 GB GDDR6, 768 GB/s, 155 TFLOPS tensor dense"),
+        _gpu("RTX-6000-Ada", 49140, (8, 9), 960, 364,
+             "NVIDIA RTX 6000 Ada datasheet: 48 GB GDDR6, 960 GB/s, 364 TFLOPS tensor dense"),
     )
 }
 _ALIASES = {"A100": "A100-80GB", "H100-SXM": "H100", "RTX3090": "RTX-3090", "RTX4090": "RTX-4090",
             "3090": "RTX-3090", "4090": "RTX-4090", "A6000": "RTX-A6000", "V100": "V100-32GB"}
+
+
+# NVML's product names (nvidia-smi --query-gpu=name) -> the table's entry, most specific first. Memory size
+# separates A100 40/80 GB and V100 16/32 GB where the name does not say it.
+_NVML_NAMES: tuple[tuple[str, str], ...] = (
+    (r"H100.*PCIe", "H100-PCIe"), (r"H100|GH200", "H100"), (r"H200", "H200"), (r"B200", "B200"),
+    (r"A100", "A100"), (r"L40S", "L40S"), (r"L40\b", "L40"), (r"\bL4\b", "L4"), (r"A10G", "A10G"),
+    (r"\bA10\b", "A10"), (r"\bT4\b", "T4"), (r"V100", "V100"), (r"RTX 6000 Ada", "RTX-6000-Ada"),
+    (r"RTX A6000", "RTX-A6000"), (r"4090", "RTX-4090"), (r"3090", "RTX-3090"),
+)
+
+
+def datasheet(nvml_name: str, total_bytes: int) -> GpuModel | None:
+    """The GPU table's entry for a name as NVML reports it ("NVIDIA A100-SXM4-40GB"), or None."""
+    for pattern, key in _NVML_NAMES:
+        if re.search(pattern, nvml_name, re.IGNORECASE):
+            if key in ("A100", "V100"):
+                sizes = [m for m in GPU_TABLE.values() if m.name.startswith(key)]
+                return min(sizes, key=lambda m: abs(m.total_bytes - total_bytes))
+            return GPU_TABLE[key]
+    return None
 
 
 class HardwareSpecError(ValueError):
@@ -69,7 +110,8 @@ class GpuInfo:
     total_bytes: int
     free_bytes: int
     compute_capability: tuple[int, int]
-    bandwidth_gb_s: int | None = None
+    bandwidth_gb_s: int | None = None  # datasheet figures (None: a GPU the table does not know)
+    tflops_16bit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +233,7 @@ def simulated(spec: str, cpu: CpuInfo | None = None) -> Inventory:
         model = _lookup(match.group(2))
         for _ in range(count):
             gpus.append(GpuInfo(len(gpus), model.name, model.total_bytes, model.total_bytes,
-                                model.compute_capability, model.bandwidth_gb_s))
+                                model.compute_capability, model.bandwidth_gb_s, model.tflops_16bit))
     return Inventory(gpus=tuple(gpus), cpu=cpu, source="simulated")
 
 
@@ -233,8 +275,10 @@ def from_nvml(nvml: Any, visible: str | None, cpu: CpuInfo) -> Inventory:
             handle = nvml.nvmlDeviceGetHandleByIndex(phys)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-            gpus.append(GpuInfo(logical, _text(nvml.nvmlDeviceGetName(handle)), int(memory.total),
-                                int(memory.free), (int(major), int(minor))))
+            name = _text(nvml.nvmlDeviceGetName(handle))
+            sheet = datasheet(name, int(memory.total))
+            gpus.append(GpuInfo(logical, name, int(memory.total), int(memory.free), (int(major), int(minor)),
+                                sheet.bandwidth_gb_s if sheet else None, sheet.tflops_16bit if sheet else None))
     finally:
         nvml.nvmlShutdown()
     return Inventory(gpus=tuple(gpus), cpu=cpu, source="nvml" if gpus else "cpu")

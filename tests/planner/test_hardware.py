@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from server.planner import hardware
-from server.planner.hardware import GPU_TABLE, HardwareSpecError, from_nvml, simulated
+from server.planner.hardware import GPU_TABLE, HardwareSpecError, datasheet, from_nvml, simulated
 from tests.conftest import FIXED_CPU
 
 GIB = 1024**3
@@ -172,3 +172,21 @@ def test_cpu_bf16_detection(flags: str, expected: bool) -> None:
     from server.planner.hardware import cpu_has_bf16
 
     assert cpu_has_bf16(f"processor\t: 0\n{flags}\n") is expected
+
+
+@pytest.mark.parametrize(("name", "gib", "entry"), [
+    ("NVIDIA H100 80GB HBM3", 80, "H100"), ("NVIDIA H100 PCIe", 80, "H100-PCIe"), ("NVIDIA A100-SXM4-40GB", 40,
+     "A100-40GB"), ("NVIDIA A100 80GB PCIe", 80, "A100-80GB"), ("Tesla T4", 15, "T4"), ("NVIDIA L4", 22, "L4"),
+    ("NVIDIA L40S", 45, "L40S"), ("NVIDIA L40", 45, "L40"), ("NVIDIA A10G", 22, "A10G"), ("NVIDIA A10", 22, "A10"),
+    ("NVIDIA GeForce RTX 4090", 24, "RTX-4090"), ("NVIDIA RTX 6000 Ada Generation", 48, "RTX-6000-Ada"),
+    ("Tesla V100-SXM2-16GB", 16, "V100-16GB"), ("NVIDIA H200", 141, "H200"), ("Some Future GPU", 99, None),
+])
+def test_nvml_names_find_their_datasheet(name: str, gib: int, entry: str | None) -> None:
+    sheet = datasheet(name, gib * GIB)
+    assert (sheet.name if sheet else None) == entry
+
+
+def test_nvml_gpus_carry_datasheet_speeds() -> None:
+    nvml = FakeNvml([{"name": "NVIDIA L4", "total": 22 * GIB, "free": 22 * GIB, "cc": (8, 9)}])
+    gpu = from_nvml(nvml, None, FIXED_CPU).gpus[0]
+    assert (gpu.bandwidth_gb_s, gpu.tflops_16bit) == (300, 121)
