@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from .engine import vllm_args
 from .planner.catalog import CatalogError, load_catalog
+from .planner.fleet import Fleet
 from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
 from .planner.plan import NoFit, Plan
-from .planning import detect_and_choose
+from .planning import detect_and_plan
 from .settings import Settings
 
 
@@ -57,7 +58,8 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     for note in inv.notes:
         print(f"          {note}")
     quant = " (quantize: no published checkpoint)" if chosen.needs_quantization else ""
-    print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}  "
+    pp = f"  pp={chosen.pipeline_parallel_size} (one stage per node)" if chosen.pipeline_parallel_size > 1 else ""
+    print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
           f"replicas={chosen.replicas}  on {chosen.device_name}")
     print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
           f"license {chosen.model.license}, context {result.max_model_len} x "
@@ -74,11 +76,19 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     print(f"                          {_gib(m.weights)}  {_gib(m.kv_cache)}      {_gib(m.activation)}    "
           f"{_gib(m.overhead)}  {_gib(m.total)}  {_gib(m.budget)}    {_gib(m.headroom)}")
     print(f"          KV capacity {chosen.kv_cache_capacity_tokens} tokens ({chosen.kv_bytes_per_token} B/token)")
+    if chosen.latency is not None:
+        est = chosen.latency
+        print(f"latency   ~{est.decode_ms_per_token:.1f} ms/token decode, ~{est.ttft_ms:.0f} ms to first token for a "
+              f"{est.prompt_tokens}-token prompt (estimate: {est.basis})")
+    for note in result.notes:
+        print(f"note      {note}")
     print(f"engine    {_vllm(result)['command']}")
     print(f"fallbacks ({len(result.fallbacks)})")
     for option in result.fallbacks:
-        print(f"          {option.model.id:34s} {option.precision:5s} tp={option.tensor_parallel_size} "
-              f"{option.memory.total / GIB:6.1f} GiB")
+        speed = f"  ~{option.latency.decode_ms_per_token:.1f} ms/token" if option.latency else ""
+        pp = f" pp={option.pipeline_parallel_size}" if option.pipeline_parallel_size > 1 else ""
+        print(f"          {option.model.id:34s} {option.precision:5s} tp={option.tensor_parallel_size}{pp} "
+              f"{option.memory.total / GIB:6.1f} GiB{speed}")
     rejected = result.rejected if show_all else [r for r in result.rejected if r.precision is not None]
     limit = None if show_all else 15
     print(f"rejected  ({len(result.rejected)}; --all lists model-level exclusions too)")
@@ -95,17 +105,54 @@ def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, An
     return {"name": "vllm", "args": args, "env": env, "command": vllm_args.serve_command(args, env)}
 
 
+def _plan_json(result: Plan, settings: Settings) -> dict[str, Any]:
+    return {**result.to_dict(), "engine": _vllm(result, settings.engine_args),
+            "quantization_quality": _quality(result, settings)}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings({"gpus": args.gpus, "model": args.model, "precision": args.precision,
-                          "role": args.role, "max_model_len": args.max_model_len})
-    result = detect_and_choose(settings)
-    quality = _quality(result, settings)
+                          "role": args.role, "max_model_len": args.max_model_len, "nodes": args.nodes,
+                          "objective": args.objective, "target_token_latency_ms": args.target_token_latency_ms})
+    fleet = detect_and_plan(settings)
+    if args.helm_values:
+        from .deployment import helm_values
+
+        print(yaml_dump(helm_values(fleet, settings)), end="")
+        return 0
+    if len(fleet.served) == 1:  # one role: the plan's own shape, as before fleets existed
+        result = fleet.served[0].plan
+        if args.json:
+            print(json.dumps(_plan_json(result, settings), indent=2))
+        else:
+            _print_plan(result, args.all, _quality(result, settings))
+        return 0
     if args.json:
-        print(json.dumps({**result.to_dict(), "engine": _vllm(result, settings.engine_args),
-                          "quantization_quality": quality}, indent=2))
-    else:
-        _print_plan(result, args.all, quality)
+        document = fleet.to_dict()
+        for served, entry in zip(fleet.served, document["served"], strict=True):
+            entry["plan"] = _plan_json(served.plan, settings)
+        print(json.dumps(document, indent=2))
+        return 0
+    _print_fleet(fleet, args.all, settings)
     return 0
+
+
+def _print_fleet(fleet: Fleet, show_all: bool, settings: Settings) -> None:
+    layouts = {"separate": "each role on its own GPUs", "shared": "both roles share the GPUs, each engine its own "
+               "memory share", "one-engine": "one engine serves both roles (CPU)"}
+    print(f"roles     {', '.join(fleet.roles)}: {layouts.get(fleet.layout, fleet.layout)}")
+    for served in fleet.served:
+        gpus = ",".join(str(i) for i in served.gpus) or "CPU"
+        share = served.option.launch.gpu_memory_fraction
+        print(f"\n=== {served.role} (engine {served.engine}, GPUs {gpus}"
+              f"{f', memory share {share:.2f}' if share is not None else ''}) ===")
+        _print_plan(served.plan, show_all, _quality(served.plan, settings))
+
+
+def yaml_dump(document: dict[str, Any]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(document, sort_keys=False))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -212,8 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="simulate an inventory, e.g. 2xA100-80GB or 1xT4,1xL4 ('none' = CPU)")
     p.add_argument("--model", help="pin a catalog id (CODESERVE_MODEL)")
     p.add_argument("--precision", help="pin bf16|fp16|fp8|awq (CODESERVE_PRECISION)")
-    p.add_argument("--role", help="completion|chat (CODESERVE_ROLE)")
+    p.add_argument("--role", help="completion|chat|completion,chat (CODESERVE_ROLE)")
     p.add_argument("--max-model-len", type=int, help="target context (CODESERVE_MAX_MODEL_LEN)")
+    p.add_argument("--nodes", type=int, help="nodes like this one a model may span (CODESERVE_NODES)")
+    p.add_argument("--objective", help="largest|latency|auto (CODESERVE_OBJECTIVE)")
+    p.add_argument("--target-token-latency-ms", type=float,
+                   help="decode ms/token the latency objective aims for (CODESERVE_TARGET_TOKEN_LATENCY_MS)")
+    p.add_argument("--helm-values", action="store_true",
+                   help="print Helm values that deploy this plan with the chart (helm/codeserve)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--all", action="store_true", help="list every rejected candidate")
     p.set_defaults(func=cmd_plan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
 from .planner.choose import choose
+from .planner.fleet import Fleet, plan_fleet
 from .planner.plan import Plan
 from .settings import Settings
 
@@ -20,3 +21,10 @@ def detect_and_choose(settings: Settings) -> Plan:
     catalog = load_catalog(settings.catalog_path)
     inventory = hardware.detect(settings.gpus)
     return choose(inventory, catalog, settings, local_models(settings, catalog))
+
+
+def detect_and_plan(settings: Settings) -> Fleet:
+    """Every role CODESERVE_ROLE names, planned for this machine (one role: a fleet of one)."""
+    catalog = load_catalog(settings.catalog_path)
+    inventory = hardware.detect(settings.gpus)
+    return plan_fleet(inventory, catalog, settings, local_models(settings, catalog))

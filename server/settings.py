@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq"]
 Role = Literal["completion", "chat"]
+ROLES: tuple[Role, ...] = ("completion", "chat")
+# The per-token latency the completion role aims for under CODESERVE_OBJECTIVE=latency: 50 tokens/s, so a
+# typical 30-60-token suggestion streams in within a second of the first token.
+DEFAULT_TARGET_TOKEN_LATENCY_MS = 20.0
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG_PATH = REPO_ROOT / "configs" / "models.yaml"
@@ -56,7 +60,19 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int = Field(
         8192, ge=256, description="prefill chunk size; bounds the activation peak vLLM profiles"
     )
-    role: Role = Field("completion", description="completion: base models with FIM; chat: instruct models")
+    role: Literal["completion", "chat", "completion,chat"] = Field(
+        "completion", description="completion: base models with FIM; chat: instruct models; completion,chat: both, "
+                                  "each with its own engine (one engine on the CPU)")
+    chat_model: str = Field("auto", description="with role completion,chat: 'auto' or a catalog id for the chat role "
+                                                "(CODESERVE_MODEL then pins the completion model)")
+    objective: Literal["auto", "largest", "latency"] = Field(
+        "auto", description="largest: the largest model that fits; latency: the largest whose estimated decode time "
+                            "meets target_token_latency_ms (GPUs); auto: latency for the completion role when both "
+                            "roles are planned, else largest")
+    target_token_latency_ms: float = Field(
+        DEFAULT_TARGET_TOKEN_LATENCY_MS, gt=0, description="decode time per token the latency objective aims for")
+    nodes: int = Field(1, ge=1, le=64, description="nodes like this one (the GPU inventory per node) a model may span "
+                                                   "with pipeline parallel across them")
     families: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allow-list of catalog families; empty = the default families"
     )
@@ -116,6 +132,19 @@ class Settings(BaseSettings):
     failure_exit_s: float = Field(
         5.0, ge=0.0, description="after the engine died or failed to load: seconds /ready shows why, then exit 3")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            named = [part.strip() for part in value.split(",") if part.strip()]
+            if set(named) <= set(ROLES) and named:  # any order, duplicates allowed; the rest fails the Literal
+                return ",".join(role for role in ROLES if role in named)
+        return value
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return tuple(role for role in ROLES if role in self.role.split(","))
 
     @field_validator("families", "api_keys", mode="before")
     @classmethod

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 from server.cli import main
 
@@ -75,3 +77,34 @@ def test_an_expected_failure_is_one_line_not_a_traceback(tmp_path) -> None:
     debug = subprocess.run([sys.executable, "-m", "server.cli", "--debug", "quantize", "qwen2.5-coder-7b"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_plan_for_both_roles_lists_each_served_role(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "2xL4", "--role", "chat,completion", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["roles"] == ["completion", "chat"] and document["layout"] == "separate"
+    completion, chat = document["served"]
+    assert (completion["role"], completion["gpus"], chat["role"], chat["gpus"]) == ("completion", [0], "chat", [1])
+    # each entry carries its full plan, with the engine command pinned to its GPU
+    assert "CUDA_VISIBLE_DEVICES=1 vllm serve" in chat["plan"]["engine"]["command"]
+    assert completion["latency"]["decode_ms_per_token"] <= 20
+    assert main(["plan", "--gpus", "1xH100", "--role", "completion,chat"]) == 0
+    text = capsys.readouterr().out
+    assert "both roles share the GPUs" in text and "=== chat (engine 1, GPUs 0, memory share" in text
+    assert text.count("latency   ~") == 2
+
+
+def test_plan_shows_latency_and_takes_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "8xA100-40GB", "--nodes", "2", "--model", "deepseek-coder-v2"]) == 0
+    text = capsys.readouterr().out
+    assert "bf16  tp=8  pp=2 (one stage per node)" in text and "--distributed-executor-backend ray" in text
+    assert re.search(r"latency   ~\d+\.\d ms/token decode, ~\d+ ms to first token for a 2048-token prompt", text)
+
+
+def test_helm_values_from_a_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "8xA100-40GB", "--nodes", "2", "--model", "deepseek-coder-v2",
+                 "--helm-values"]) == 0
+    values = yaml.safe_load(capsys.readouterr().out)
+    assert values["multiNode"] == {"enabled": True, "size": 2} and values["gpu"] == {"count": 8}
+    config = values["config"]
+    assert config["CODESERVE_PRECISION"] == "bf16" and config["CODESERVE_TENSOR_PARALLEL_SIZE"] == "8"

@@ -28,6 +28,10 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
         "enforce_eager": launch.eager,
         "trust_remote_code": launch.trust_remote_code,
     }
+    if launch.pipeline_parallel_size > 1:
+        # Stages on other nodes: vLLM's multi-node executor is Ray (docs, "Distributed inference and serving":
+        # TP inside a node x PP across nodes, workers joined to the head's Ray cluster).
+        args["distributed_executor_backend"] = "ray"
     if launch.online_quantization is not None:
         args["quantization"] = launch.online_quantization
     if launch.gpu_memory_fraction is not None:
@@ -46,11 +50,15 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
     return {**args, **(overrides or {})}
 
 
-def engine_env(launch: Launch) -> dict[str, str]:
+def engine_env(launch: Launch, visible: str | None = None) -> dict[str, str]:
     """Environment variables the engine reads at start: vLLM takes its CPU thread binding only from
-    VLLM_CPU_OMP_THREADS_BIND (vllm/utils/ompmultiprocessing.py, 0.32), read in its engine process."""
+    VLLM_CPU_OMP_THREADS_BIND (vllm/utils/ompmultiprocessing.py, 0.32), read in its engine process; a GPU engine
+    pinned to some devices gets them as CUDA_VISIBLE_DEVICES, mapped through the process's own (`visible`)."""
     if launch.device == "cpu" and launch.cpu_cores:
         return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(cpu) for cpu in launch.cpu_cores)}
+    if launch.device == "cuda" and launch.devices is not None:
+        seen = [item.strip() for item in visible.split(",")] if visible else None
+        return {"CUDA_VISIBLE_DEVICES": ",".join(seen[i] if seen else str(i) for i in launch.devices)}
     return {}
 
 

@@ -66,6 +66,17 @@ def tp_problem(arch: Architecture, tp: int) -> str | None:
     return None
 
 
+def pp_problem(arch: Architecture, pp: int) -> str | None:
+    """Every pipeline stage needs at least one layer; encoder-decoder models are not pipelined by vLLM."""
+    if pp == 1:
+        return None
+    if arch.encoder_layers:
+        return "vLLM does not pipeline encoder-decoder models"
+    if arch.layers < pp:
+        return f"{arch.layers} layers do not fill {pp} pipeline stages"
+    return None
+
+
 def quantized_in_features(arch: Architecture, tp: int) -> list[int]:
     """Input features of every quantized linear layer on one rank (what a group must divide)."""
     o_proj_in = arch.attention_heads * (arch.mla.v_head_dim if arch.mla else arch.head_dim_resolved)

@@ -14,10 +14,11 @@ from typing import Literal
 
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from . import candidates as rules
-from . import memory
+from . import latency, memory
 from .catalog import Catalog, ModelEntry
 from .cpu_binding import cpu_binding
 from .hardware import GpuInfo, Inventory
+from .latency import LatencyEstimate
 from .launch import ComputeDtype, Launch, PromptLookup
 from .memory import GIB, WeightPrecision
 from .plan import MemoryBreakdown, NoFit, Option, Plan, Rejection
@@ -110,7 +111,7 @@ def _speculation(settings: Settings, on_gpu: bool) -> PromptLookup | None:
     return PROMPT_LOOKUP if settings.speculative == "ngram" else None
 
 
-def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len: int, settings: Settings,
+def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max_len: int, settings: Settings,
             capability: tuple[int, int] | None, utilization: float, max_num_seqs: int,
             kv_cache_bytes: int | None, speculation: PromptLookup | None) -> Launch:
     # Activations run in bf16 where the GPU has it (Ampere+, and vLLM's CPU backend), else fp16.
@@ -127,7 +128,7 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, max_len: int
         model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
         # fp8 without a published checkpoint: the engine's online dynamic FP8 (no calibration needed)
         online_quantization="fp8" if precision == "fp8" and not entry.prequantized.fp8 else None,
-        tensor_parallel_size=tp, pipeline_parallel_size=1, max_model_len=max_len, max_num_seqs=max_num_seqs,
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, max_model_len=max_len, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         prefix_caching=True,  # IDE requests resend the same file prefix keystroke after keystroke
         kv_block_tokens=None if on_gpu else CPU_KV_BLOCK_TOKENS,
@@ -153,11 +154,12 @@ def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
 
 def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Settings, max_len: int,
          device: Literal["cuda", "cpu"], device_name: str, capability: tuple[int, int] | None,
-         budget: int, utilization: float, cpu_avx512: bool = True) -> Option | str:
+         budget: int, utilization: float, cpu_avx512: bool = True, pp: int = 1,
+         gpu: GpuInfo | None = None) -> Option | str:
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
     problem = (rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp))
+               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp))
     if problem:
         return problem
     group = None
@@ -167,17 +169,17 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
             return f"no AWQ group size in {rules.AWQ_GROUP_SIZES} divides {rules.quantized_in_features(arch, tp)}"
     on_gpu = device == "cuda"
     max_num_seqs = GPU_MAX_NUM_SEQS if on_gpu else max(settings.max_concurrent_sequences, CPU_MIN_MAX_NUM_SEQS)
-    kv_per_token = memory.kv_bytes_per_token(arch, memory.kv_dtype_bytes(settings.kv_cache_dtype, precision), tp)
+    kv_per_token = memory.kv_bytes_per_token(arch, memory.kv_dtype_bytes(settings.kv_cache_dtype, precision), tp, pp)
     speculation = _speculation(settings, on_gpu)
     # Verifying a draft writes its tokens to the cache first: each sequence needs that many slots beyond its context.
     lookahead = speculation.draft_tokens if speculation else 0
     kv_needed = kv_per_token * (max_len + lookahead) * settings.max_concurrent_sequences
     breakdown = MemoryBreakdown(
-        weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE),
+        weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE, pp),
         kv_cache=kv_needed,
         activation=memory.activation_peak_bytes(arch, min(settings.max_num_batched_tokens, max_len * max_num_seqs),
                                                 max_num_seqs, tp),
-        overhead=memory.overhead_bytes(tp, cuda_graphs=True) if on_gpu else CPU_RUNTIME_BYTES,
+        overhead=memory.overhead_bytes(tp, cuda_graphs=True, pp=pp) if on_gpu else CPU_RUNTIME_BYTES,
         budget=budget,
     )
     if breakdown.headroom < 0:
@@ -188,9 +190,21 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     capacity = (budget - breakdown.weights - breakdown.activation - breakdown.overhead) // kv_per_token
     if not on_gpu:
         capacity = kv_needed // kv_per_token
-    launch = _launch(entry, precision, tp, max_len, settings, capability, utilization, max_num_seqs,
+    launch = _launch(entry, precision, tp, pp, max_len, settings, capability, utilization, max_num_seqs,
                      None if on_gpu else kv_needed, speculation)
-    return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1, launch)
+    estimate = _latency(entry, breakdown.weights, kv_per_token, tp, pp, gpu) if gpu is not None else None
+    return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1, launch,
+                  estimate)
+
+
+def _latency(entry: ModelEntry, weights: int, kv_per_token: int, tp: int, pp: int,
+             gpu: GpuInfo) -> LatencyEstimate | None:
+    if gpu.bandwidth_gb_s is None or gpu.tflops_16bit is None:
+        return None
+    arch = entry.architecture
+    active = memory.active_params(arch)
+    work = latency.Workload(arch, weights, kv_per_token, active / memory.param_counts(arch).total, active, tp, pp)
+    return latency.estimate(work, latency.Device(gpu.name, gpu.bandwidth_gb_s, gpu.tflops_16bit))
 
 
 def _gpu_groups(gpus: Iterable[GpuInfo]) -> dict[str, list[GpuInfo]]:
@@ -219,8 +233,9 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                         continue
                     budget, utilization = _gpu_budget(gpus[:tp], settings.gpu_memory_utilization)
                     result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability,
-                                  budget, utilization)
+                                  budget, utilization, gpu=gpus[0])
                     _keep(result, entry, precision, tp, options, rejected)
+                _across_nodes(entry, precision, gpus, settings, max_len, options, rejected)
         return options
     ladder = rules.precision_ladder(None, inventory.cpu.bf16)
     precisions = ladder if settings.precision == "auto" else [settings.precision]
@@ -238,6 +253,32 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
     return options
 
 
+def _across_nodes(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuInfo], settings: Settings,
+                  max_len: int, options: list[Option], rejected: list[Rejection]) -> None:
+    """With CODESERVE_NODES > 1: tensor parallel over a whole node x pipeline parallel over 2..nodes nodes (vLLM's
+    documented multi-node layout: TP inside a node over NVLink, PP across the slower network). Ranked after every
+    single-node option of the same model and precision, so it only wins where one node cannot hold them."""
+    if settings.nodes < 2 or settings.tensor_parallel_size not in ("auto", max(
+            (tp for tp in rules.TP_DEGREES if tp <= len(gpus)), default=0)):
+        return
+    tp = max((degree for degree in rules.TP_DEGREES if degree <= len(gpus)), default=0)
+    if not tp:
+        return
+    budget, utilization = _gpu_budget(gpus[:tp], settings.gpu_memory_utilization)
+    name, capability = gpus[0].name, gpus[0].compute_capability
+    reason = ""
+    for pp in range(2, settings.nodes + 1):
+        result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability, budget, utilization,
+                      pp=pp, gpu=gpus[0])
+        if isinstance(result, Option):
+            options.append(result)
+            return  # fewer nodes first: more stages would only add hops
+        reason = f"pp={pp} over {pp} nodes: {result}"
+        if not result.startswith("needs "):  # not a matter of size: more nodes will not help
+            break
+    rejected.append(Rejection(entry.id, precision, tp, reason))
+
+
 def _keep(result: Option | str, entry: ModelEntry, precision: WeightPrecision, tp: int,
              options: list[Option], rejected: list[Rejection]) -> None:
     if isinstance(result, str):
@@ -246,23 +287,48 @@ def _keep(result: Option | str, entry: ModelEntry, precision: WeightPrecision, t
         options.append(result)
 
 
-def _with_replicas(option: Option, inventory: Inventory) -> Option:
-    """GPUs beyond the TP group serve further copies: same-type GPUs in whole TP groups."""
+def _with_replicas(option: Option, inventory: Inventory, nodes: int = 1) -> Option:
+    """GPUs beyond the TP group serve further copies: same-type GPUs in whole TP groups, on every node; a copy
+    spanning several nodes repeats once per such group of nodes."""
     if option.device != "cuda":
         return option
     same = [g for g in inventory.gpus if g.name == option.device_name]
-    replicas = max(1, len(same) // option.tensor_parallel_size)
+    per_node = max(1, len(same) // option.tensor_parallel_size)
+    stages = option.pipeline_parallel_size
+    replicas = per_node * nodes if stages == 1 else max(1, nodes // stages)
     return replace(option, replicas=replicas)
 
 
-def _rank(option: Option) -> tuple[float, int, int, int]:
+def _rank(option: Option) -> tuple[float, int, int, int, int]:
     return (-rules.effective_params(option.model), rules.PRECISION_ORDER.index(option.precision),
-            option.tensor_parallel_size, -option.memory.budget)
+            option.pipeline_parallel_size, option.tensor_parallel_size, -option.memory.budget)
+
+
+def _meets_target(options: list[Option], settings: Settings, rejected: list[Rejection]) -> tuple[list[Option], str]:
+    """CODESERVE_OBJECTIVE=latency: the options whose estimated decode time meets the target (those without an
+    estimate, on the CPU, pass). When none does, the fastest is kept, and the note says so."""
+    target = settings.target_token_latency_ms
+    meeting = [o for o in options if o.latency is None or o.latency.decode_ms_per_token <= target]
+    for option in options:
+        if option not in meeting and option.latency is not None:
+            rejected.append(Rejection(option.model.id, option.precision, option.tensor_parallel_size,
+                                      f"estimated {option.latency.decode_ms_per_token:.1f} ms/token > "
+                                      f"CODESERVE_TARGET_TOKEN_LATENCY_MS={target:g}"))
+    if meeting:
+        return meeting, ""
+    fastest = min(options, key=lambda o: o.latency.decode_ms_per_token if o.latency else 0.0)
+    assert fastest.latency is not None
+    return [fastest], (f"no option meets CODESERVE_TARGET_TOKEN_LATENCY_MS={target:g}: serving the fastest, "
+                       f"{fastest.model.id} {fastest.precision} at an estimated "
+                       f"{fastest.latency.decode_ms_per_token:.1f} ms/token")
+
 
 
 def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
          local_models: frozenset[str] = frozenset()) -> Plan:
-    """Choose the model, precision and TP degree; raise NoFit with every reason when nothing fits."""
+    """Choose the model, precision and TP degree for one role; raise NoFit with every reason when nothing fits."""
+    if len(settings.roles) != 1:
+        raise ValueError("choose() plans one role; planner/fleet.py plans several")
     rejected: list[Rejection] = []
     on_gpu = bool(inventory.gpus)
     options: list[Option] = []
@@ -277,10 +343,14 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         options.extend(_candidates(entry, settings, inventory, max_len, rejected))
     if not options:
         raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
+    notes: tuple[str, ...] = ()
+    if settings.objective == "latency":  # 'auto' is resolved per role by planner/fleet.py; alone it means largest
+        options, missed = _meets_target(options, settings, rejected)
+        notes = (missed,) if missed else ()
     options.sort(key=_rank)
-    chosen = _with_replicas(options[0], inventory)
-    fallbacks = [_with_replicas(o, inventory) for o in options[1:MAX_FALLBACKS + 1]]
-    return Plan(chosen, settings.max_concurrent_sequences, inventory, fallbacks, rejected)
+    chosen = _with_replicas(options[0], inventory, settings.nodes)
+    fallbacks = [_with_replicas(o, inventory, settings.nodes) for o in options[1:MAX_FALLBACKS + 1]]
+    return Plan(chosen, settings.max_concurrent_sequences, inventory, fallbacks, rejected, notes=notes)
 
 
 def _no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rejection]) -> str:

@@ -33,7 +33,7 @@ class Launch:
     # compressed-tensors) declares its own method in config.json, so it needs none here.
     online_quantization: Literal["fp8"] | None
     tensor_parallel_size: int
-    pipeline_parallel_size: int
+    pipeline_parallel_size: int  # one stage per node: stages > 1 span nodes (the engine's multi-node executor)
     max_model_len: int
     max_num_seqs: int  # sequences batched at once
     max_num_batched_tokens: int  # prefill chunk; bounds the activation peak
@@ -49,6 +49,9 @@ class Launch:
     # CPU: the CPU ids the compute threads bind to (planner/cpu_binding.py); None = the engine's own choice
     cpu_cores: tuple[int, ...] | None = None
     speculation: PromptLookup | None = None
+    # GPU: the device indices (of those the process sees) this engine runs on; None = all of them. Set where
+    # several engines share a machine (planner/fleet.py).
+    devices: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -118,19 +118,52 @@ def _layer_linears(arch: Architecture, tp: int) -> list[tuple[int, list[_Linear]
     return [(moe.dense_layers, dense), (arch.layers - moe.dense_layers, moe_layer)]
 
 
-def param_counts(arch: Architecture, tp: int = 1) -> ParamCounts:
-    """Parameters of the whole model (tp=1) or of one tensor-parallel rank."""
-    embedding = arch.vocab_size * arch.hidden_size * (1 if arch.tied_embeddings else 2)
-    if arch.learned_positions:
-        embedding += arch.max_position_embeddings * arch.hidden_size
-    linear = rows = 0
+def pp_stage_layers(layers: int, pp: int) -> list[int]:
+    """Decoder layers per pipeline stage as vLLM splits them (vllm/distributed/utils.py get_pp_indices): evenly,
+    the remainder going one each to the stages before the last, from the second-to-last backwards."""
+    parts = [layers // pp] * pp
+    for i in range(2, layers % pp + 2):
+        parts[-i] += 1
+    return parts
+
+
+def _per_layer(arch: Architecture, tp: int) -> list[tuple[int, int]]:
+    """(parameters, output rows) of each layer on one tensor-parallel rank, in model order."""
+    layers: list[tuple[int, int]] = []
     for count, linears in _layer_linears(arch, tp):
-        for layer in linears:
-            divisor = tp if layer.sharded else 1
-            linear += count * layer.params // divisor
-            rows += count * layer.rows // divisor
-    # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
-    return ParamCounts(embedding=embedding // tp, linear=linear, linear_rows=rows)
+        params = sum(layer.params // (tp if layer.sharded else 1) for layer in linears)
+        rows = sum(layer.rows // (tp if layer.sharded else 1) for layer in linears)
+        layers += [(params, rows)] * count
+    return layers
+
+
+def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
+    """Parameters of the whole model (tp=pp=1) or of one rank: a tensor-parallel shard of the pipeline stage
+    that holds the most (stage 0 holds the input embedding, the last stage the lm_head)."""
+    vocab = arch.vocab_size * arch.hidden_size
+    positions = arch.max_position_embeddings * arch.hidden_size if arch.learned_positions else 0
+    if pp == 1:
+        linear = rows = 0
+        for count, linears in _layer_linears(arch, tp):
+            for layer in linears:
+                divisor = tp if layer.sharded else 1
+                linear += count * layer.params // divisor
+                rows += count * layer.rows // divisor
+        # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
+        embedding = (vocab * (1 if arch.tied_embeddings else 2) + positions) // tp
+        return ParamCounts(embedding=embedding, linear=linear, linear_rows=rows)
+    layers = _per_layer(arch, tp)
+    stages: list[ParamCounts] = []
+    start = 0
+    split = pp_stage_layers(len(layers), pp)
+    for index, count in enumerate(split):
+        chunk = layers[start:start + count]
+        start += count
+        # Under pipeline parallel the last stage holds its own lm_head even when tied to the embedding.
+        embedding = ((vocab + positions) if index == 0 else 0) + (vocab if index == pp - 1 else 0)
+        stages.append(ParamCounts(embedding=embedding // tp, linear=sum(p for p, _ in chunk),
+                                  linear_rows=sum(r for _, r in chunk)))
+    return max(stages, key=lambda stage: stage.total)
 
 
 def active_params(arch: Architecture) -> int:
@@ -148,10 +181,11 @@ def awq_bits_per_weight(group_size: int = AWQ_DEFAULT_GROUP_SIZE) -> float:
 
 
 def weight_bytes(
-    arch: Architecture, precision: WeightPrecision, tp: int = 1, group_size: int = AWQ_DEFAULT_GROUP_SIZE
+    arch: Architecture, precision: WeightPrecision, tp: int = 1, group_size: int = AWQ_DEFAULT_GROUP_SIZE,
+    pp: int = 1,
 ) -> int:
-    """Bytes of weights one rank holds."""
-    counts = param_counts(arch, tp)
+    """Bytes of weights one rank holds (the most loaded rank under pipeline parallel)."""
+    counts = param_counts(arch, tp, pp)
     if precision == "fp32":  # CPU serving on processors without native bf16
         return counts.total * 4
     embedding_bytes = counts.embedding * 2
@@ -169,13 +203,14 @@ def kv_dtype_bytes(kv_dtype: KvDtype, weight_precision: WeightPrecision) -> int:
     return 4 if weight_precision == "fp32" else 2  # fp8 and AWQ checkpoints still run 16-bit activations
 
 
-def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1) -> int:
-    """KV cache bytes per token on one rank."""
+def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1, pp: int = 1) -> int:
+    """KV cache bytes per token on one rank (of the pipeline stage with the most layers)."""
+    layers = max(pp_stage_layers(arch.layers, pp))
     if arch.mla is not None:
         # MLA caches one latent (kv_lora_rank) plus the rope key per layer, replicated on every rank.
-        return arch.layers * (arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim) * dtype_bytes
+        return layers * (arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim) * dtype_bytes
     kv_heads_per_rank = max(1, arch.kv_heads // tp)
-    return 2 * arch.layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
+    return 2 * layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
 
 
 def activation_peak_bytes(arch: Architecture, batched_tokens: int, max_num_seqs: int, tp: int = 1) -> int:
@@ -190,6 +225,7 @@ def activation_peak_bytes(arch: Architecture, batched_tokens: int, max_num_seqs:
     return batched_tokens * per_token + logits
 
 
-def overhead_bytes(tp: int, cuda_graphs: bool) -> int:
-    """Memory outside weights, KV and activations on one GPU."""
-    return NON_TORCH_BYTES + (TP_COMMUNICATION_BYTES if tp > 1 else 0) + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
+def overhead_bytes(tp: int, cuda_graphs: bool, pp: int = 1) -> int:
+    """Memory outside weights, KV and activations on one GPU (pipeline stages exchange through NCCL too)."""
+    distributed = tp > 1 or pp > 1
+    return NON_TORCH_BYTES + (TP_COMMUNICATION_BYTES if distributed else 0) + (CUDA_GRAPH_BYTES if cuda_graphs else 0)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from .catalog import ModelEntry
 from .hardware import Inventory
+from .latency import LatencyEstimate
 from .launch import Launch
 from .memory import WeightPrecision
 
@@ -68,6 +69,16 @@ class Option:
     awq_group_size: int | None
     replicas: int
     launch: Launch
+    latency: LatencyEstimate | None = None  # None: no datasheet figures (the CPU, a GPU the table lacks)
+
+    @property
+    def pipeline_parallel_size(self) -> int:
+        return self.launch.pipeline_parallel_size
+
+    @property
+    def nodes(self) -> int:
+        """Nodes one copy spans: one per pipeline stage (tensor parallel stays inside a node)."""
+        return self.launch.pipeline_parallel_size
 
     @property
     def max_model_len(self) -> int:
@@ -84,10 +95,12 @@ class Option:
             "model": self.model.id,
             "precision": self.precision,
             "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
             "device": self.device_name,
             "replicas": self.replicas,
             "max_model_len": self.max_model_len,
             "per_gpu_total_bytes": self.memory.total,
+            "latency": self.latency.to_dict() if self.latency else None,
         }
 
 
@@ -107,6 +120,7 @@ class Plan:
     fallbacks: list[Option] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     failed_to_start: tuple[StartFailure, ...] = ()
+    notes: tuple[str, ...] = ()  # what the user should know about the choice (a latency target missed)
 
     @property
     def max_model_len(self) -> int:
@@ -137,6 +151,8 @@ class Plan:
             },
             "precision": chosen.precision,
             "tensor_parallel_size": chosen.tensor_parallel_size,
+            "pipeline_parallel_size": chosen.pipeline_parallel_size,
+            "nodes": chosen.nodes,
             "replicas": chosen.replicas,
             "device": chosen.device,
             "device_name": chosen.device_name,
@@ -147,6 +163,7 @@ class Plan:
             "awq_group_size": chosen.awq_group_size,
             "needs_quantization": chosen.needs_quantization,
             "memory": {"per_gpu_bytes": chosen.memory.to_dict()},
+            "latency": chosen.latency.to_dict() if chosen.latency else None,
             "launch": chosen.launch.to_dict(),
             "inventory": {
                 "source": self.inventory.source,
@@ -158,4 +175,5 @@ class Plan:
             "fallbacks": [option.summary() for option in self.fallbacks],
             "failed_to_start": [{**f.option.summary(), "error": f.error} for f in self.failed_to_start],
             "rejected": [asdict(r) for r in self.rejected],
+            "notes": list(self.notes),
         }

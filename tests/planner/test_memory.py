@@ -124,3 +124,29 @@ def test_activation_grows_with_batched_tokens(catalog: Catalog) -> None:
     small = activation_peak_bytes(arch, 2048, 256)
     large = activation_peak_bytes(arch, 16384, 256)
     assert large > 4 * small
+
+
+@pytest.mark.parametrize(("layers", "pp", "split"), [
+    (32, 2, [16, 16]), (61, 2, [31, 30]), (60, 4, [15, 15, 15, 15]), (62, 4, [15, 16, 16, 15]),
+    (63, 4, [16, 16, 16, 15]),
+])
+def test_pipeline_stages_split_layers_as_vllm_does(layers: int, pp: int, split: list[int]) -> None:
+    # vllm/distributed/utils.py get_pp_indices: the remainder goes to the stages before the last, backwards
+    from server.planner.memory import pp_stage_layers
+
+    assert pp_stage_layers(layers, pp) == split
+
+
+def test_pipeline_parallel_holds_a_stage_per_rank(catalog: Catalog) -> None:
+    entry = catalog.get("deepseek-coder-v2")
+    assert entry is not None
+    arch = entry.architecture
+    whole, staged = weight_bytes(arch, "bf16", tp=8), weight_bytes(arch, "bf16", tp=8, pp=2)
+    assert staged == pytest.approx(whole / 2, rel=0.03)  # the heavier stage: half the layers plus one vocab matrix
+    assert staged > whole / 2
+    assert kv_bytes_per_token(arch, 2, tp=8, pp=2) == kv_bytes_per_token(arch, 2, tp=8) // 2  # 60 layers: 30 each
+    # a tied embedding is held twice under PP: the first stage embeds, the last projects
+    tied = catalog.get("qwen2.5-coder-1.5b")
+    assert tied is not None and tied.architecture.tied_embeddings
+    vocab = tied.architecture.vocab_size * tied.architecture.hidden_size
+    assert param_counts(tied.architecture, pp=2).embedding == vocab

@@ -259,3 +259,40 @@ def test_codeserve_gpus_simulates_the_inventory(monkeypatch: pytest.MonkeyPatch)
     result = detect_and_choose(make_settings())
     assert result.inventory.source == "simulated" and [g.name for g in result.inventory.gpus] == ["A100-80GB"] * 2
     assert result.chosen.model.id == "deepseek-coder-v2"  # the 2 x A100-80GB row of the table above
+
+
+def test_deepseek_coder_v2_in_bf16_spans_two_nodes_of_8_a100_40gb(catalog: Catalog) -> None:
+    from server.engine.vllm_args import engine_args
+
+    one = _plan(catalog, "8xA100-40GB", model="deepseek-coder-v2")
+    assert one.chosen.precision != "bf16"  # 472 GB of bf16 weights do not fit 8 x 40 GB
+    assert any(r.precision == "bf16" and r.tensor_parallel_size == 8 for r in one.rejected)
+    two = _plan(catalog, "8xA100-40GB", model="deepseek-coder-v2", nodes=2)
+    chosen = two.chosen
+    assert (chosen.precision, chosen.tensor_parallel_size, chosen.pipeline_parallel_size, chosen.nodes) == (
+        "bf16", 8, 2, 2)
+    assert chosen.memory.total <= chosen.memory.budget and chosen.memory.weights < 30 * GIB  # 29.5 GB per GPU
+    args = engine_args(chosen.launch)
+    assert (args["tensor_parallel_size"], args["pipeline_parallel_size"]) == (8, 2)
+    assert args["distributed_executor_backend"] == "ray"
+    document = two.to_dict()
+    assert (document["nodes"], document["tensor_parallel_size"], document["pipeline_parallel_size"]) == (2, 8, 2)
+    # a model that fits one node stays on one node, with one copy per node
+    small = _plan(catalog, "8xA100-40GB", model="qwen2.5-coder-7b", nodes=2)
+    assert small.chosen.pipeline_parallel_size == 1 and small.chosen.replicas == 16
+
+
+def test_pipeline_parallel_needs_a_layer_per_stage(catalog: Catalog) -> None:
+    entry = catalog.get("qwen2.5-coder-0.5b")
+    assert entry is not None
+    assert "24 layers do not fill 32 pipeline stages" in (rules.pp_problem(entry.architecture, 32) or "")
+    assert rules.pp_problem(entry.architecture, 24) is None
+    result = _plan(catalog, "1xT4", model="qwen2.5-coder-0.5b", nodes=64, precision="fp16")
+    assert result.chosen.pipeline_parallel_size == 1  # fits one node: never spread
+
+
+def test_more_nodes_are_not_tried_for_a_problem_size_does_not_cause(catalog: Catalog) -> None:
+    with pytest.raises(NoFit) as raised:
+        _plan(catalog, "1xT4", model="qwen2.5-coder-0.5b", nodes=64, precision="bf16")
+    staged = [r for r in raised.value.rejected if "pp=" in r.reason]
+    assert len(staged) == 1 and "pp=2" in staged[0].reason and "compute capability" in staged[0].reason

@@ -1,0 +1,214 @@
+"""Several roles on one inventory (CODESERVE_ROLE=completion,chat): a fill-in-the-middle model for completion,
+chosen for latency, and an instruct model for chat, the largest that fits in what is left. Pure, like choose().
+
+Separate GPUs when there are at least two: the split that gives chat the largest model wins (then completion's).
+Otherwise both share the same GPUs: completion takes the smallest share its option needs (at most half of the
+budget), chat gets the rest; each engine gets its own memory share and their sum stays within
+CODESERVE_GPU_MEMORY_UTILIZATION (vLLM's gpu_memory_utilization is a per-instance share of the GPU, so two
+engines on one GPU each take theirs). On the CPU one engine serves both roles: two copies of the same small
+model would only halve the cores each gets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from ..settings import Role, Settings
+from . import candidates as rules
+from .catalog import Catalog
+from .choose import choose
+from .hardware import GpuInfo, Inventory
+from .plan import NoFit, Option, Plan
+
+# In a shared layout completion may take at most this share of the memory budget: chat is the larger model.
+COMPLETION_MAX_SHARE = 0.5
+Layout = Literal["single", "separate", "shared", "one-engine"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One role: its plan, the GPUs (device indices) its engine uses and the share of each it may take."""
+
+    role: Role
+    plan: Plan
+    gpus: tuple[int, ...]  # () on the CPU
+    engine: int  # index of the engine that serves it (roles on one engine share the index)
+
+    @property
+    def option(self) -> Option:
+        return self.plan.chosen
+
+    def to_dict(self) -> dict[str, Any]:
+        chosen = self.option
+        return {
+            "role": self.role,
+            "model": chosen.model.id,
+            "precision": chosen.precision,
+            "tensor_parallel_size": chosen.tensor_parallel_size,
+            "pipeline_parallel_size": chosen.pipeline_parallel_size,
+            "replicas": chosen.replicas,
+            "gpus": list(self.gpus),
+            "engine": self.engine,
+            "memory": {"per_gpu_bytes": chosen.memory.to_dict(),
+                       "gpu_memory_fraction": chosen.launch.gpu_memory_fraction},
+            "latency": chosen.latency.to_dict() if chosen.latency else None,
+            "plan": self.plan.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    served: tuple[Served, ...]
+    inventory: Inventory
+    layout: Layout
+
+    @classmethod
+    def single(cls, plan: Plan, role: Role = "completion") -> Fleet:
+        """One role, one engine: the GPUs are whatever the process sees."""
+        return cls((Served(role, plan, (), 0),), plan.inventory, "single")
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return tuple(s.role for s in self.served)
+
+    def engines(self) -> list[list[Served]]:
+        """The roles grouped by the engine that serves them, in start order (completion's first: the smaller
+        share starts first, so the larger one sees what is really free)."""
+        groups: dict[int, list[Served]] = {}
+        for served in self.served:
+            groups.setdefault(served.engine, []).append(served)
+        return [groups[key] for key in sorted(groups)]
+
+    def started(self, plans: list[Plan]) -> Fleet:
+        """The fleet as it turned out: each engine's plan after any fallback, in engines() order."""
+        turned = {group[0].engine: plan for group, plan in zip(self.engines(), plans, strict=True)}
+        return replace(self, served=tuple(replace(s, plan=turned[s.engine]) for s in self.served))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "roles": list(self.roles),
+            "layout": self.layout,
+            "served": [s.to_dict() for s in self.served],
+            "inventory": {"source": self.inventory.source,
+                          "gpus": [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes} for g in
+                                   self.inventory.gpus],
+                          "cpu": asdict(self.inventory.cpu)},
+        }
+
+
+def _role_settings(settings: Settings, role: Role) -> Settings:
+    if role == "completion":
+        objective = "latency" if settings.objective == "auto" else settings.objective
+        return settings.model_copy(update={"role": role, "objective": objective})
+    return settings.model_copy(update={"role": role, "objective": "largest", "model": settings.chat_model})
+
+
+def _pinned(plan: Plan, gpus: tuple[int, ...]) -> Plan:
+    """The plan with every option's engine pinned to `gpus` (it shares the machine with another engine)."""
+    def pin(option: Option) -> Option:
+        return replace(option, launch=replace(option.launch, devices=gpus))
+
+    return replace(plan, chosen=pin(plan.chosen), fallbacks=[pin(o) for o in plan.fallbacks])
+
+
+def _served(role: Role, plan: Plan, gpus: tuple[int, ...], engine: int) -> Served:
+    return Served(role, _pinned(plan, gpus), gpus, engine)
+
+
+def _subset(inventory: Inventory, gpus: list[GpuInfo]) -> Inventory:
+    return replace(inventory, gpus=tuple(gpus))
+
+
+def _used(plan: Plan, inventory: Inventory) -> tuple[int, ...]:
+    """Device indices the chosen option's copies occupy: whole TP groups of its GPU type, in order."""
+    chosen = plan.chosen
+    same = [g.index for g in inventory.gpus if g.name == chosen.device_name]
+    return tuple(same[:chosen.tensor_parallel_size * (chosen.replicas if chosen.pipeline_parallel_size == 1 else 1)])
+
+
+def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
+               local_models: frozenset[str] = frozenset()) -> Fleet:
+    """Plan every role CODESERVE_ROLE names; one role is choose() alone."""
+    roles = settings.roles
+    if len(roles) == 1:
+        plan = choose(inventory, catalog, settings, local_models)
+        return Fleet((Served(roles[0], plan, _used(plan, inventory), 0),), inventory, "single")
+    completion, chat = (_role_settings(settings, role) for role in ("completion", "chat"))
+    if not inventory.gpus:
+        plan = choose(inventory, catalog, completion, local_models)
+        return Fleet((Served("completion", plan, (), 0), Served("chat", plan, (), 0)), inventory, "one-engine")
+    if len(inventory.gpus) >= 2:
+        fleet = _separate(inventory, catalog, completion, chat, local_models)
+        if fleet is not None:
+            return fleet
+    return _shared(inventory, catalog, completion, chat, local_models)
+
+
+def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo]]]:
+    """(completion's GPUs, chat's GPUs): completion takes 1, 2 or 4 GPUs from either end of the list."""
+    splits = []
+    for count in (1, 2, 4):
+        if count < len(gpus):
+            splits.append((list(gpus[:count]), list(gpus[count:])))
+            splits.append((list(gpus[-count:]), list(gpus[:-count])))
+    return splits
+
+
+def _separate(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
+              local_models: frozenset[str]) -> Fleet | None:
+    best: tuple[tuple[float, ...], Fleet] | None = None
+    for mine, theirs in _splits(inventory.gpus):
+        try:
+            fast = choose(_subset(inventory, mine), catalog, completion, local_models)
+            large = choose(_subset(inventory, theirs), catalog, chat, local_models)
+        except NoFit:
+            continue
+        served = (_served("completion", fast, _used(fast, _subset(inventory, mine)), 0),
+                  _served("chat", large, _used(large, _subset(inventory, theirs)), 1))
+        idle = len(inventory.gpus) - sum(len(s.gpus) for s in served)
+        # chat's model and precision first, then completion's, then the fewest idle GPUs
+        score = (rules.effective_params(large.chosen.model), -rules.PRECISION_ORDER.index(large.chosen.precision),
+                 rules.effective_params(fast.chosen.model), -rules.PRECISION_ORDER.index(fast.chosen.precision),
+                 -idle)
+        fleet = Fleet(served, inventory, "separate")
+        if best is None or score > best[0]:
+            best = (score, fleet)
+    return best[1] if best else None
+
+
+def share_of(option: Option, gpu: GpuInfo) -> float:
+    """The smallest memory share (two decimals, rounded up) that holds what the option needs on this GPU."""
+    return math.ceil(option.memory.total / gpu.total_bytes * 100) / 100
+
+
+def _shrunk(plan: Plan, gpu: GpuInfo) -> Plan:
+    """The completion plan with its engine's share cut to what the option needs, so the rest is chat's."""
+    option = plan.chosen
+    fraction = share_of(option, gpu)
+    budget = int(gpu.total_bytes * fraction)
+    memory = replace(option.memory, budget=budget)
+    capacity = (budget - memory.weights - memory.activation - memory.overhead) // option.kv_bytes_per_token
+    shrunk = replace(option, memory=memory, kv_cache_capacity_tokens=capacity,
+                     launch=replace(option.launch, gpu_memory_fraction=fraction))
+    return replace(plan, chosen=shrunk, fallbacks=[])  # a fallback would need another share: re-plan instead
+
+
+def _shared(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
+            local_models: frozenset[str]) -> Fleet:
+    utilization = completion.gpu_memory_utilization
+    capped = completion.model_copy(update={"gpu_memory_utilization": utilization * COMPLETION_MAX_SHARE})
+    fast = choose(inventory, catalog, capped, local_models)
+    gpus = _used(fast, inventory)[:fast.chosen.tensor_parallel_size]  # one copy: the rest of the GPUs are chat's
+    first = next(g for g in inventory.gpus if g.index == gpus[0])
+    fast = _shrunk(replace(fast, chosen=replace(fast.chosen, replicas=1)), first)
+    fraction = fast.chosen.launch.gpu_memory_fraction or 0.0
+    taken = {index: int(first.total_bytes * fraction) for index in gpus}
+    left = _subset(inventory, [replace(g, free_bytes=g.free_bytes - taken.get(g.index, 0)) for g in inventory.gpus])
+    rest = round(utilization - fraction, 2)
+    if rest <= 0:
+        raise NoFit(f"completion's {fast.chosen.model.id} takes the whole budget; nothing is left for chat", [])
+    large = choose(left, catalog, chat.model_copy(update={"gpu_memory_utilization": rest}), local_models)
+    return Fleet((_served("completion", fast, gpus, 0), _served("chat", large, _used(large, left), 1)), inventory,
+                 "shared")
