@@ -35,45 +35,45 @@ class Metrics:
         r = registry
         self.requests = Counter("codeserve_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "status"], registry=r)
+        # Per-request families carry the model that served it (with role completion,chat two engines run).
         self.in_flight = Gauge("codeserve_requests_in_flight", "Generation requests being served",
-                               ["endpoint"], registry=r)
+                               ["endpoint", "model"], registry=r)
         self.cancelled = Counter("codeserve_requests_cancelled", "Requests whose client went away before the end",
-                                 ["endpoint"], registry=r)
+                                 ["endpoint", "model"], registry=r)
         self.superseded = Counter("codeserve_requests_superseded",
                                   "Completions ended (and their engine requests aborted) because a newer one from "
-                                  "the same user or id_slot arrived", ["endpoint"], registry=r)
+                                  "the same user or id_slot arrived", ["endpoint", "model"], registry=r)
         self.rejected = Counter("codeserve_requests_rejected", "Requests refused with 429 (server full)",
                                 ["endpoint"], registry=r)
         self.queue_time = Histogram("codeserve_queue_time_seconds", "Wait for a free request slot",
-                                    ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+                                    ["endpoint", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.ttft = Histogram("codeserve_time_to_first_token_seconds", "Request arrival to first generated token",
-                              ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+                              ["endpoint", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.itl = Histogram("codeserve_inter_token_latency_seconds", "Time between generated tokens",
-                             ["endpoint"], buckets=INTER_TOKEN_BUCKETS_S, registry=r)
+                             ["endpoint", "model"], buckets=INTER_TOKEN_BUCKETS_S, registry=r)
         self.e2e = Histogram("codeserve_request_duration_seconds", "Request arrival to last byte",
-                             ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
+                             ["endpoint", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.prompt_tokens = Counter("codeserve_prompt_tokens", "Prompt tokens processed", ["endpoint", "model"],
+                                     registry=r)
         self.infill_cleanups = Counter(
             "codeserve_infill_cleanups", "Fill-in-the-middle completions changed for the editor, by rule: lead (a chat "
             "model's fence or role line dropped), repeat (restated prefix dropped), marker, suffix (cut where it ran "
-            "into the suffix), line, indent, bracket (code-aware stops)", ["endpoint", "action"], registry=r)
-        self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint"],
+            "into the suffix), line, indent, bracket (code-aware stops)", ["endpoint", "model", "action"], registry=r)
+        self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint", "model"],
                                          registry=r)
         for endpoint in GENERATION_ENDPOINTS:
-            for family in (self.in_flight, self.cancelled, self.superseded, self.rejected, self.prompt_tokens,
-                           self.generation_tokens):
-                family.labels(endpoint)
+            self.rejected.labels(endpoint)
         self.gpus = _GpuCollector()
         r.register(self.gpus)
         self.resident = Gauge("codeserve_resident_memory_bytes",
                               "Resident memory of the server and its engine processes", registry=r)
         self.resident.set_function(_resident_bytes)
-        self.plan_info = Info("codeserve_plan", "The plan being served", registry=r)
+        self.plan_info = Info("codeserve_plan", "The plan being served, one series per role", ["role"], registry=r)
         self.plan_memory = Gauge("codeserve_plan_memory_bytes", "Planned memory per device by component",
-                                 ["component"], registry=r)
-        self.ready = Gauge("codeserve_ready", "1 once the engine has loaded and answered a warm-up", registry=r)
+                                 ["model", "component"], registry=r)
+        self.ready = Gauge("codeserve_ready", "1 once every engine has loaded and answered a warm-up", registry=r)
         self.engine_unfinished = Gauge("codeserve_engine_unfinished_requests",
-                                       "Requests the engine still holds (running or waiting)", registry=r)
+                                       "Requests the engine still holds (running or waiting)", ["model"], registry=r)
 
     def watch_gpus(self, snapshot: Callable[[], list[GpuMemory]] | None) -> None:
         """Poll GPU memory at every scrape (NVML is cheap: microseconds per device)."""
@@ -85,13 +85,19 @@ class Metrics:
         if status == 429:
             self.rejected.labels(endpoint).inc()
 
-    def watch_engine(self, unfinished: Callable[[], int]) -> None:
-        self.engine_unfinished.set_function(lambda: float(unfinished()))
+    def serve_model(self, model: str, unfinished: Callable[[], int]) -> None:
+        """A model is being served: its request series exist at 0 from now (Prometheus' advice for labelled
+        metrics: a rate or an alert never sees a missing series where it should see zero)."""
+        self.engine_unfinished.labels(model).set_function(lambda: float(unfinished()))
+        for endpoint in GENERATION_ENDPOINTS:
+            for family in (self.in_flight, self.cancelled, self.superseded, self.prompt_tokens,
+                           self.generation_tokens):
+                family.labels(endpoint, model)
 
-    def set_plan(self, plan: Plan, engine: str, max_model_len: int) -> None:
+    def set_plan(self, plan: Plan, engine: str, max_model_len: int, role: str = "completion") -> None:
         """The option that is running (after any fallback), the engine serving it and its real context."""
         chosen = plan.chosen
-        self.plan_info.info({
+        self.plan_info.labels(role).info({
             "model": chosen.model.id,
             "precision": chosen.precision,
             "tensor_parallel_size": str(chosen.tensor_parallel_size),
@@ -102,7 +108,7 @@ class Metrics:
             "fallbacks_taken": str(len(plan.failed_to_start)),
         })
         for component, value in chosen.memory.to_dict().items():
-            self.plan_memory.labels(component).set(value)
+            self.plan_memory.labels(chosen.model.id, component).set(value)
 
 
 class _GpuCollector(Collector):
@@ -152,22 +158,23 @@ class RequestObserver:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.status: int | None = None  # how the request ended (499: the client left), once it has
+        self.model = ""  # the served model, once the request has been routed to one
         self._in_flight = False
 
     def begin(self) -> None:
         if self.metrics is not None and not self._in_flight:
-            self.metrics.in_flight.labels(self.endpoint).inc()
-            self.metrics.queue_time.labels(self.endpoint).observe(self.clock() - self.started)
+            self.metrics.in_flight.labels(self.endpoint, self.model).inc()
+            self.metrics.queue_time.labels(self.endpoint, self.model).observe(self.clock() - self.started)
             self._in_flight = True
 
     def prompt_tokens(self, count: int) -> None:
         if self.metrics is not None:
-            self.metrics.prompt_tokens.labels(self.endpoint).inc(count)
+            self.metrics.prompt_tokens.labels(self.endpoint, self.model).inc(count)
 
     def cleaned(self, actions: list[str]) -> None:
         if self.metrics is not None:
             for action in actions:
-                self.metrics.infill_cleanups.labels(self.endpoint, action).inc()
+                self.metrics.infill_cleanups.labels(self.endpoint, self.model, action).inc()
 
     def tokens(self, count: int) -> None:
         if count <= 0:
@@ -175,13 +182,13 @@ class RequestObserver:
         now = self.clock()
         if self.metrics is not None:
             if self.first_token_at is None:
-                self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
+                self.metrics.ttft.labels(self.endpoint, self.model).observe(now - self.started)
             elif self.last_token_at is not None:
                 # several tokens in one delta: spread the gap over them
                 gap = (now - self.last_token_at) / count
                 for _ in range(count):
-                    self.metrics.itl.labels(self.endpoint).observe(gap)
-            self.metrics.generation_tokens.labels(self.endpoint).inc(count)
+                    self.metrics.itl.labels(self.endpoint, self.model).observe(gap)
+            self.metrics.generation_tokens.labels(self.endpoint, self.model).inc(count)
         if self.first_token_at is None:
             self.first_token_at = now
         self.last_token_at = now
@@ -195,11 +202,11 @@ class RequestObserver:
             return
         m = self.metrics
         if self._in_flight:
-            m.in_flight.labels(self.endpoint).dec()
+            m.in_flight.labels(self.endpoint, self.model).dec()
             self._in_flight = False
         if cancelled:
-            m.cancelled.labels(self.endpoint).inc()
+            m.cancelled.labels(self.endpoint, self.model).inc()
         if superseded:
-            m.superseded.labels(self.endpoint).inc()
+            m.superseded.labels(self.endpoint, self.model).inc()
         if status < 400 and not cancelled:
-            m.e2e.labels(self.endpoint).observe(self.clock() - self.started)
+            m.e2e.labels(self.endpoint, self.model).observe(self.clock() - self.started)

@@ -29,9 +29,10 @@ from .fim import template_for
 from .generation.core import GenerationCore, ServedModel, fim_marker_problem
 from .metrics import Metrics
 from .planner import hardware
+from .planner.fleet import Fleet
 from .planner.launch import Launch
 from .planner.plan import NoFit, Option, Plan, StartFailure
-from .planning import detect_and_choose
+from .planning import detect_and_plan
 from .prepare import resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
@@ -155,32 +156,43 @@ async def warm_up(engine: Engine) -> None:
             pass
 
 
-async def load(runtime: Runtime, plan: Plan, settings: Settings) -> None:
+async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
+    """Start every engine the fleet plans, one after another (the smaller share first, so the next sees what is
+    really free), check and warm each, then serve them all at once; if one fails, none is served."""
+    started: list[tuple[tuple[str, ...], Engine, Plan]] = []
     try:
         def progress(line: str) -> None:  # shown on /ready while the server loads
             runtime.detail = line
 
-        engine, started = await asyncio.to_thread(start_engine, plan, settings, progress)
-        entry = started.chosen.model
-        problem = fim_marker_problem(engine, template_for(entry.fim))
-        if problem is not None:
-            await engine.shutdown()
-            raise EngineStartError(problem)
-        await warm_up(engine)
+        for group in fleet.engines():  # each engine's launch names its GPUs where several share the machine
+            engine, plan = await asyncio.to_thread(start_engine, group[0].plan, settings, progress)
+            started.append((tuple(s.role for s in group), engine, plan))
+            problem = fim_marker_problem(engine, template_for(plan.chosen.model.fim))
+            if problem is not None:
+                raise EngineStartError(problem)
+            await warm_up(engine)
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
+        for _, engine, _ in started:
+            await engine.shutdown()
         runtime.status, runtime.detail = "failed", str(exc)
         return
-    # Publish what runs, not what was planned: the option that started and the engine's own numbers.
-    runtime.plan = started
-    runtime.engine = engine.describe()
-    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill)
+    # Publish what runs, not what was planned: the options that started and the engines' own numbers.
+    runtime.plan = started[0][2]
+    runtime.fleet = fleet.started([plan for _, _, plan in started])
+    runtime.engine = started[0][1].describe()
+    for roles, engine, plan in started:
+        entry = plan.chosen.model
+        runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill),
+                      roles)
+        if runtime.metrics is not None:
+            for role in roles:
+                runtime.metrics.set_plan(plan, engine.describe()["name"], engine.max_model_len, role)
+            runtime.metrics.serve_model(entry.id, engine.num_unfinished_requests)
+        log.info("ready: serving %s (%s) on %s", entry.id, ", ".join(roles), plan.chosen.device_name)
     runtime.status, runtime.detail = "ready", ""
     if runtime.metrics is not None:
-        runtime.metrics.set_plan(started, runtime.engine["name"], engine.max_model_len)
         runtime.metrics.ready.set(1)
-        runtime.metrics.watch_engine(engine.num_unfinished_requests)
-    log.info("ready: serving %s on %s", entry.id, started.chosen.device_name)
 
 
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
@@ -225,19 +237,19 @@ async def watch(runtime: Runtime, settings: Settings, server: _Server) -> None:
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        plan = detect_and_choose(settings)
+        fleet = detect_and_plan(settings)
     except NoFit as exc:
         log.error("%s", exc)
         return 2
     metrics = Metrics(REGISTRY)
-    if plan.inventory.source == "nvml":
+    if fleet.inventory.source == "nvml":
         metrics.watch_gpus(hardware.gpu_memory_poller())
     runtime = make_runtime(settings, metrics)
-    runtime.plan = plan
+    runtime.plan, runtime.fleet = fleet.served[0].plan, fleet
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(load(runtime, plan, settings))
+        task = asyncio.create_task(load(runtime, fleet, settings))
         watcher = asyncio.create_task(watch(runtime, settings, server))
         runtime.tasks.update((task, watcher))
         yield
@@ -245,9 +257,9 @@ def serve(settings: Settings) -> int:
             runtime.status = "stopping"
         task.cancel()
         watcher.cancel()
-        if runtime.core is not None:
-            await runtime.core.engine.shutdown()
-            log.info("engine stopped")
+        for core in runtime.cores:
+            await core.engine.shutdown()
+            log.info("engine stopped: %s", core.served.id)
 
     app = build_app(runtime, settings)
     app.router.lifespan_context = lifespan

@@ -32,10 +32,12 @@ def _value(metrics: Metrics, metric: str, **labels: str) -> float:
 
 def test_request_timeline() -> None:
     metrics, clock = Metrics(CollectorRegistry()), Clock()
+    at = {"endpoint": "completions", "model": "m"}
     observer = RequestObserver(metrics, "completions", clock)
+    observer.model = "m"
     clock.now += 0.01
     observer.begin()  # waited 10 ms for a slot
-    assert _value(metrics, "codeserve_requests_in_flight", endpoint="completions") == 1
+    assert _value(metrics, "codeserve_requests_in_flight", **at) == 1
     observer.prompt_tokens(12)
     clock.now += 0.20
     observer.tokens(1)  # first token at 210 ms
@@ -43,15 +45,15 @@ def test_request_timeline() -> None:
     observer.tokens(2)  # two tokens 50 ms later: 25 ms apart each
     clock.now += 0.10
     observer.end(200)
-    assert _value(metrics, "codeserve_time_to_first_token_seconds_sum", endpoint="completions") == pytest.approx(0.21)
-    assert _value(metrics, "codeserve_inter_token_latency_seconds_count", endpoint="completions") == 2
-    assert _value(metrics, "codeserve_inter_token_latency_seconds_sum", endpoint="completions") == pytest.approx(0.05)
-    assert _value(metrics, "codeserve_request_duration_seconds_sum", endpoint="completions") == pytest.approx(0.36)
-    assert _value(metrics, "codeserve_queue_time_seconds_sum", endpoint="completions") == pytest.approx(0.01)
-    assert _value(metrics, "codeserve_generation_tokens_total", endpoint="completions") == 3
-    assert _value(metrics, "codeserve_prompt_tokens_total", endpoint="completions") == 12
+    assert _value(metrics, "codeserve_time_to_first_token_seconds_sum", **at) == pytest.approx(0.21)
+    assert _value(metrics, "codeserve_inter_token_latency_seconds_count", **at) == 2
+    assert _value(metrics, "codeserve_inter_token_latency_seconds_sum", **at) == pytest.approx(0.05)
+    assert _value(metrics, "codeserve_request_duration_seconds_sum", **at) == pytest.approx(0.36)
+    assert _value(metrics, "codeserve_queue_time_seconds_sum", **at) == pytest.approx(0.01)
+    assert _value(metrics, "codeserve_generation_tokens_total", **at) == 3
+    assert _value(metrics, "codeserve_prompt_tokens_total", **at) == 12
     assert observer.status == 200  # what the response accounting counts (tests/api/test_hardening.py)
-    assert _value(metrics, "codeserve_requests_in_flight", endpoint="completions") == 0
+    assert _value(metrics, "codeserve_requests_in_flight", **at) == 0
     observer.end(500)  # a second end changes nothing: the request ended once
     assert observer.status == 200
 
@@ -59,16 +61,17 @@ def test_request_timeline() -> None:
 def test_cancelled_and_rejected_requests() -> None:
     metrics = Metrics(CollectorRegistry())
     cancelled = RequestObserver(metrics, "chat")
+    cancelled.model = "m"
     cancelled.begin()
     cancelled.end(499, cancelled=True)
     RequestObserver(metrics, "chat").end(429)  # rejected before it began
     metrics.count_response("chat", 429)
     metrics.count_response("chat", 499)
-    assert _value(metrics, "codeserve_requests_cancelled_total", endpoint="chat") == 1
+    assert _value(metrics, "codeserve_requests_cancelled_total", endpoint="chat", model="m") == 1
     assert _value(metrics, "codeserve_requests_rejected_total", endpoint="chat") == 1
     assert _value(metrics, "codeserve_requests_total", endpoint="chat", status="499") == 1
-    assert _value(metrics, "codeserve_requests_in_flight", endpoint="chat") == 0
-    assert _value(metrics, "codeserve_request_duration_seconds_count", endpoint="chat") == 0
+    assert _value(metrics, "codeserve_requests_in_flight", endpoint="chat", model="m") == 0
+    assert _value(metrics, "codeserve_request_duration_seconds_count", endpoint="chat", model="m") == 0
 
 
 def test_gpu_memory_from_nvml() -> None:
@@ -86,10 +89,31 @@ def test_plan_is_exported_with_the_running_context(catalog) -> None:
     result = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
     assert result.max_model_len == 8192
     metrics.set_plan(result, "vllm", 4096)  # the engine reports less than planned (e.g. CODESERVE_ENGINE_ARGS)
-    labels = {"model": result.chosen.model.id, "precision": result.chosen.precision, "tensor_parallel_size": "1",
-              "replicas": "1", "engine": "vllm", "max_model_len": "4096", "device": "L4", "fallbacks_taken": "0"}
+    labels = {"role": "completion", "model": result.chosen.model.id, "precision": result.chosen.precision,
+              "tensor_parallel_size": "1", "replicas": "1", "engine": "vllm", "max_model_len": "4096", "device": "L4",
+              "fallbacks_taken": "0"}
     assert _value(metrics, "codeserve_plan_info", **labels) == 1
-    assert _value(metrics, "codeserve_plan_memory_bytes", component="weights") == result.chosen.memory.weights
+    assert _value(metrics, "codeserve_plan_memory_bytes", model=result.chosen.model.id,
+                  component="weights") == result.chosen.memory.weights
+
+
+def test_each_served_model_has_its_own_series_from_zero() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.serve_model("fast", lambda: 2)
+    metrics.serve_model("large", lambda: 5)
+    for model in ("fast", "large"):
+        assert _value(metrics, "codeserve_requests_in_flight", endpoint="chat", model=model) == 0
+        assert metrics.registry.get_sample_value("codeserve_requests_in_flight", {"endpoint": "chat", "model": model}) \
+            is not None  # exported at 0, not missing
+    assert _value(metrics, "codeserve_engine_unfinished_requests", model="fast") == 2
+    assert _value(metrics, "codeserve_engine_unfinished_requests", model="large") == 5
+    observer = RequestObserver(metrics, "completions")
+    observer.model = "fast"
+    observer.begin()
+    observer.tokens(3)
+    observer.end(200)
+    assert _value(metrics, "codeserve_generation_tokens_total", endpoint="completions", model="fast") == 3
+    assert _value(metrics, "codeserve_generation_tokens_total", endpoint="completions", model="large") == 0
 
 
 def test_resident_memory_counts_this_process() -> None:

@@ -22,6 +22,7 @@ from server.generation.core import fim_marker_problem
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
 from server.planner.choose import choose
+from server.planner.fleet import Fleet
 from server.planner.hardware import simulated
 from server.planner.launch import Launch
 from server.planner.plan import Plan
@@ -120,7 +121,7 @@ def test_after_an_out_of_memory_fallback_the_running_option_is_published(
     runtime = serve.make_runtime(settings, metrics)
     runtime.plan = gpu_plan
     with caplog.at_level(logging.WARNING, logger="codeserve"):
-        asyncio.run(serve.load(runtime, gpu_plan, settings))
+        asyncio.run(serve.load(runtime, Fleet.single(gpu_plan), settings))
     planned, running_option = gpu_plan.chosen, gpu_plan.fallbacks[0]
     assert runtime.status == "ready", runtime.detail
     assert [launch.served_name for launch in starter.launches] == [planned.model.id, running_option.model.id]
@@ -168,7 +169,7 @@ def test_a_model_whose_tokenizer_splits_its_fim_markers_fails_to_start(
     engine = _SplitsMarkers(model_id=plan.chosen.model.id)
     monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(lambda launch, overrides=None: engine))
     runtime = serve.make_runtime(make_settings(cache_dir=tmp_path), None)
-    asyncio.run(serve.load(runtime, plan, make_settings(cache_dir=tmp_path)))
+    asyncio.run(serve.load(runtime, Fleet.single(plan), make_settings(cache_dir=tmp_path)))
     assert runtime.status == "failed" and "<|fim_prefix|>" in runtime.detail
     assert runtime.core is None
 
@@ -230,7 +231,7 @@ def test_a_failed_load_is_named_on_ready_and_health(monkeypatch: pytest.MonkeyPa
     settings = make_settings(cache_dir=tmp_path)
     runtime = serve.make_runtime(settings, Metrics(CollectorRegistry()))
     runtime.plan = gpu_plan
-    asyncio.run(serve.load(runtime, gpu_plan, settings))
+    asyncio.run(serve.load(runtime, Fleet.single(gpu_plan), settings))
     with running(build_app(runtime, settings), ready_path="/openapi.json") as url:
         ready, health = httpx.get(url + "/ready"), httpx.get(url + "/health")
         completion = httpx.post(url + "/v1/completions", json={"prompt": "x"})
@@ -309,6 +310,57 @@ def test_ready_shows_what_a_long_start_step_is_doing(monkeypatch: pytest.MonkeyP
         raise EngineStartError("stop here")
 
     monkeypatch.setattr(serve, "start_engine", start)
-    asyncio.run(serve.load(runtime, plan, settings))
+    asyncio.run(serve.load(runtime, Fleet.single(plan), settings))
     assert seen == [(503, "quantizing x to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s")]
     assert runtime.status == "failed" and runtime.detail == "stop here"
+
+
+def _fleet_runtime(catalog: Catalog, spec: str, monkeypatch: pytest.MonkeyPatch,
+                   fail: str | None = None) -> tuple[Any, Any, dict[str, FakeEngine]]:
+    """load() over a two-role fleet, each engine a FakeEngine named after the option it was asked to start."""
+    from server.planner.fleet import plan_fleet
+
+    settings = make_settings(role="completion,chat")
+    fleet = plan_fleet(simulated(spec, FIXED_CPU), catalog, settings)
+    started: dict[str, FakeEngine] = {}
+
+    def start(plan: Plan, settings: Any, progress: Any = None) -> Any:
+        model = plan.chosen.model.id
+        if model == fail:
+            raise EngineStartError(f"{model} did not start")
+        started[model] = FakeEngine(model_id=model)
+        return started[model], plan
+
+    monkeypatch.setattr(serve, "start_engine", start)
+    runtime = serve.make_runtime(settings, Metrics(CollectorRegistry()))
+    asyncio.run(serve.load(runtime, fleet, settings))
+    return runtime, fleet, started
+
+
+def test_load_starts_every_engine_of_the_fleet(monkeypatch: pytest.MonkeyPatch, catalog: Catalog) -> None:
+    runtime, fleet, started = _fleet_runtime(catalog, "2xL4", monkeypatch)
+    assert runtime.status == "ready" and list(started) == [s.option.model.id for s in fleet.served]
+    assert [core.served.id for core in runtime.cores] == list(started)
+    assert runtime.roles["chat"].served.id == fleet.served[1].option.model.id
+    with running(build_app(runtime, make_settings())) as url:
+        plan = httpx.get(url + "/v1/plan").json()
+        exposition = httpx.get(url + "/metrics").text
+    assert plan["roles"] == ["completion", "chat"] and len(plan["engines"]) == 2
+    for served in fleet.served:
+        assert re.search(rf'^codeserve_plan_info{{[^}}]*model="{served.option.model.id}"[^}}]*role="{served.role}"',
+                         exposition, re.M)
+        assert f'codeserve_engine_unfinished_requests{{model="{served.option.model.id}"}} 0.0' in exposition
+
+
+def test_one_engine_failing_to_start_stops_the_others(monkeypatch: pytest.MonkeyPatch, catalog: Catalog) -> None:
+    chat = "qwen2.5-coder-7b-instruct"
+    runtime, _, started = _fleet_runtime(catalog, "2xL4", monkeypatch, fail=chat)
+    assert runtime.status == "failed" and chat in runtime.detail and runtime.cores == ()
+    (completion,) = started.values()
+    assert completion.num_unfinished_requests() == 0 and completion.dead() is None  # shut down, not leaked
+
+
+def test_cpu_serves_both_roles_from_one_engine(monkeypatch: pytest.MonkeyPatch, catalog: Catalog) -> None:
+    runtime, _, started = _fleet_runtime(catalog, "none", monkeypatch)
+    assert len(started) == 1 and len(runtime.cores) == 1
+    assert runtime.roles["completion"] is runtime.roles["chat"] is runtime.cores[0]

@@ -337,6 +337,7 @@ class ModelCard(BaseModel):
     owned_by: str = "codeserve"
     root: str
     max_model_len: int  # Continue's vllm provider reads it
+    roles: list[str] = Field(default_factory=list)  # completion / chat: what a request naming no model gets here
 
 
 class ModelList(BaseModel):

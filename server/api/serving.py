@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from ..errors import EngineFailure, EngineUnavailable, ServeError
+from ..errors import EngineFailure, EngineUnavailable, ModelNotFound, ServeError
 from ..generation.core import GenerationCore
 from ..metrics import Metrics, RequestObserver
+from ..planner.fleet import Fleet
 from ..planner.plan import Plan
 from . import sse
 from .auth import KeyCheck
@@ -39,8 +40,10 @@ class Runtime:
     limiter: Limiter
     keys: KeyCheck
     metrics: Metrics | None = None
-    core: GenerationCore | None = None
+    cores: tuple[GenerationCore, ...] = ()  # one per running engine, in start order (see serve())
+    roles: dict[str, GenerationCore] = field(default_factory=dict)  # who answers a request that names no model
     plan: Plan | None = None  # as planned while loading; as it turned out once the engine runs
+    fleet: Fleet | None = None  # every role's plan (CODESERVE_ROLE=completion,chat), the same way
     engine: dict[str, Any] = field(default_factory=dict)  # the running engine: name and the arguments it got
     status: str = "loading"  # loading | ready | failed | stopping
     detail: str = ""
@@ -52,25 +55,48 @@ class Runtime:
     def ready(self) -> bool:
         return self.status == "ready"
 
+    @property
+    def core(self) -> GenerationCore | None:
+        """The first engine's generation (the only one unless several roles run on separate engines)."""
+        return self.cores[0] if self.cores else None
+
+    def serve(self, core: GenerationCore, roles: tuple[str, ...] = ("completion", "chat")) -> None:
+        """Add a loaded engine's generation; requests that name no model go to it for `roles` (the first engine
+        added takes every role no later one claims)."""
+        self.cores = (*self.cores, core)
+        for role in roles:
+            self.roles[role] = core
+
     def check_engine(self) -> str | None:
-        """Why the engine can no longer serve, or None; a dead engine turns the server 'failed'."""
-        if self.core is not None and self.status in ("ready", "stopping"):
-            reason = self.core.engine.dead()
-            if reason is not None:
-                self.status, self.detail = "failed", reason
-                if self.metrics is not None:
-                    self.metrics.ready.set(0)
+        """Why an engine can no longer serve, or None; one dead engine turns the server 'failed' (the process is
+        restarted whole: a half-served fleet would send a role's requests nowhere)."""
+        if self.cores and self.status in ("ready", "stopping"):
+            for core in self.cores:
+                reason = core.engine.dead()
+                if reason is not None:
+                    self.status, self.detail = "failed", reason if len(self.cores) == 1 else \
+                        f"{core.served.id}: {reason}"
+                    if self.metrics is not None:
+                        self.metrics.ready.set(0)
+                    break
         return self.detail if self.status == "failed" else None
 
-    def require_core(self) -> GenerationCore:
-        if self.check_engine() is not None and self.core is not None:
+    def require_core(self, model: str | None = None, role: str = "completion") -> GenerationCore:
+        """The generation that serves `model` (any engine's), or `role`'s when the request names none."""
+        if self.check_engine() is not None and self.cores:
             raise EngineUnavailable(f"the engine is gone: {self.detail}; the server is restarting",
                                     headers={"Retry-After": str(RETRY_AFTER_S)})
-        if self.core is None or not self.ready:
+        if not self.cores or not self.ready:
             message = {"failed": f"the model failed to load: {self.detail}",
                        "stopping": "the server is shutting down"}.get(self.status, "the model is still loading")
             raise NotReady(message, headers={"Retry-After": str(RETRY_AFTER_S)})
-        return self.core
+        if model:
+            for core in self.cores:
+                if core.served.accepts(model):
+                    return core
+            served = ", ".join(f"'{core.served.id}'" for core in self.cores)
+            raise ModelNotFound(f"the model '{model}' does not exist; this server serves {served}", param="model")
+        return self.roles.get(role, self.cores[0])
 
     def observer(self, endpoint: str) -> RequestObserver:
         return RequestObserver(self.metrics, endpoint)
@@ -90,15 +116,18 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
                  prepare: Callable[[GenerationCore], P],
                  collect: Callable[[GenerationCore, P, RequestObserver], Awaitable[Payload | list[Any]]],
                  events: Callable[[GenerationCore, P, RequestObserver], AsyncIterator[Payload]],
-                 done_event: str | None, user: str | None = None, slot: int | None = None) -> Response:
+                 done_event: str | None, user: str | None = None, slot: int | None = None,
+                 model: str | None = None, role: str = "completion") -> Response:
     """Serve one generation request; `done_event` ends a successful stream (OpenAI's [DONE], or None).
-    `user` / `slot` name the request's owner for supersession (api/supersession.py)."""
+    `user` / `slot` name the request's owner for supersession (api/supersession.py). `model` picks the engine;
+    a request naming none goes to `role`'s."""
     observer = runtime.observer(endpoint)
     request.scope.setdefault("state", {})[OBSERVER_STATE] = observer  # the response accounting reads its status
     claim: Claim | None = None
     release: Callable[[], None] | None = None
     try:
-        core = runtime.require_core()
+        core = runtime.require_core(model, role)
+        observer.model = core.served.id
         # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
         prepared = await asyncio.to_thread(prepare, core)
         sequences = prepared.sequences

@@ -56,15 +56,21 @@ class VllmEngine:
 
         args = engine_args(launch, overrides)
         args.setdefault("disable_log_stats", False)
-        # vLLM reads these in its engine process, which inherits this process's environment; they concern
-        # only the engine, so setting them here changes nothing else this process does.
-        os.environ.update(engine_env(launch))
+        # vLLM reads these in its engine process, which inherits this process's environment at spawn; the GPU
+        # pinning is put back afterwards, so the next engine maps its devices through the original list.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ.update(engine_env(launch, visible))
         try:
             llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:  # vLLM raises RuntimeError/ValueError subclasses with text only
             text = str(exc)
             raise EngineStartError(f"vLLM failed to start {args['model']}: {text}",
                                    out_of_memory=is_out_of_memory(text)) from exc
+        finally:
+            if visible is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
         return cls(llm, args["served_model_name"][0], int(llm.model_config.max_model_len), args,
                    "vllm-cpu" if launch.device == "cpu" else "vllm")
 

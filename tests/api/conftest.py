@@ -27,6 +27,12 @@ class Served:
     runtime: Runtime
     metrics: Metrics
 
+    def value(self, family: str, endpoint: str) -> float:
+        """A per-request metric's value for `endpoint` and the served model."""
+        assert self.runtime.core is not None
+        sample: float = getattr(self.metrics, family).labels(endpoint, self.runtime.core.served.id)._value.get()
+        return sample
+
 
 def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5-coder-7b",
                   keys: list[str] | None = None, max_concurrent: int = 8, max_queued: int = 8,
@@ -38,10 +44,10 @@ def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5
                              max_queued_requests=max_queued, **settings_overrides)
     metrics = Metrics(CollectorRegistry())
     runtime = make_runtime(settings, metrics)
-    runtime.core = GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill)
+    runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill))
     runtime.status = "ready"
     runtime.engine = engine.describe()
-    metrics.watch_engine(engine.num_unfinished_requests)
+    metrics.serve_model(entry.id, engine.num_unfinished_requests)
     return runtime, settings
 
 

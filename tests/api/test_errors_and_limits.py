@@ -151,8 +151,8 @@ def test_client_disconnect_aborts_the_engine_request(serve_fake, stream: bool, e
                 client.post(served.url + path, json=body, timeout=0.5)
     assert wait_until(lambda: served.engine.num_unfinished_requests() == 0)
     assert len(served.engine.aborted) == 1
-    assert wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
-    assert served.metrics.in_flight.labels(label)._value.get() == 0
+    assert wait_until(lambda: served.value("cancelled", label) == 1)
+    assert served.value("in_flight", label) == 0
     assert wait_until(lambda: served.metrics.requests.labels(label, "499")._value.get() == 1)
 
 
@@ -178,4 +178,4 @@ def test_concurrent_requests_queue_and_all_complete(serve_fake) -> None:
 
     assert asyncio.run(many()) == [200] * 20
     assert fake.engine.num_unfinished_requests() == 0
-    assert fake.metrics.generation_tokens.labels("completions")._value.get() == 100
+    assert fake.value("generation_tokens", "completions") == 100

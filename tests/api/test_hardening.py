@@ -80,7 +80,7 @@ def test_a_dead_engine_turns_health_and_ready_503_and_ends_streams_with_503(serv
     assert httpx.get(served.url + "/ready").status_code == 503
     assert openai_error(httpx.post(served.url + "/v1/completions", json={"prompt": "x"}), 503)["code"] in (
         "engine_unavailable", "model_loading")
-    assert wait_until(lambda: served.metrics.in_flight.labels("completions")._value.get() == 0)
+    assert wait_until(lambda: served.value("in_flight", "completions") == 0)
 
 
 # ---- 3. client mistakes are 400s, never 500s ---------------------------------------------------------
@@ -100,7 +100,7 @@ def test_client_mistakes_are_400_naming_the_field(fake: Served, body: dict, para
     error = openai_error(httpx.post(fake.url + "/v1/completions", content=raw,
                               headers={"content-type": "application/json"}), 400)
     assert error["param"] == param or error["param"].startswith(param + "."), error
-    assert fake.metrics.in_flight.labels("completions")._value.get() == 0
+    assert fake.value("in_flight", "completions") == 0
     assert httpx.post(fake.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
 
 
@@ -123,7 +123,7 @@ def test_max_tokens_zero_answers_at_once(fake: Served, stream: bool) -> None:
         assert (choice["text"], choice["finish_reason"]) == ("def", "length")
         assert response.json()["usage"]["completion_tokens"] == 0
     assert fake.engine.prompts == []  # nothing to generate: the engine is not asked
-    assert fake.metrics.in_flight.labels("completions")._value.get() == 0
+    assert fake.value("in_flight", "completions") == 0
 
 
 # ---- 4. over capacity, streams get a real 429 ----------------------------------------------------------
@@ -166,7 +166,7 @@ def test_every_response_is_counted_and_unexpected_errors_leak_nothing(serve_fake
     assert _counted(served, "completions", 400) == 1
     assert _counted(served, "chat", 500) == 1
     assert _counted(served, "completions", 200) == 1
-    assert served.metrics.in_flight.labels("chat")._value.get() == 0
+    assert served.value("in_flight", "chat") == 0
 
 
 # ---- 6-7. the queue: clients that left, and sequences not requests -------------------------------------

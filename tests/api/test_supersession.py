@@ -60,9 +60,9 @@ def test_a_newer_request_from_the_same_owner_ends_the_older_stream(serve_fake, r
     assert last["error"]["param"] == ("id_slot" if route == "infill" else "user")
     assert len(served.engine.aborted) == 1  # the older engine request, not the newer one
     assert wait_until(lambda: served.engine.num_unfinished_requests() == 0)
-    assert served.metrics.superseded.labels(label)._value.get() == 1
-    assert served.metrics.cancelled.labels(label)._value.get() == 0  # the server ended it, not the client
-    assert wait_until(lambda: served.metrics.in_flight.labels(label)._value.get() == 0)
+    assert served.value("superseded", label) == 1
+    assert served.value("cancelled", label) == 0  # the server ended it, not the client
+    assert wait_until(lambda: served.value("in_flight", label) == 0)
     assert len(served.runtime.supersession or ()) == 0  # owners are forgotten once their request ends
 
 
@@ -121,7 +121,7 @@ def test_never_across_owners(serve_fake, first: dict[str, str], second: dict[str
     events = _events(result["response"])
     assert "error" not in events[-1] and events[-1]["choices"][0]["finish_reason"] == "length"
     assert served.engine.aborted == []
-    assert served.metrics.superseded.labels("completions")._value.get() == 0
+    assert served.value("superseded", "completions") == 0
 
 
 def test_an_invalid_request_supersedes_nothing(serve_fake) -> None:
@@ -164,6 +164,6 @@ def test_a_client_that_leaves_is_cancelled_as_without_an_owner(serve_fake, route
         next(lines)  # the first event arrived: generation is under way
     assert wait_until(lambda: served.engine.num_unfinished_requests() == 0)
     assert len(served.engine.aborted) == 1
-    assert wait_until(lambda: served.metrics.cancelled.labels(label)._value.get() == 1)
-    assert served.metrics.superseded.labels(label)._value.get() == 0
+    assert wait_until(lambda: served.value("cancelled", label) == 1)
+    assert served.value("superseded", label) == 0
     assert wait_until(lambda: len(served.runtime.supersession or ()) == 0)

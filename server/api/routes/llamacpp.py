@@ -26,9 +26,13 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _llamacpp(request: Request, body: LlamaCppRequest, infill: bool) -> Response:
     runtime: Runtime = request.app.state.runtime
+    # llama.cpp's server ignores `model` (one model per server): a name we serve picks its engine, any other name
+    # is ignored as llama.cpp would, and the completion role answers.
+    named = (body.model_extra or {}).get("model")
+    model = named if isinstance(named, str) and any(core.served.accepts(named) for core in runtime.cores) else None
     return await handle(request, runtime, "infill" if infill else "llamacpp_completion", body.stream,
                         lambda core: wire.prepare(core, body, infill), wire.collect, wire.events, None,
-                        slot=body.id_slot)
+                        slot=body.id_slot, model=model)
 
 
 @router.post("/infill", responses=RESPONSES)

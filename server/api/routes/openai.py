@@ -29,16 +29,22 @@ def _runtime(request: Request) -> Runtime:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    served = _runtime(request).require_core().served
-    return ModelList(data=[ModelCard(id=served.id, created=served.created, root=served.entry.repo,
-                                     max_model_len=served.max_model_len)])
+    runtime = _runtime(request)
+    runtime.require_core()
+    cards = []
+    for core in runtime.cores:
+        served = core.served
+        roles = [role for role, owner in runtime.roles.items() if owner is core]
+        cards.append(ModelCard(id=served.id, created=served.created, root=served.entry.repo,
+                               max_model_len=served.max_model_len, roles=roles))
+    return ModelList(data=cards)
 
 
 async def _completions(request: Request, body: CompletionRequest, ide: bool = False) -> Response:
     runtime = _runtime(request)
     return await handle(request, runtime, "completions", body.stream,
                         lambda core: wire.prepare_completion(core, body, ide, runtime.completion_code_stops),
-                        wire.completion, wire.completion_events, DONE, user=body.user)
+                        wire.completion, wire.completion_events, DONE, user=body.user, model=body.model)
 
 
 @router.post("/v1/completions", responses=_generation_responses(CompletionResponse))
@@ -51,12 +57,14 @@ async def engine_completions(request: Request, engine: str, body: CompletionRequ
     """The path GitHub Copilot calls when pointed at a custom URL (as FauxPilot serves it); the engine
     name in the path is whatever the user configured, so it is not checked against the model."""
     del engine
-    if body.model is not None and not _runtime(request).require_core().served.accepts(body.model):
-        body = body.model_copy(update={"model": None})
+    runtime = _runtime(request)
+    if body.model is not None and not any(core.served.accepts(body.model) for core in runtime.cores):
+        body = body.model_copy(update={"model": None})  # Copilot sends its own names: the completion role answers
     return await _completions(request, body, ide=True)
 
 
 @router.post("/v1/chat/completions", responses=_generation_responses(ChatCompletionResponse))
 async def chat_completions(request: Request, body: ChatRequest) -> Response:
     return await handle(request, _runtime(request), "chat", body.stream,
-                        lambda core: wire.prepare_chat(core, body), wire.chat, wire.chat_events, DONE)
+                        lambda core: wire.prepare_chat(core, body), wire.chat, wire.chat_events, DONE,
+                        model=body.model, role="chat")

@@ -42,6 +42,9 @@ async def plan(request: Request) -> dict[str, Any]:
     """The plan: as planned while the engine loads; once it runs, the option that started (after any
     out-of-memory fallback, listed under `failed_to_start`) and the engine's own arguments and context."""
     runtime = _runtime(request)
+    if runtime.fleet is not None and len(runtime.fleet.served) > 1:  # several roles: the fleet's shape
+        engines = [core.engine.describe() for core in runtime.cores]
+        return {**runtime.fleet.to_dict(), "status": runtime.status, "engines": engines}
     if runtime.plan is None:
         raise NotReady("no plan yet")
     return {**runtime.plan.to_dict(), "status": runtime.status, "engine": runtime.engine}
