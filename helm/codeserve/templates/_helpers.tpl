@@ -23,6 +23,12 @@ app.kubernetes.io/name: {{ include "codeserve.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{- /* The server's pods (not the router's): what the Service, PDB and workloads select. */ -}}
+{{- define "codeserve.serverSelectorLabels" -}}
+{{ include "codeserve.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
 {{- define "codeserve.image" -}}
 {{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion .Values.image.flavor) -}}
 {{ printf "%s:%s" .Values.image.repository $tag }}
