@@ -128,6 +128,13 @@ def _used(plan: Plan, inventory: Inventory) -> tuple[int, ...]:
     return tuple(same[:chosen.tensor_parallel_size * (chosen.replicas if chosen.pipeline_parallel_size == 1 else 1)])
 
 
+def _one_engine(plan: Plan) -> Plan:
+    """In a fleet each role runs one engine in this server: no replicas (GPUs it does not use stay idle, and the
+    split search counts them against the layout)."""
+    return replace(plan, chosen=replace(plan.chosen, replicas=1),
+                   fallbacks=[replace(o, replicas=1) for o in plan.fallbacks])
+
+
 def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
                local_models: frozenset[str] = frozenset()) -> Fleet:
     """Plan every role CODESERVE_ROLE names; one role is choose() alone."""
@@ -161,8 +168,8 @@ def _separate(inventory: Inventory, catalog: Catalog, completion: Settings, chat
     best: tuple[tuple[float, ...], Fleet] | None = None
     for mine, theirs in _splits(inventory.gpus):
         try:
-            fast = choose(_subset(inventory, mine), catalog, completion, local_models)
-            large = choose(_subset(inventory, theirs), catalog, chat, local_models)
+            fast = _one_engine(choose(_subset(inventory, mine), catalog, completion, local_models))
+            large = _one_engine(choose(_subset(inventory, theirs), catalog, chat, local_models))
         except NoFit:
             continue
         served = (_served("completion", fast, _used(fast, _subset(inventory, mine)), 0),
@@ -209,6 +216,6 @@ def _shared(inventory: Inventory, catalog: Catalog, completion: Settings, chat: 
     rest = round(utilization - fraction, 2)
     if rest <= 0:
         raise NoFit(f"completion's {fast.chosen.model.id} takes the whole budget; nothing is left for chat", [])
-    large = choose(left, catalog, chat.model_copy(update={"gpu_memory_utilization": rest}), local_models)
+    large = _one_engine(choose(left, catalog, chat.model_copy(update={"gpu_memory_utilization": rest}), local_models))
     return Fleet((_served("completion", fast, gpus, 0), _served("chat", large, _used(large, left), 1)), inventory,
                  "shared")
