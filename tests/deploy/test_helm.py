@@ -172,23 +172,119 @@ def test_ingress_disables_buffering_for_streams() -> None:
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
+def _plan_values(*args: str) -> dict[str, Any]:
+    """What `codeserve plan ... --helm-values` prints, parsed."""
+    result = subprocess.run([sys.executable, "-m", "server.cli", "plan", *args, "--helm-values"], capture_output=True,
+                            text=True, check=True, cwd=ROOT, env={**_clean_env(), "PYTHONPATH": str(ROOT)})
+    return dict(yaml.safe_load(result.stdout))
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("CODESERVE_") or k == "CODESERVE_CACHE_DIR"}
+
+
+def _validate_pod_template(template: dict[str, Any]) -> None:
+    """A LeaderWorkerSet's pod templates are core PodTemplateSpecs: validated strictly as a PodTemplate."""
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                  "template": template}, K8S_VERSION, strict=True)
+
+
+def test_multi_node_values_come_from_the_plan() -> None:
+    planned = _plan_values("--gpus", "8xA100-40GB", "--nodes", "2", "--model", "deepseek-coder-v2")
+    assert planned == yaml.safe_load((VALUES / "multinode.yaml").read_text())
+
+
 def test_multi_node_uses_a_leader_worker_set() -> None:
     docs = render("multinode.yaml")
     assert by_kind(docs, "Deployment") == []
-    lws = by_kind(docs, "LeaderWorkerSet")[0]["spec"]["leaderWorkerTemplate"]
-    assert lws["size"] == 2
-    leader = lws["leaderTemplate"]["spec"]["containers"][0]
+    lws = by_kind(docs, "LeaderWorkerSet")[0]
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1" and lws["spec"]["replicas"] == 1
+    group = lws["spec"]["leaderWorkerTemplate"]
+    # LeaderWorkerTemplate's fields (sigs.k8s.io/lws api/leaderworkerset/v1): size counts the leader
+    assert set(group) == {"size", "restartPolicy", "leaderTemplate", "workerTemplate"}
+    assert group["size"] == 2 and group["restartPolicy"] in ("RecreateGroupOnPodRestart", "None")
+    for template in (group["leaderTemplate"], group["workerTemplate"]):
+        _validate_pod_template(template)
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
     assert "ray start --head" in leader["command"][-1] and leader["readinessProbe"]["httpGet"]["path"] == "/ready"
-    worker = lws["workerTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
     assert "LWS_LEADER_ADDRESS" in worker["command"][-1]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8 == leader["resources"]["limits"]["nvidia.com/gpu"]
     config = by_kind(docs, "ConfigMap")[0]["data"]
-    assert yaml.safe_load(config["CODESERVE_ENGINE_ARGS"]) == {"distributed_executor_backend": "ray",
-                                                                 "pipeline_parallel_size": 2}
+    # the server plans TP x PP itself from the node count; no hand-written engine arguments
+    assert config["CODESERVE_NODES"] == "2" and "CODESERVE_ENGINE_ARGS" not in config
+    assert config["CODESERVE_PRECISION"] == "bf16"
     assert by_kind(docs, "Service")[0]["spec"]["selector"]["role"] == "leader"
-    for pod in (lws["leaderTemplate"], lws["workerTemplate"]):
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
-                                      "spec": pod["spec"]}, K8S_VERSION, strict=True)
+
+
+def test_the_leader_plans_what_the_values_pinned() -> None:
+    """Inside the leader pod (8 GPUs, the chart's config) the server plans the same TP x PP as the values' plan."""
+    from server.planner.catalog import load_catalog
+    from server.planner.choose import choose
+    from server.planner.hardware import simulated
+    from tests.conftest import FIXED_CPU, make_settings
+
+    config = by_kind(render("multinode.yaml"), "ConfigMap")[0]["data"]
+    settings = make_settings(**{k.removeprefix("CODESERVE_").lower(): v for k, v in config.items()
+                                if k.startswith("CODESERVE_") and k not in ("CODESERVE_HOST", "CODESERVE_PORT",
+                                                                             "CODESERVE_CACHE_DIR")})
+    plan = choose(simulated("8xA100-40GB", FIXED_CPU), load_catalog(settings.catalog_path), settings)
+    assert (plan.chosen.tensor_parallel_size, plan.chosen.pipeline_parallel_size) == (8, 2)
+
+
+def test_routing_is_a_plain_service_by_default() -> None:
+    docs = render()
+    service = by_kind(docs, "Service")[0]["spec"]
+    assert "sessionAffinity" not in service and [d for d in docs if "router" in d["metadata"]["name"]] == []
+
+
+def test_session_affinity_keeps_a_client_on_one_replica() -> None:
+    service = by_kind(render("affinity.yaml"), "Service")[0]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 3600
+
+
+def test_router_mode_puts_production_stacks_router_in_front() -> None:
+    docs = render("router.yaml")
+    server, router = (next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == name)
+                      for name in ("rel-codeserve", "rel-codeserve-router"))
+    server_labels = server["spec"]["template"]["metadata"]["labels"]
+    router_labels = router["spec"]["template"]["metadata"]["labels"]
+    container_ = router["spec"]["template"]["spec"]["containers"][0]
+    args = container_["args"]
+    flag = dict(zip(args[::2], args[1::2], strict=True))
+    assert flag["--service-discovery"] == "k8s" and flag["--routing-logic"] == "prefixaware"
+    assert flag["--k8s-namespace"] == "ai" and flag["--k8s-port"] == "8000"
+    # the router's label selector picks the server pods, never its own
+    selector = dict(item.split("=") for item in flag["--k8s-label-selector"].split(","))
+    assert selector.items() <= server_labels.items() and not selector.items() <= router_labels.items()
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container_["env"]}
+    assert env == {"VLLM_API_KEY": {"name": "router-key", "key": "key"}}
+    # the router may read pods, nothing else
+    role = by_kind(docs, "Role")[0]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = by_kind(docs, "RoleBinding")[0]
+    assert binding["subjects"][0]["name"] == router["spec"]["template"]["spec"]["serviceAccountName"]
+    # both Services select only their own pods; the Ingress points at the router
+    services = {s["metadata"]["name"]: s["spec"]["selector"] for s in by_kind(docs, "Service")}
+    assert services["rel-codeserve"].items() <= server_labels.items()
+    assert not services["rel-codeserve"].items() <= router_labels.items()
+    assert services["rel-codeserve-router"].items() <= router_labels.items()
+    backend = by_kind(docs, "Ingress")[0]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == "rel-codeserve-router"
+    # the PodDisruptionBudget counts server pods only
+    pdb = by_kind(docs, "PodDisruptionBudget")[0]["spec"]["selector"]["matchLabels"]
+    assert pdb.items() <= server_labels.items() and not pdb.items() <= router_labels.items()
+
+
+def test_session_routing_passes_its_header() -> None:
+    docs = render("router.yaml", "routing.router.logic=session", "routing.router.sessionKey=x-session")
+    args = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("router"))[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--routing-logic") + 1] == "session" and args[args.index("--session-key") + 1] == "x-session"
+
 
 
 def test_helm_test_hook_calls_models() -> None:
