@@ -35,7 +35,8 @@ def cleanups(host: str, headers: dict[str, str]) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "codeserve_infill_cleanups_total" and sample.labels.get("endpoint") == "completions":
-                counts[sample.labels["action"]] = sample.value
+                action = sample.labels["action"]  # summed over the models served
+                counts[action] = counts.get(action, 0.0) + sample.value
     return counts
 
 

@@ -17,26 +17,27 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # (title, unit, [(legend, expr)]) per row; the order is the layout, 2 panels a row.
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Time to first token", "s", [
-        ("p50 {{endpoint}}", 'histogram_quantile(0.5, sum by (endpoint, le) '
+        ("p50 {{endpoint}} {{model}}", 'histogram_quantile(0.5, sum by (endpoint, model, le) '
                              '(rate(codeserve_time_to_first_token_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
-        ("p95 {{endpoint}}", 'histogram_quantile(0.95, sum by (endpoint, le) '
+        ("p95 {{endpoint}} {{model}}", 'histogram_quantile(0.95, sum by (endpoint, model, le) '
                              '(rate(codeserve_time_to_first_token_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
     ]),
     ("Inter-token latency", "s", [
-        ("p50 {{endpoint}}", 'histogram_quantile(0.5, sum by (endpoint, le) '
+        ("p50 {{endpoint}} {{model}}", 'histogram_quantile(0.5, sum by (endpoint, model, le) '
                              '(rate(codeserve_inter_token_latency_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
-        ("p95 {{endpoint}}", 'histogram_quantile(0.95, sum by (endpoint, le) '
+        ("p95 {{endpoint}} {{model}}", 'histogram_quantile(0.95, sum by (endpoint, model, le) '
                              '(rate(codeserve_inter_token_latency_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
     ]),
     ("End-to-end latency", "s", [
-        ("p50 {{endpoint}}", 'histogram_quantile(0.5, sum by (endpoint, le) '
+        ("p50 {{endpoint}} {{model}}", 'histogram_quantile(0.5, sum by (endpoint, model, le) '
                              '(rate(codeserve_request_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
-        ("p95 {{endpoint}}", 'histogram_quantile(0.95, sum by (endpoint, le) '
+        ("p95 {{endpoint}} {{model}}", 'histogram_quantile(0.95, sum by (endpoint, model, le) '
                              '(rate(codeserve_request_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
     ]),
     ("Tokens per second", "short", [
-        ("generated", 'sum(rate(codeserve_generation_tokens_total{job=~"$job"}[$__rate_interval]))'),
-        ("prompt", 'sum(rate(codeserve_prompt_tokens_total{job=~"$job"}[$__rate_interval]))'),
+        ("generated {{model}}",
+         'sum by (model) (rate(codeserve_generation_tokens_total{job=~"$job"}[$__rate_interval]))'),
+        ("prompt {{model}}", 'sum by (model) (rate(codeserve_prompt_tokens_total{job=~"$job"}[$__rate_interval]))'),
     ]),
     ("Requests per second by status", "reqps", [
         ("{{endpoint}} {{status}}", 'sum by (endpoint, status) (rate(codeserve_requests_total{job=~"$job"}'
