@@ -1,5 +1,7 @@
 """End to end on the real engine: `codeserve serve` (vLLM's CPU build + the bundled SmolLM2-135M), driven
-by the `openai` SDK. The server starts once for the module (~50 s); the last test stops it with SIGTERM."""
+by the `openai` SDK. The server starts once for the module (~50 s); the last test stops it with SIGTERM.
+It runs both roles (CODESERVE_ROLE=completion,chat): on the CPU one engine serves them, so every other test here
+is unchanged by that, and the two-role start is tested end to end at no extra engine start."""
 
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     work = tmp_path_factory.mktemp("serve")
     log = work / "serve.log"
     env = isolated_env(work, CODESERVE_HOST="127.0.0.1", CODESERVE_PORT=str(port),
-                       CODESERVE_MAX_CONCURRENT_SEQUENCES="4", CODESERVE_SHUTDOWN_TIMEOUT_S="60")
+                       CODESERVE_MAX_CONCURRENT_SEQUENCES="4", CODESERVE_SHUTDOWN_TIMEOUT_S="60",
+                       CODESERVE_ROLE="completion,chat")
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], stdout=out, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
@@ -92,9 +95,25 @@ def tokenizer(live: Live):
 
 def test_models(client: openai.OpenAI, live: Live) -> None:
     assert [m.id for m in client.models.list().data] == [MODEL]
-    assert httpx.get(live.url + "/v1/models").json()["data"][0]["max_model_len"] == 8192
+    card = httpx.get(live.url + "/v1/models").json()["data"][0]
+    assert card["max_model_len"] == 8192 and card["roles"] == ["completion", "chat"]
     plan = httpx.get(live.url + "/v1/plan").json()
-    assert plan["model"]["id"] == MODEL and plan["device"] == "cpu"
+    assert plan["roles"] == ["completion", "chat"] and plan["layout"] == "one-engine" and plan["status"] == "ready"
+    assert [(s["role"], s["model"], s["engine"]) for s in plan["served"]] == [("completion", MODEL, 0),
+                                                                               ("chat", MODEL, 0)]
+    assert plan["served"][0]["plan"]["device"] == "cpu" and len(plan["engines"]) == 1
+
+
+def test_both_roles_answer_without_naming_a_model(live: Live) -> None:
+    completion = httpx.post(live.url + "/v1/completions", json={"prompt": "def add(a, b):\n    return",
+                                                                 "suffix": "\n", "max_tokens": 8, "temperature": 0},
+                            timeout=120)
+    chat = httpx.post(live.url + "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "temperature": 0}, timeout=120)
+    assert completion.status_code == 200 and chat.status_code == 200
+    assert completion.json()["model"] == chat.json()["model"] == MODEL
+    # the per-model series are exported for the one engine that serves both
+    assert live.metric("codeserve_generation_tokens_total", f'endpoint="chat",model="{MODEL}"') >= 1
 
 
 def test_greedy_completion_usage_matches_the_tokenizer(client: openai.OpenAI, tokenizer) -> None:
@@ -288,8 +307,9 @@ def test_eval_scores_the_real_server(live: Live) -> None:
 
 
 def test_generated_tokens_counter_matches_usage(client: openai.OpenAI, live: Live) -> None:
-    before = live.metric("codeserve_generation_tokens_total", 'endpoint="completions"')
-    prompts_before = live.metric("codeserve_prompt_tokens_total", 'endpoint="completions"')
+    at = f'endpoint="completions",model="{MODEL}"'
+    before = live.metric("codeserve_generation_tokens_total", at)
+    prompts_before = live.metric("codeserve_prompt_tokens_total", at)
     usage = [client.completions.create(model=MODEL, prompt=p, max_tokens=n, temperature=0).usage
              for p, n in (("def a():", 5), ("class B:", 9), ("import", 3))]
     stream = client.completions.create(model=MODEL, prompt="x = [", max_tokens=7, stream=True,
@@ -298,8 +318,8 @@ def test_generated_tokens_counter_matches_usage(client: openai.OpenAI, live: Liv
     assert all(u is not None for u in usage)
     generated = sum(u.completion_tokens for u in usage)  # type: ignore[union-attr]
     prompt = sum(u.prompt_tokens for u in usage)  # type: ignore[union-attr]
-    assert live.metric("codeserve_generation_tokens_total", 'endpoint="completions"') - before == generated
-    assert live.metric("codeserve_prompt_tokens_total", 'endpoint="completions"') - prompts_before == prompt
+    assert live.metric("codeserve_generation_tokens_total", at) - before == generated
+    assert live.metric("codeserve_prompt_tokens_total", at) - prompts_before == prompt
 
 
 def _promtool() -> str:
@@ -371,7 +391,7 @@ def test_prometheus_scrapes_what_the_server_counts(client: openai.OpenAI, live: 
     for prompt in ("def f():", "while True:", "try:"):
         client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
     tokens = live.metric("codeserve_generation_tokens_total")
-    ttft_count = live.metric("codeserve_time_to_first_token_seconds_count", 'endpoint="completions"')
+    ttft_count = live.metric("codeserve_time_to_first_token_seconds_count", f'endpoint="completions",model="{MODEL}"')
     time.sleep(3)  # a few scrape intervals
     assert _query(prometheus, "sum(codeserve_generation_tokens_total)") == [tokens]
     assert _query(prometheus, 'codeserve_time_to_first_token_seconds_count{endpoint="completions"}') == [ttft_count]

@@ -23,6 +23,7 @@ EXTRA = {
     "4xL40S-tp4": ("4xL40S", {"tensor_parallel_size": 4, "precision": "bf16"}),
     "1xT4-chat-published-awq": ("1xT4", {"role": "chat"}),
     "cpu": ("none", {}),
+    "2x8xA100-40GB-pipeline": ("8xA100-40GB", {"model": "deepseek-coder-v2", "nodes": 2}),
 }
 
 
@@ -61,6 +62,29 @@ def test_the_golden_gpu_plans_cover_what_the_planner_decides(catalog: Catalog) -
     assert any("AWQ" in launch.model for launch in launches)  # a published AWQ checkpoint
     assert any(launch.trust_remote_code for launch in launches)
     assert any(launch.kv_cache_bytes is not None for launch in launches)  # the CPU's explicit KV cache
+    assert any(launch.pipeline_parallel_size > 1 for launch in launches)  # across nodes, with Ray
+
+
+@pytest.mark.parametrize("spec", ["1xH100", "2xL4"])
+def test_each_engine_of_a_fleet_renders_its_share_and_gpus(catalog: Catalog, spec: str) -> None:
+    from server.engine.vllm_args import engine_env
+    from server.planner.fleet import plan_fleet
+
+    fleet = plan_fleet(simulated(spec, FIXED_CPU), catalog, make_settings(role="completion,chat"))
+    shares = []
+    for served in fleet.served:
+        launch = served.option.launch
+        args = engine_args(launch)
+        parsed = _parse(serve_flags(args))
+        assert parsed.gpu_memory_utilization == args["gpu_memory_utilization"]
+        shares.append(args["gpu_memory_utilization"])
+        env = engine_env(launch)
+        assert env == {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in served.gpus)}
+        # mapped through what the process itself was given
+        assert engine_env(launch, visible="3,5")["CUDA_VISIBLE_DEVICES"] == ",".join(
+            ["3", "5"][i] for i in served.gpus)
+    if fleet.layout == "shared":
+        assert sum(shares) <= 0.9
 
 
 def test_flags_are_vllms_spelling() -> None:
