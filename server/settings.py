@@ -103,7 +103,7 @@ class Settings(BaseSettings):
                              description="where the quantization venv finds torch's +cpu build")
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="JSON object of extra vLLM engine arguments merged over the plan's (e.g. multi-node Ray)",
+        description="JSON object of extra vLLM engine arguments merged over the plan's (an option it does not set)",
     )
 
     # --- serving -------------------------------------------------------------------------------
