@@ -1,0 +1,154 @@
+"""Deriving a model from its own files: every catalog model rebuilt as the Transformers config its family writes
+gives the catalog's bytes; quantization, FIM format and role read from the files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.planner.catalog import Catalog, ModelEntry
+from server.planner.derive import DeriveError, architecture, derive, fim_format, model_id, quantization
+from server.planner.memory import kv_bytes_per_token, param_counts, weight_bytes
+
+
+def transformers_config(entry: ModelEntry) -> dict[str, Any] | None:
+    """The config.json the entry's family writes (Transformers' own config class, defaults filled in), or None
+    for families whose config class is remote code (ChatGLM, CodeGeeX)."""
+    import transformers
+
+    a = entry.architecture
+    kind = entry.vllm.architecture
+    common = {"vocab_size": a.vocab_size, "tie_word_embeddings": a.tied_embeddings}
+    llama_like = {**common, "hidden_size": a.hidden_size, "intermediate_size": a.intermediate_size,
+                  "num_hidden_layers": a.layers, "num_attention_heads": a.attention_heads,
+                  "num_key_value_heads": a.kv_heads, "max_position_embeddings": a.max_position_embeddings}
+    gpt = {**common, "n_layer": a.layers, "n_embd": a.hidden_size, "n_head": a.attention_heads,
+           "n_inner": a.intermediate_size, "n_positions": a.max_position_embeddings}
+    config: Any
+    if kind in ("LlamaForCausalLM", "Qwen2ForCausalLM", "Starcoder2ForCausalLM", "MistralForCausalLM"):
+        cls = {"LlamaForCausalLM": transformers.LlamaConfig, "Qwen2ForCausalLM": transformers.Qwen2Config,
+               "Starcoder2ForCausalLM": transformers.Starcoder2Config,
+               "MistralForCausalLM": transformers.MistralConfig}[kind]
+        config = cls(**llama_like, **({"head_dim": a.head_dim} if a.head_dim else {}))
+    elif kind == "PhiForCausalLM":
+        config = transformers.PhiConfig(**llama_like)
+    elif kind == "GPTNeoXForCausalLM":
+        config = transformers.GPTNeoXConfig(**llama_like)
+    elif kind == "GPTBigCodeForCausalLM":
+        config = transformers.GPTBigCodeConfig(**gpt, multi_query=a.kv_heads == 1)
+    elif kind == "CodeGenForCausalLM":
+        config = transformers.CodeGenConfig(**gpt, n_ctx=a.max_position_embeddings)
+    elif kind == "XGLMForCausalLM":
+        config = transformers.XGLMConfig(**common, num_layers=a.layers, d_model=a.hidden_size,
+                                         attention_heads=a.attention_heads, ffn_dim=a.intermediate_size,
+                                         max_position_embeddings=a.max_position_embeddings)
+    elif kind == "T5ForConditionalGeneration":
+        config = transformers.T5Config(**common, num_layers=a.encoder_layers, num_decoder_layers=a.layers,
+                                       d_model=a.hidden_size, num_heads=a.attention_heads, d_ff=a.intermediate_size,
+                                       d_kv=a.hidden_size // a.attention_heads)
+    elif kind == "DeepseekV2ForCausalLM":
+        assert a.moe is not None and a.mla is not None
+        config = transformers.DeepseekV2Config(
+            **llama_like, n_routed_experts=a.moe.experts, num_experts_per_tok=a.moe.active_experts,
+            n_shared_experts=a.moe.shared_experts, moe_intermediate_size=a.moe.expert_intermediate_size,
+            first_k_dense_replace=a.moe.dense_layers, q_lora_rank=a.mla.q_lora_rank, kv_lora_rank=a.mla.kv_lora_rank,
+            qk_nope_head_dim=a.mla.qk_nope_head_dim, qk_rope_head_dim=a.mla.qk_rope_head_dim,
+            v_head_dim=a.mla.v_head_dim)
+    else:
+        return None
+    return {**config.to_dict(), "architectures": [kind]}
+
+
+def _entries(catalog: Catalog) -> list[ModelEntry]:
+    return list(catalog.models)
+
+
+@pytest.fixture(scope="module")
+def derivable(catalog: Catalog) -> list[tuple[ModelEntry, dict[str, Any]]]:
+    pairs = [(entry, transformers_config(entry)) for entry in catalog.models]
+    return [(entry, config) for entry, config in pairs if config is not None]
+
+
+def test_every_buildable_catalog_config_derives_the_catalogs_bytes(derivable) -> None:
+    kinds = {entry.vllm.architecture for entry, _ in derivable}
+    assert len(kinds) >= 11 and len(derivable) >= 40  # all but the remote-code families
+    wrong = {}
+    for entry, config in derivable:
+        derived = architecture(config)
+        for tp in (1, 2):
+            if (param_counts(derived, tp), kv_bytes_per_token(derived, 2, tp)) != (
+                    param_counts(entry.architecture, tp), kv_bytes_per_token(entry.architecture, 2, tp)):
+                wrong[entry.id] = (param_counts(derived, tp), param_counts(entry.architecture, tp))
+        for precision in ("bf16", "fp8", "awq"):
+            if weight_bytes(derived, precision) != weight_bytes(entry.architecture, precision):  # type: ignore[arg-type]
+                wrong[entry.id] = precision
+    assert wrong == {}
+
+
+def test_derived_entry_plans_like_the_catalog_one(derivable) -> None:
+    entry, config = next((e, c) for e, c in derivable if e.id == "qwen2.5-coder-7b")
+    derived = derive("My-Finetune", "/models/my-finetune", config, {"<|fim_prefix|>", "<|fim_suffix|>",
+                                                                    "<|fim_middle|>"}, None)
+    assert derived.entry.id == "my-finetune" and derived.entry.repo == "/models/my-finetune"
+    assert (derived.entry.fim, derived.entry.role, derived.precision) == ("qwen", "base", None)
+    assert derived.entry.vllm.status == "native" and derived.entry.vllm.architecture == "Qwen2ForCausalLM"
+    assert derived.entry.params == param_counts(entry.architecture).total
+    assert any("config.json" in fact for fact in derived.facts)
+
+
+@pytest.mark.parametrize(("kind", "status"), [("CodeGenForCausalLM", "unsupported"), ("XGLMForCausalLM", "unsupported"),
+                                              ("T5ForConditionalGeneration", "unsupported"),
+                                              ("GPTBigCodeForCausalLM", "native")])
+def test_architectures_vllm_refuses_are_marked(derivable, kind: str, status: str) -> None:
+    _, config = next((e, c) for e, c in derivable if e.vllm.architecture == kind)
+    assert derive("m", "/m", config, set(), None).entry.vllm.status == status
+
+
+@pytest.mark.parametrize(("quant", "expected"), [
+    ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}, ("awq", 128)),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 64}, ("awq", 64)),
+    ({"quant_method": "fp8", "activation_scheme": "dynamic"}, ("fp8", None)),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {
+        "num_bits": 4, "type": "int", "group_size": 32, "strategy": "group"}}}}, ("awq", 32)),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {
+        "num_bits": 8, "type": "float", "strategy": "channel"}}}}, ("fp8", None)),
+])
+def test_quantization_config_gives_precision_and_group(quant: dict[str, Any], expected: tuple[str, int | None]) -> None:
+    assert quantization({"quantization_config": quant})[:2] == expected
+
+
+def test_an_unknown_quantization_is_refused_naming_it() -> None:
+    with pytest.raises(DeriveError, match="bitsandbytes"):
+        quantization({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}})
+
+
+def test_a_quantized_checkpoint_is_its_own_published_weights(derivable) -> None:
+    _, config = next((e, c) for e, c in derivable if e.id == "smollm2-135m-instruct")
+    quantized = {**config, "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64}}
+    derived = derive("smol-awq", "/q/smol-awq", quantized, set(), "{{ messages }}")
+    assert derived.precision == "awq" and derived.entry.role == "instruct"
+    assert (derived.entry.prequantized.awq, derived.entry.prequantized.awq_group_size) == ("/q/smol-awq", 64)
+
+
+@pytest.mark.parametrize(("tokens", "fim"), [
+    ({"<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"}, "starcoder"),
+    ({"<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"}, "deepseek"),
+    ({"<|mask:0|>", "<|mask:1|>"}, "incoder"),
+    ({"<mask_1>", "<sep>"}, "codegen2"),
+    ({"<fim_prefix>", "<fim_suffix>"}, None),  # incomplete: not a format
+    (set(), None),
+])
+def test_fim_format_from_special_tokens(tokens: set[str], fim: str | None) -> None:
+    assert fim_format(tokens) == fim
+
+
+def test_a_config_without_the_numbers_names_what_is_missing() -> None:
+    with pytest.raises(DeriveError, match="hidden size"):
+        architecture({"model_type": "mystery", "num_hidden_layers": 2})
+
+
+@pytest.mark.parametrize(("name", "expected"), [("My Fine-Tune v2", "my-fine-tune-v2"),
+                                                ("org/Model_7B", "org-model_7b"), ("???", "model")])
+def test_model_ids(name: str, expected: str) -> None:
+    assert model_id(name) == expected
