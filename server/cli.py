@@ -57,6 +57,8 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     print(f"hardware  {gpus}   [{inv.source}]")
     for note in inv.notes:
         print(f"          {note}")
+    for fact in result.derived:
+        print(f"derived   {fact}")
     quant = " (quantize: no published checkpoint)" if chosen.needs_quantization else ""
     pp = f"  pp={chosen.pipeline_parallel_size} (one stage per node)" if chosen.pipeline_parallel_size > 1 else ""
     print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "

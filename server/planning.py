@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from . import model_source
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
 from .planner.choose import choose
@@ -18,13 +21,15 @@ def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
 
 def detect_and_choose(settings: Settings) -> Plan:
     """The plan for this machine (or the inventory CODESERVE_GPUS simulates)."""
-    catalog = load_catalog(settings.catalog_path)
+    source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus)
-    return choose(inventory, catalog, settings, local_models(settings, catalog))
+    plan = choose(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog))
+    return replace(plan, derived=source.facts)
 
 
 def detect_and_plan(settings: Settings) -> Fleet:
     """Every role CODESERVE_ROLE names, planned for this machine (one role: a fleet of one)."""
-    catalog = load_catalog(settings.catalog_path)
+    source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus)
-    return plan_fleet(inventory, catalog, settings, local_models(settings, catalog))
+    fleet = plan_fleet(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog))
+    return replace(fleet, served=tuple(replace(s, plan=replace(s.plan, derived=source.facts)) for s in fleet.served))

@@ -165,6 +165,9 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     group = None
     if precision == "awq":
         group = rules.awq_group_size(arch, tp)
+        published = entry.prequantized.awq_group_size if entry.prequantized.awq else None
+        if published and all(f % published == 0 for f in rules.quantized_in_features(arch, tp)):
+            group = published  # a checkpoint that exists (or a local 4-bit directory) keeps its own groups
         if group is None:
             return f"no AWQ group size in {rules.AWQ_GROUP_SIZES} divides {rules.quantized_in_features(arch, tp)}"
     on_gpu = device == "cuda"

@@ -121,6 +121,7 @@ class Plan:
     rejected: list[Rejection] = field(default_factory=list)
     failed_to_start: tuple[StartFailure, ...] = ()
     notes: tuple[str, ...] = ()  # what the user should know about the choice (a latency target missed)
+    derived: tuple[str, ...] = ()  # for a model outside the catalog: what was read from its files, and where
 
     @property
     def max_model_len(self) -> int:
@@ -176,4 +177,5 @@ class Plan:
             "failed_to_start": [{**f.option.summary(), "error": f.error} for f in self.failed_to_start],
             "rejected": [asdict(r) for r in self.rejected],
             "notes": list(self.notes),
+            "derived": list(self.derived),
         }

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,19 +74,27 @@ def test_checkpoint_is_cached_and_reused(checkpoint: Path) -> None:
     assert runner.find(settings.cache_dir, spec) == checkpoint
 
 
-def test_cpu_engine_serves_it_or_the_planner_refuses(checkpoint: Path) -> None:
+def test_quantize_then_serve_the_directory(checkpoint: Path, tmp_path: Path) -> None:
+    """The path a user follows: `codeserve quantize M --out DIR`, then CODESERVE_MODEL=DIR. The directory is
+    described from its files (4-bit, its own group size), planned as it is, and vLLM's CPU engine serves it where
+    the CPU has the AVX-512 kernels; elsewhere the planner refuses 4-bit on the CPU with the reason."""
+    from server import model_source
+
+    out = tmp_path / "smollm2-w4"
+    runner.export(checkpoint, out)
     cpu = cpu_info()
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    source = model_source.resolve(make_settings(model=str(out)), load_catalog(DEFAULT_CATALOG_PATH))
+    assert source.settings.precision == "awq" and any("W4A16, group 64" in fact for fact in source.facts)
     if not cpu.avx512:
         with pytest.raises(NoFit, match="awq on the CPU needs AVX-512"):
-            choose(simulated("none", cpu), catalog, make_settings(precision="awq"))
+            choose(simulated("none", cpu), source.catalog, source.settings)
         pytest.skip("this CPU lacks AVX-512: vLLM's CPU build has no 4-bit kernel for it (refusal checked)")
     from server.engine.base import SamplingSettings
     from server.engine.vllm import VllmEngine
 
-    chosen = choose(simulated("none", replace(cpu, avx512=True)), catalog, make_settings(precision="awq")).chosen
-    engine = VllmEngine.start(dataclasses.replace(chosen.launch, model=str(checkpoint), max_model_len=1024,
-                                                  eager=True))  # no graph compilation: minutes per start
+    chosen = choose(simulated("none", cpu), source.catalog, source.settings).chosen
+    assert (chosen.launch.model, chosen.precision, chosen.needs_quantization) == (str(out.resolve()), "awq", False)
+    engine = VllmEngine.start(dataclasses.replace(chosen.launch, max_model_len=1024, eager=True))  # no compile
 
     async def complete() -> str:
         text = ""

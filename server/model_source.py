@@ -1,0 +1,149 @@
+"""Where CODESERVE_MODEL points: a catalog id, a local model directory, or a Hugging Face repo id. A model outside
+the catalog is described from its own files (planner/derive.py) and joins the catalog for this plan.
+
+A repo id is fetched (config and tokenizer files only; the engine downloads the weights into the same standard
+Hugging Face cache) where the network allows; offline it fails at once, naming HF_HUB_OFFLINE and the directory
+alternative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .planner.catalog import Catalog
+from .planner.derive import Derived, DeriveError, derive
+from .planner.plan import NoFit
+from .settings import Settings
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What describing a model needs from a repo: no weights.
+DESCRIPTION_FILES = ["config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                     "chat_template.jinja", "chat_template.json", "generation_config.json"]
+
+
+@dataclass(frozen=True)
+class Source:
+    catalog: Catalog  # with the derived entries added
+    settings: Settings  # with the pins pointing at them
+    facts: tuple[str, ...]  # what was derived and from where ('' for catalog models)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise DeriveError(f"{path}: not readable JSON ({exc})") from exc
+    return value if isinstance(value, dict) else {}
+
+
+def special_tokens(directory: Path) -> set[str]:
+    """Every token the tokenizer files mark special (tokenizer.json's added tokens, tokenizer_config.json's
+    added_tokens_decoder and named special tokens)."""
+    tokens: set[str] = set()
+    for added in _read_json(directory / "tokenizer.json").get("added_tokens") or []:
+        if isinstance(added, dict) and added.get("special"):
+            tokens.add(str(added.get("content")))
+    config = _read_json(directory / "tokenizer_config.json")
+    for added in (config.get("added_tokens_decoder") or {}).values():
+        if isinstance(added, dict) and added.get("special"):
+            tokens.add(str(added.get("content")))
+    named = [*(config.get("additional_special_tokens") or []),
+             *(_read_json(directory / "special_tokens_map.json").get("additional_special_tokens") or [])]
+    tokens |= {t if isinstance(t, str) else str(t.get("content")) for t in named}
+    return tokens
+
+
+def chat_template(directory: Path) -> str | None:
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    template = _read_json(directory / "tokenizer_config.json").get("chat_template") or \
+        _read_json(directory / "chat_template.json").get("chat_template")
+    return str(template) if template else None
+
+
+def full_config(directory: Path) -> dict[str, Any]:
+    """config.json as its Transformers config class completes it (the family's defaults filled in); the raw
+    file where the class is remote code."""
+    raw = _read_json(directory / "config.json")
+    if not raw:
+        raise DeriveError(f"{directory / 'config.json'} is missing: a model directory holds the config.json, "
+                          f"tokenizer and weights that Transformers' save_pretrained writes")
+    try:
+        from transformers import AutoConfig
+
+        completed: dict[str, Any] = AutoConfig.from_pretrained(directory, trust_remote_code=False).to_dict()
+    except Exception:  # remote-code configs (ChatGLM, CodeGeeX): the file as it is
+        return raw
+    return {**completed, **{k: v for k, v in raw.items() if k not in completed}}
+
+
+def describe(directory: Path, location: str, name: str) -> Derived:
+    return derive(name, location, full_config(directory), special_tokens(directory), chat_template(directory))
+
+
+def _fetch(repo: str) -> Path:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    advice = (f"download it where the network allows (huggingface-cli download {repo} --local-dir DIR) and set "
+              f"CODESERVE_MODEL=DIR")
+    if offline:
+        raise NoFit(f"CODESERVE_MODEL={repo} is a Hugging Face repo id, but HF_HUB_OFFLINE is set and it is not in "
+                    f"the local Hugging Face cache; {advice}", [])
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, allow_patterns=DESCRIPTION_FILES, etag_timeout=10))
+    except Exception as exc:  # no network, no such repo, gated: say what was needed
+        raise NoFit(f"CODESERVE_MODEL={repo}: fetching its config from the Hugging Face Hub failed "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); without a network set HF_HUB_OFFLINE=1 to fail "
+                    f"at once, or {advice}", []) from exc
+
+
+def _derived(setting: str, variable: str) -> Derived | None:
+    """The derived description for a pin that is not a catalog id, or None for 'auto'."""
+    if setting == "auto":
+        return None
+    path = Path(setting).expanduser()
+    try:
+        if path.is_dir():
+            return describe(path, str(path.resolve()), path.resolve().name)
+        if REPO_ID.fullmatch(setting):
+            return describe(_fetch(setting), setting, setting.split("/")[-1])
+    except DeriveError as exc:
+        raise NoFit(f"{variable}={setting}: {exc}", []) from exc
+    raise NoFit(f"{variable}={setting!r} is neither a catalog id (`codeserve models` lists them), a local model "
+                f"directory, nor a Hugging Face repo id (org/name)", [])
+
+
+def resolve(settings: Settings, catalog: Catalog) -> Source:
+    """The catalog and settings to plan with: a pinned model outside the catalog is derived and added, and the
+    pin points at it; a quantized checkpoint pins its own precision."""
+    entries = list(catalog.models)
+    updates: dict[str, Any] = {}
+    facts: list[str] = []
+    for field, variable in (("model", "CODESERVE_MODEL"), ("chat_model", "CODESERVE_CHAT_MODEL")):
+        setting = getattr(settings, field)
+        if setting == "auto" or catalog.get(setting) is not None:
+            continue
+        derived = _derived(setting, variable)
+        assert derived is not None
+        if any(e.id == derived.entry.id for e in entries):  # a directory named like a catalog model
+            derived = Derived(derived.entry.model_copy(update={"id": f"{derived.entry.id}-local"}),
+                              derived.precision, derived.facts)
+        entries.append(derived.entry)
+        updates[field] = derived.entry.repo
+        facts += [f"{variable}: {derived.entry.id} from {derived.entry.repo}", *derived.facts]
+        if derived.precision is not None and field == "model":
+            if settings.precision not in ("auto", derived.precision):
+                raise NoFit(f"{derived.entry.repo} holds {derived.precision} weights; CODESERVE_PRECISION="
+                            f"{settings.precision} cannot be served from it (set it to auto)", [])
+            updates["precision"] = derived.precision
+    if not updates:
+        return Source(catalog, settings, ())
+    return Source(Catalog(models=tuple(entries)), settings.model_copy(update=updates), tuple(facts))
