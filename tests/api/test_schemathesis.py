@@ -14,6 +14,7 @@ from server.settings import DEFAULT_CATALOG_PATH
 from tests.api.conftest import ready_runtime
 from tests.conftest import FIXED_CPU, make_settings
 from tests.fake_engine import FakeEngine
+from tests.serverutil import wait_until
 
 
 def _app():
@@ -36,4 +37,6 @@ def test_api_conforms(case: schemathesis.Case) -> None:
     # positive_data_acceptance is left out on purpose: a schema-valid request can still be refused for
     # meaning, not shape (an unknown model name -> 404, a prompt over the context -> 400, echo with suffix).
     case.call_and_validate(excluded_checks=[positive_data_acceptance])
-    assert ENGINE.num_unfinished_requests() == 0
+    # The in-process client returns once the body is complete; the stream's cleanup (which ends or aborts the
+    # engine request) may still be finishing on the app's loop. A leak stays; a cleanup in flight is gone at once.
+    assert wait_until(lambda: ENGINE.num_unfinished_requests() == 0, timeout_s=2.0), ENGINE._running
