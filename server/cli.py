@@ -100,8 +100,14 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
 
 
 def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The plan's Launch as vLLM would take it (before the weights are resolved to a local directory)."""
+    """The plan's Launch as its engine would take it (before the weights are resolved to a local directory)."""
     launch = result.chosen.launch
+    if launch.engine == "transformers":
+        args = {"model": launch.model, "dtype": launch.dtype, "device": launch.device,
+                "max_num_seqs": launch.max_num_seqs, "max_model_len": launch.max_model_len}
+        return {"name": "transformers", "args": args, "env": {},
+                "command": f"(in process) Transformers generate() on {launch.model}, {launch.dtype} on "
+                           f"{launch.device}, dynamic batches of up to {launch.max_num_seqs} sequences"}
     args = vllm_args.engine_args(launch, overrides)
     env = vllm_args.engine_env(launch)
     return {"name": "vllm", "args": args, "env": env, "command": vllm_args.serve_command(args, env)}

@@ -60,6 +60,10 @@ TEMPLATES: dict[str, FimTemplate] = {t.id: t for t in (
                 ("<|endofmask|>",), "InCoder paper, causal masking; facebookresearch/incoder example"),
     FimTemplate("codegen2", "{prefix}<mask_1>{suffix}<|endoftext|><sep><mask_1>", ("<mask_1>", "<sep>"),
                 ("<eom>",), "CodeGen2 model card, infill sampling"),
+    FimTemplate("codet5", "{prefix}<extra_id_0>{suffix}", ("<extra_id_0>",), ("<extra_id_1>",),
+                "CodeT5+ model card (span denoising with T5 sentinels: the encoder reads the code with the hole as "
+                "<extra_id_0>, the decoder writes <extra_id_0> then the span; the engine starts it after the "
+                "sentinel)"),
     FimTemplate("codegeex4",
                 "<|user|>\n<|code_suffix|>{suffix}<|code_prefix|>{prefix}<|code_middle|><|assistant|>\n",
                 ("<|code_suffix|>", "<|code_prefix|>", "<|code_middle|>"), ("<|user|>", "<|endoftext|>"),

@@ -124,6 +124,7 @@ def start_engine(plan: Plan, settings: Settings,
     """Start the chosen option; on out-of-memory or a refused 4-bit checkpoint, the plan's next fallback (said
     in the log). Returns the engine and the plan as it turned out (the option running, the ones that failed).
     `progress` hears what a long step (quantizing) is doing."""
+    from .engine.hf import TransformersEngine
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
     if settings.engine_args:
@@ -133,10 +134,11 @@ def start_engine(plan: Plan, settings: Settings,
         if failures:
             log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
                         option.tensor_parallel_size, failures[-1].error)
-        log.info("starting vLLM: %s %s tp=%d on %s", option.model.id, option.precision,
+        adapter = TransformersEngine if option.launch.engine == "transformers" else VllmEngine
+        log.info("starting %s: %s %s tp=%d on %s", adapter.__name__, option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
         try:
-            return VllmEngine.start(resolved_launch(option, settings, progress), settings.engine_args), plan.started(
+            return adapter.start(resolved_launch(option, settings, progress), settings.engine_args), plan.started(
                 option, failures)
         except EngineStartError as exc:
             if not (exc.out_of_memory or isinstance(exc, QualityRefused)):
@@ -152,7 +154,8 @@ async def warm_up(engine: Engine) -> None:
     """One short and one long request before /ready, so no client pays for first-use kernel setup
     (measured here: the first 700-token prefill on CPU took 20 s, the next 2 s)."""
     for rid, prompt in (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT)):
-        async for _ in engine.generate(engine.tokenize(prompt), SamplingSettings(max_tokens=2, temperature=0), rid):
+        ids = engine.tokenize(prompt)[:max(1, engine.max_model_len - 2)]  # a model of a short context takes less
+        async for _ in engine.generate(ids, SamplingSettings(max_tokens=2, temperature=0), rid):
             pass
 
 

@@ -5,6 +5,8 @@ Pure checks, each returning None when fine or the reason it is not; plan.py comp
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .catalog import Architecture, ModelEntry
 from .memory import WeightPrecision, active_params
 
@@ -95,9 +97,29 @@ def awq_group_size(arch: Architecture, tp: int) -> int | None:
     return None
 
 
-def support_problem(entry: ModelEntry) -> str | None:
-    if entry.vllm.status == "unsupported":
-        return f"vLLM cannot serve {entry.vllm.architecture}: {entry.vllm.reason}"
+def engine_for(entry: ModelEntry) -> Literal["vllm", "transformers"]:
+    """vLLM wherever it runs the architecture; Transformers' own generate() for the ones it refuses."""
+    return "transformers" if entry.vllm.status == "unsupported" else "vllm"
+
+
+def engine_reason(entry: ModelEntry) -> str | None:
+    if engine_for(entry) == "transformers":
+        return (f"vLLM cannot serve {entry.vllm.architecture} ({entry.vllm.reason}): the Transformers engine serves "
+                f"it (16-bit weights on one device, dynamic batching, a KV cache per sequence)")
+    return None
+
+
+# The Transformers engine: 16-bit (or fp32) weights, one GPU (no tensor parallel), no quantized kernels.
+TRANSFORMERS_PRECISIONS: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16")
+
+
+def engine_problem(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int = 1) -> str | None:
+    if engine_for(entry) != "transformers":
+        return None
+    if precision not in TRANSFORMERS_PRECISIONS:
+        return f"the Transformers engine ({entry.vllm.architecture}) serves 16-bit weights only, not {precision}"
+    if tp > 1 or pp > 1:
+        return f"the Transformers engine ({entry.vllm.architecture}) runs on one device: no tensor/pipeline parallel"
     return None
 
 

@@ -90,7 +90,7 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
     if not allowed and not entry.auto and not entry.bundled:
         return (f"not chosen automatically: superseded by {entry.superseded_by}; pin it with CODESERVE_MODEL "
                 f"or allow its family with CODESERVE_FAMILIES={entry.family}")
-    return rules.support_problem(entry) or None
+    return None
 
 
 def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | None]:
@@ -124,6 +124,14 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
     if precision == "awq" and entry.prequantized.awq:
         weights = entry.prequantized.awq  # the engine reads the method (awq / awq_marlin) from its config
     on_gpu = capability is not None
+    engine = rules.engine_for(entry)
+    if engine == "transformers":  # generate(): no prefix cache, no block size, no speculation, no graphs
+        return Launch(
+            model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
+            online_quantization=None, tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=max_len,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False,
+            kv_block_tokens=None, kv_cache_dtype="auto", gpu_memory_fraction=None, kv_cache_bytes=kv_cache_bytes,
+            eager=True, trust_remote_code=entry.trust_remote_code, engine="transformers")
     return Launch(
         model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
         # fp8 without a published checkpoint: the engine's online dynamic FP8 (no calibration needed)
@@ -158,7 +166,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
          gpu: GpuInfo | None = None) -> Option | str:
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
-    problem = (rules.precision_problem(precision, capability, device_name, cpu_avx512)
+    problem = (rules.engine_problem(entry, precision, tp, pp)
+               or rules.precision_problem(precision, capability, device_name, cpu_avx512)
                or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp))
     if problem:
         return problem
@@ -171,31 +180,38 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
         if group is None:
             return f"no AWQ group size in {rules.AWQ_GROUP_SIZES} divides {rules.quantized_in_features(arch, tp)}"
     on_gpu = device == "cuda"
+    transformers = rules.engine_for(entry) == "transformers"
     max_num_seqs = GPU_MAX_NUM_SEQS if on_gpu else max(settings.max_concurrent_sequences, CPU_MIN_MAX_NUM_SEQS)
+    if transformers:  # no paged cache to share: a batch may hold only the sequences the KV budget is for
+        max_num_seqs = settings.max_concurrent_sequences
     kv_per_token = memory.kv_bytes_per_token(arch, memory.kv_dtype_bytes(settings.kv_cache_dtype, precision), tp, pp)
-    speculation = _speculation(settings, on_gpu)
+    speculation = None if transformers else _speculation(settings, on_gpu)
     # Verifying a draft writes its tokens to the cache first: each sequence needs that many slots beyond its context.
     lookahead = speculation.draft_tokens if speculation else 0
     kv_needed = kv_per_token * (max_len + lookahead) * settings.max_concurrent_sequences
+    if transformers:  # generate() prefills the whole batch at once, attention scores materialized per layer
+        activation = (memory.activation_peak_bytes(arch, max_len * max_num_seqs, max_num_seqs)
+                      + memory.attention_scores_bytes(arch, max_len, max_num_seqs))
+        overhead = memory.overhead_bytes(1, cuda_graphs=False) if on_gpu else CPU_RUNTIME_BYTES
+    else:
+        activation = memory.activation_peak_bytes(arch, min(settings.max_num_batched_tokens, max_len * max_num_seqs),
+                                                  max_num_seqs, tp)
+        overhead = memory.overhead_bytes(tp, cuda_graphs=True, pp=pp) if on_gpu else CPU_RUNTIME_BYTES
     breakdown = MemoryBreakdown(
         weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE, pp),
-        kv_cache=kv_needed,
-        activation=memory.activation_peak_bytes(arch, min(settings.max_num_batched_tokens, max_len * max_num_seqs),
-                                                max_num_seqs, tp),
-        overhead=memory.overhead_bytes(tp, cuda_graphs=True, pp=pp) if on_gpu else CPU_RUNTIME_BYTES,
-        budget=budget,
-    )
+        kv_cache=kv_needed, activation=activation, overhead=overhead, budget=budget)
     if breakdown.headroom < 0:
         return (f"needs {breakdown.total / GIB:.1f} GiB per {'GPU' if on_gpu else 'host'} "
                 f"(weights {breakdown.weights / GIB:.1f}, KV for {settings.max_concurrent_sequences} x "
                 f"{max_len} tokens {breakdown.kv_cache / GIB:.1f}, activations {breakdown.activation / GIB:.1f}, "
                 f"overhead {breakdown.overhead / GIB:.1f}); budget is {budget / GIB:.1f} GiB")
     capacity = (budget - breakdown.weights - breakdown.activation - breakdown.overhead) // kv_per_token
-    if not on_gpu:
+    if not on_gpu or transformers:
         capacity = kv_needed // kv_per_token
     launch = _launch(entry, precision, tp, pp, max_len, settings, capability, utilization, max_num_seqs,
-                     None if on_gpu else kv_needed, speculation)
-    estimate = _latency(entry, breakdown.weights, kv_per_token, tp, pp, gpu) if gpu is not None else None
+                     None if on_gpu and not transformers else kv_needed, speculation)
+    # no estimate for the Transformers engine: no published measurement to calibrate its efficiency on
+    estimate = _latency(entry, breakdown.weights, kv_per_token, tp, pp, gpu) if gpu and not transformers else None
     return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1, launch,
                   estimate)
 
@@ -340,9 +356,6 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         if problem or max_len is None:
             rejected.append(Rejection(entry.id, None, None, problem or "no context"))
             continue
-        if settings.model != "auto" and (support := rules.support_problem(entry)):
-            rejected.append(Rejection(entry.id, None, None, support))
-            continue
         options.extend(_candidates(entry, settings, inventory, max_len, rejected))
     if not options:
         raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
@@ -351,6 +364,8 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         options, missed = _meets_target(options, settings, rejected)
         notes = (missed,) if missed else ()
     options.sort(key=_rank)
+    reason = rules.engine_reason(options[0].model)
+    notes = (*notes, reason) if reason else notes
     chosen = _with_replicas(options[0], inventory, settings.nodes)
     fallbacks = [_with_replicas(o, inventory, settings.nodes) for o in options[1:MAX_FALLBACKS + 1]]
     return Plan(chosen, settings.max_concurrent_sequences, inventory, fallbacks, rejected, notes=notes)

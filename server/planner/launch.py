@@ -52,6 +52,7 @@ class Launch:
     # GPU: the device indices (of those the process sees) this engine runs on; None = all of them. Set where
     # several engines share a machine (planner/fleet.py).
     devices: tuple[int, ...] | None = None
+    engine: Literal["vllm", "transformers"] = "vllm"  # which adapter runs it (planner/candidates.py engine_for)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

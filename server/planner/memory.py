@@ -210,7 +210,9 @@ def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1, pp: in
         # MLA caches one latent (kv_lora_rank) plus the rope key per layer, replicated on every rank.
         return layers * (arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim) * dtype_bytes
     kv_heads_per_rank = max(1, arch.kv_heads // tp)
-    return 2 * layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
+    # encoder-decoder: each decoder layer also caches the cross-attention keys and values of every encoder token
+    caches = 2 if arch.encoder_layers else 1
+    return caches * 2 * layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
 
 
 def activation_peak_bytes(arch: Architecture, batched_tokens: int, max_num_seqs: int, tp: int = 1) -> int:
@@ -229,3 +231,9 @@ def overhead_bytes(tp: int, cuda_graphs: bool, pp: int = 1) -> int:
     """Memory outside weights, KV and activations on one GPU (pipeline stages exchange through NCCL too)."""
     distributed = tp > 1 or pp > 1
     return NON_TORCH_BYTES + (TP_COMMUNICATION_BYTES if distributed else 0) + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
+
+
+def attention_scores_bytes(arch: Architecture, seq_len: int, sequences: int) -> int:
+    """Eager attention's score matrix of one layer (heads x tokens x tokens, fp32 softmax) for a batch prefilled
+    at once: what Transformers' generate() holds at its peak where no fused kernel avoids it."""
+    return sequences * arch.attention_heads * seq_len * seq_len * 4

@@ -136,13 +136,14 @@ def test_pinned_tp_is_honoured(catalog: Catalog) -> None:
 @pytest.mark.parametrize(("spec", "settings", "message"), [
     ("1xT4", {"precision": "bf16"}, "bf16 needs compute capability 8.0+; T4 has 7.5"),
     ("1xT4", {"model": "qwen2.5-coder-32b", "precision": "fp16"}, "budget is"),
-    ("1xA100-80GB", {"model": "codegen-16b-mono"}, "vLLM cannot serve CodeGenForCausalLM"),
+    ("1xA100-80GB", {"model": "codegen-16b-mono", "precision": "fp8"}, "Transformers engine (CodeGenForCausalLM) "
+                                                                          "serves 16-bit weights only"),
     ("1xA100-80GB", {"model": "no-such-model"}, "CODESERVE_MODEL='no-such-model'"),
     ("1xA100-80GB", {"families": ["nope"]}, "CODESERVE_FAMILIES names unknown families"),
     ("1xA100-80GB", {"model": "qwen2.5-coder-7b", "max_model_len": 65536}, "exceeds the model's context"),
     ("2xA100-80GB", {"model": "qwen2.5-coder-7b", "tensor_parallel_size": 4}, "only 2 x A100-80GB"),
     ("none", {"tensor_parallel_size": 2}, "tensor parallel needs GPUs"),
-], ids=["bf16-on-t4", "too-big", "unsupported-arch", "unknown-model", "unknown-family", "context",
+], ids=["bf16-on-t4", "too-big", "second-engine-precision", "unknown-model", "unknown-family", "context",
         "tp-over-gpus", "tp-on-cpu"])
 def test_refusals_say_why(catalog: Catalog, spec: str, settings: dict, message: str) -> None:
     with pytest.raises(NoFit) as info:
@@ -296,3 +297,27 @@ def test_more_nodes_are_not_tried_for_a_problem_size_does_not_cause(catalog: Cat
         _plan(catalog, "1xT4", model="qwen2.5-coder-0.5b", nodes=64, precision="bf16")
     staged = [r for r in raised.value.rejected if "pp=" in r.reason]
     assert len(staged) == 1 and "pp=2" in staged[0].reason and "compute capability" in staged[0].reason
+
+
+@pytest.mark.parametrize(("model", "architecture"), [("codegen-2b-mono", "CodeGenForCausalLM"),
+                                                     ("incoder-1b", "XGLMForCausalLM"),
+                                                     ("codet5p-220m", "T5ForConditionalGeneration")])
+def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Catalog, model: str,
+                                                                    architecture: str) -> None:
+    result = _plan(catalog, "1xL4", model=model)
+    chosen = result.chosen
+    assert chosen.launch.engine == "transformers" and chosen.precision == "bf16" and chosen.tensor_parallel_size == 1
+    assert any(architecture in note and "Transformers engine" in note for note in result.notes)
+    # what its memory holds: a KV cache per sequence for the whole context, no engine share of the GPU
+    assert chosen.kv_cache_capacity_tokens == chosen.max_model_len * result.max_concurrent_sequences
+    assert chosen.launch.gpu_memory_fraction is None and chosen.launch.prefix_caching is False
+    assert chosen.latency is None  # no published measurement to calibrate it on
+    refused = {r.precision for r in result.rejected if "16-bit weights only" in r.reason}
+    assert refused == {"fp8", "awq"}
+    cpu = _plan(catalog, "none", model=model)
+    assert cpu.chosen.launch.engine == "transformers" and cpu.chosen.launch.kv_cache_bytes
+
+
+def test_the_transformers_engine_runs_on_one_device(catalog: Catalog) -> None:
+    with pytest.raises(NoFit, match="runs on one device"):
+        _plan(catalog, "2xL4", model="codegen-16b-mono", tensor_parallel_size=2)

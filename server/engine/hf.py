@@ -1,0 +1,347 @@
+"""The second engine: Transformers' own generate(), for the architectures vLLM refuses (CodeGen, XGLM/InCoder,
+T5/CodeT5+). The planner picks it per architecture (planner/choose.py); it serves behind the same Engine
+protocol: streamed deltas, abort, stop strings and token ids, and concurrent requests batched.
+
+Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
+same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch. Transformers'
+continuous batching (generate_batch, paged attention) covers Llama-like models only, which vLLM serves anyway.
+No paged KV cache: each sequence holds its own cache for its context, which is what the planner budgets.
+Tokens reach each request through a generate() streamer that sees every row's new token per step; a stopping
+criterion ends rows one by one (their stop, their max_tokens, an abort). Logprobs are not produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..planner.launch import Launch
+from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings
+
+log = logging.getLogger(__name__)
+T5_FIRST_SENTINEL = "<extra_id_0>"
+
+
+@dataclass
+class _Row:
+    index: int
+    tokens: list[int] = field(default_factory=list)
+    emitted: str = ""  # text already sent
+    finish: str | None = None
+
+
+@dataclass
+class _Request:
+    rid: str
+    prompt: list[int]
+    sampling: SamplingSettings
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Delta | BaseException | None]
+    rows: list[_Row]
+    aborted: bool = False
+
+    def key(self, primed: bool) -> tuple[Any, ...]:
+        s = self.sampling
+        # rows of one generate() share sampling settings; a seeded request runs alone (one generator per call)
+        return (s.temperature == 0, s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed,
+                self.rid if s.seed is not None else None, primed)
+
+    def send(self, item: Delta | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, launch: Launch, model_id: str):
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._tokenizer = tokenizer
+        self.launch = launch
+        self.model_id = model_id
+        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        self.max_model_len = min(launch.max_model_len, limit) if limit else launch.max_model_len
+        self.vocab_size = len(tokenizer)
+        self.max_token_chars = max(len(token) for token in tokenizer.get_vocab())
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        self.special_tokens = frozenset(tokenizer.all_special_tokens) | {
+            t.content for t in added if getattr(t, "special", False)}
+        eos = model.generation_config.eos_token_id if model.generation_config else tokenizer.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        # the model's own padding id first: some (XGLM) derive positions from it
+        pad = getattr(model.config, "pad_token_id", None)
+        pad = pad if pad is not None else tokenizer.pad_token_id
+        self._pad = pad if pad is not None else next(iter(self._eos), 0)
+        sentinel = tokenizer.convert_tokens_to_ids(T5_FIRST_SENTINEL) if self.encoder_decoder else None
+        self._sentinel = sentinel if isinstance(sentinel, int) and sentinel != tokenizer.unk_token_id else None
+        self._waiting: queue.Queue[_Request | None] = queue.Queue()
+        self._running: dict[str, _Request] = {}
+        self._death: str | None = None
+        self.batch_rows: list[int] = []  # rows of each generate() call, in order (what batching achieved)
+        self.tokens_generated = 0  # tokens the model produced, aborted rows' included
+        self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> TransformersEngine:
+        del overrides  # CODESERVE_ENGINE_ARGS are vLLM's arguments
+        try:
+            import torch
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+            config = AutoConfig.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
+            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+            dtype = getattr(torch, launch.dtype)
+            device_map: Any = None
+            if launch.device == "cuda":
+                device_map = {"": launch.devices[0] if launch.devices else 0}
+            model = auto.from_pretrained(launch.model, dtype=dtype, device_map=device_map,
+                                         trust_remote_code=launch.trust_remote_code).eval()
+            tokenizer = AutoTokenizer.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
+            if launch.device == "cpu" and launch.cpu_cores:
+                torch.set_num_threads(len(launch.cpu_cores))
+        except Exception as exc:  # missing files, unknown architecture, out of memory
+            text = str(exc)
+            raise EngineStartError(f"Transformers failed to load {launch.model}: {text}",
+                                   out_of_memory="out of memory" in text.lower()) from exc
+        return cls(model, tokenizer, launch, launch.served_name)
+
+    # ---- the Engine protocol -------------------------------------------------------------------------------
+    async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
+                       request_id: str) -> AsyncIterator[Delta]:
+        if self._death is not None:
+            raise EngineDead(self._death)
+        ids = prompt if isinstance(prompt, list) else self.tokenize(prompt)
+        request = _Request(request_id, ids, sampling, asyncio.get_running_loop(), asyncio.Queue(),
+                           [_Row(i) for i in range(sampling.n)])
+        self._running[request_id] = request
+        self._waiting.put(request)
+        finished = 0
+        try:
+            while finished < sampling.n:
+                item = await request.out.get()
+                if item is None:  # the worker stopped (shutdown)
+                    raise EngineDead(self._death or "the Transformers engine stopped")
+                if isinstance(item, BaseException):
+                    raise EngineError(f"the engine failed on request {request_id}: {item}") from item
+                finished += item.finish_reason is not None
+                yield item
+        finally:
+            request.aborted = True  # ended, cancelled or failed: its rows stop at the next step
+            self._running.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        request = self._running.pop(request_id, None)
+        if request is not None:
+            request.aborted = True
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def num_unfinished_requests(self) -> int:
+        return len(self._running)
+
+    def dead(self) -> str | None:
+        return self._death
+
+    def describe(self) -> dict[str, Any]:
+        args = {"model": self.launch.model, "dtype": self.launch.dtype, "device": self.launch.device,
+                "max_num_seqs": self.launch.max_num_seqs, "batching": "dynamic"}
+        return {"name": self.name, "args": args, "max_model_len": self.max_model_len}
+
+    async def shutdown(self) -> None:
+        self._waiting.put(None)
+        await asyncio.to_thread(self._worker.join, 30)
+        for request in list(self._running.values()):
+            request.send(None)
+
+    # ---- the worker -----------------------------------------------------------------------------------------
+    def _primed(self, request: _Request) -> bool:
+        """T5 span infilling: an encoder input with the first sentinel means the decoder starts after it."""
+        return self._sentinel is not None and self._sentinel in request.prompt
+
+    def _work(self) -> None:
+        try:
+            while True:
+                first = self._waiting.get()
+                if first is None:
+                    return
+                batch: list[_Request] = [first]
+                later: list[_Request | None] = []
+                key = first.key(self._primed(first))
+                rows = first.sampling.n
+                while True:  # every request already waiting that samples the same way, up to max_num_seqs rows
+                    try:
+                        other = self._waiting.get_nowait()
+                    except queue.Empty:
+                        break
+                    if other is None:
+                        later.append(other)
+                        break
+                    if other.key(self._primed(other)) == key and rows + other.sampling.n <= self.launch.max_num_seqs:
+                        batch.append(other)
+                        rows += other.sampling.n
+                    else:
+                        later.append(other)
+                for item in later:
+                    self._waiting.put(item)
+                batch = [r for r in batch if not r.aborted]
+                if batch:
+                    self._run(batch)
+        except Exception as exc:  # the engine cannot go on: say why to everyone waiting
+            log.exception("the Transformers engine stopped")
+            self._death = f"the Transformers engine stopped: {exc}"
+            for request in list(self._running.values()):
+                request.send(None)
+
+    def _run(self, batch: list[_Request]) -> None:
+        torch = self._torch
+        rows = [(request, row) for request in batch for row in request.rows]
+        self.batch_rows.append(len(rows))
+        prompts = [request.prompt for request, _ in rows]
+        width = max(len(p) for p in prompts)
+        left = not self.encoder_decoder  # decoder-only: left padding, so every row's next token is at the end
+        ids = [([self._pad] * (width - len(p)) + p) if left else (p + [self._pad] * (width - len(p))) for p in prompts]
+        mask = [([0] * (width - len(p)) + [1] * len(p)) if left else ([1] * len(p) + [0] * (width - len(p)))
+                for p in prompts]
+        device = self._model.device
+        sampling = batch[0].sampling
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
+            "max_new_tokens": max(request.sampling.max_tokens for request in batch),
+            "do_sample": sampling.temperature > 0, "pad_token_id": self._pad,
+            "streamer": _Streamer(self, rows), "stopping_criteria": [_Stop(rows)],
+            "logits_processor": [_Penalties(sampling, width if left else 0)] if (
+                sampling.presence_penalty or sampling.frequency_penalty) else None,
+        }
+        if sampling.temperature > 0:
+            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        if self._primed(batch[0]):
+            start = self._model.config.decoder_start_token_id
+            kwargs["decoder_input_ids"] = torch.tensor([[start, self._sentinel]] * len(rows), device=device)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        try:
+            with torch.inference_mode():
+                self._model.generate(**{k: v for k, v in kwargs.items() if v is not None})
+        except Exception as exc:  # one batch failed (e.g. out of memory): its requests get the error
+            log.exception("generate() failed")
+            for request in batch:
+                request.send(exc)
+            return
+        for request, row in rows:  # generate() ended every row: the last ones at its max_new_tokens
+            if row.finish is None:
+                self._finish(request, row, "length")
+
+    def step(self, request: _Request, row: _Row, token: int) -> None:
+        """One new token of one row: decode, check stops and the limit, send the delta."""
+        if row.finish is not None:
+            return
+        self.tokens_generated += 1
+        if request.aborted:
+            row.finish = "abort"
+            return
+        sampling = request.sampling
+        if token in self._eos or token in sampling.stop_token_ids:
+            self._finish(request, row, "stop", tokens=1)
+            return
+        row.tokens.append(token)
+        text = self._tokenizer.decode(row.tokens, skip_special_tokens=True)
+        done = len(row.tokens) >= sampling.max_tokens
+        if text.endswith("\ufffd") and not done:  # half of a multi-byte character: wait for the rest
+            request.send(Delta(row.index, "", 1, None))
+            return
+        cut = _first_stop(text, sampling.stop, len(row.emitted))
+        if cut is not None:
+            self._send(request, row, text[:cut], "stop")
+            return
+        if done:
+            self._send(request, row, text, "length")
+            return
+        # hold back an end that may be the start of a stop string: once sent, text cannot be taken back
+        self._send(request, row, text[:len(text) - _held(text, sampling.stop)], None)
+
+    def _send(self, request: _Request, row: _Row, text: str, finish: str | None) -> None:
+        new = text[len(row.emitted):] if len(text) >= len(row.emitted) else ""
+        row.emitted = max(text, row.emitted, key=len)
+        row.finish = finish
+        request.send(Delta(row.index, new, 1, finish))
+
+    def _finish(self, request: _Request, row: _Row, reason: str, tokens: int = 0) -> None:
+        row.finish = reason
+        request.send(Delta(row.index, "", tokens, reason))
+
+
+def _held(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of `text` that begin some stop string (they may turn into it)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def _first_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
+    """Where the earliest stop string starts, if one ends in the text not yet sent."""
+    found = [i for stop in stops if stop and (i := text.find(stop, max(0, emitted - len(stop) + 1))) >= 0]
+    return min(found) if found else None
+
+
+class _Streamer:
+    """generate()'s streamer: put() gets the prompt once, then each step's new token of every row."""
+
+    def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]]):
+        self.engine, self.rows, self.started = engine, rows, False
+
+    def put(self, value: Any) -> None:
+        if not self.started:  # the prompt (or the decoder's start tokens)
+            self.started = True
+            return
+        tokens = value.reshape(-1).tolist()
+        for (request, row), token in zip(self.rows, tokens, strict=True):
+            self.engine.step(request, row, int(token))
+
+    def end(self) -> None:
+        pass
+
+
+class _Stop:
+    """Ends each row on its own (finished or aborted); generate() stops when every row has."""
+
+    def __init__(self, rows: list[tuple[_Request, _Row]]):
+        self.rows = rows
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = [row.finish is not None or request.aborted for request, row in self.rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Penalties:
+    """OpenAI's presence and frequency penalties over each row's generated tokens (generate() has neither)."""
+
+    def __init__(self, sampling: SamplingSettings, prompt_width: int):
+        self.presence, self.frequency, self.width = sampling.presence_penalty, sampling.frequency_penalty, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self.width:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)

@@ -1,0 +1,150 @@
+"""The Transformers engine on tiny random models of the architectures vLLM refuses (CodeGen, XGLM, T5): streamed
+deltas, batches that give each row what it gets alone, stops, abort, sampling settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from server.engine.base import SamplingSettings
+from server.engine.hf import TransformersEngine
+from server.planner.catalog import Catalog
+from server.planner.launch import Launch
+from server.prepare import prepare_bundled
+from tests.conftest import make_settings
+from tests.tiny_models import build
+
+KINDS = ("codegen", "xglm", "t5")
+PROMPTS = ("def add(a, b):", "import os\nx = 1", "class Foo:")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> dict[str, Path]:
+    tokenizer = prepare_bundled(make_settings().cache_dir, catalog.bundled())
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: build(kind, root / kind, tokenizer, ("<extra_id_0>", "<extra_id_1>") if kind == "t5" else ())
+            for kind in KINDS}
+
+
+def launch_for(path: Path, max_num_seqs: int = 8) -> Launch:
+    return Launch(model=str(path), served_name=path.name, device="cpu", dtype="float32", online_quantization=None,
+                  tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=512, max_num_seqs=max_num_seqs,
+                  max_num_batched_tokens=4096, prefix_caching=False, kv_block_tokens=None, kv_cache_dtype="auto",
+                  gpu_memory_fraction=None, kv_cache_bytes=None, eager=True, trust_remote_code=False,
+                  engine="transformers")
+
+
+@pytest.fixture(params=KINDS)
+def engine(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> Iterator[TransformersEngine]:
+    started = TransformersEngine.start(launch_for(tiny_dirs[request.param]))
+    yield started
+    asyncio.run(started.shutdown())
+
+
+async def _collect(deltas: AsyncIterator) -> tuple[str, int, str | None, int]:
+    text, tokens, finish, chunks = "", 0, None, 0
+    async for delta in deltas:
+        text, tokens, chunks = text + delta.text, tokens + delta.token_count, chunks + 1
+        finish = delta.finish_reason or finish
+    return text, tokens, finish, chunks
+
+
+def _greedy(max_tokens: int = 12, **extra: object) -> SamplingSettings:
+    return SamplingSettings(max_tokens=max_tokens, temperature=0, **extra)  # type: ignore[arg-type]
+
+
+def test_streamed_greedy_rows_are_the_same_batched_as_alone(engine: TransformersEngine) -> None:
+    async def run() -> tuple[list, list]:
+        alone = [await _collect(engine.generate(p, _greedy(), f"a{i}")) for i, p in enumerate(PROMPTS)]
+        together = await asyncio.gather(*[_collect(engine.generate(p, _greedy(), f"b{i}"))
+                                          for i, p in enumerate(PROMPTS)])
+        return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert [a[:3] for a in alone] == [t[:3] for t in together]  # left padding and masks change nothing
+    for _, tokens, finish, chunks in alone:
+        assert (tokens, finish) == (12, "length") and chunks >= 2  # streamed, not one blob
+    assert engine.num_unfinished_requests() == 0
+
+
+def test_requests_that_arrive_while_a_batch_runs_share_the_next(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        first = asyncio.create_task(_collect(engine.generate("def long():", _greedy(60), "long")))
+        await asyncio.sleep(0.05)  # the worker has taken it: the next three wait together
+        await asyncio.gather(*[_collect(engine.generate(p, _greedy(), f"w{i}")) for i, p in enumerate(PROMPTS)])
+        await first
+
+    asyncio.run(run())
+    assert 3 in engine.batch_rows[-2:]
+
+
+def test_leaving_a_stream_stops_its_row(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        stream = engine.generate("def spin():", _greedy(400), "gone")
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()  # the client left: the request is aborted
+        done = await _collect(engine.generate("x = 1", _greedy(4), "next"))
+        assert done[1] == 4
+
+    before = engine.tokens_generated
+    asyncio.run(run())
+    assert engine.tokens_generated - before < 100  # far fewer than the 400 the aborted row asked for
+    assert engine.num_unfinished_requests() == 0
+
+
+def test_stop_strings_and_max_tokens(engine: TransformersEngine, tiny_dirs: dict[str, Path]) -> None:
+    full = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(16), "full")))[0]
+    if len(full.strip()) < 6:
+        pytest.skip("this random model decodes to special tokens only: no text to stop in")
+    stop = full[3:6]
+    cut = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(16, stop=(stop,)), "cut")))
+    assert cut[0] == full[:full.index(stop)] and cut[2] == "stop"
+
+
+def test_seeded_sampling_repeats_and_penalties_change_greedy_output(engine: TransformersEngine) -> None:
+    sampled = SamplingSettings(max_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+    first = asyncio.run(_collect(engine.generate(PROMPTS[1], sampled, "s1")))
+    again = asyncio.run(_collect(engine.generate(PROMPTS[1], sampled, "s2")))
+    assert first[0] == again[0]
+    plain = asyncio.run(_collect(engine.generate(PROMPTS[2], _greedy(24), "p0")))
+    penalized = asyncio.run(_collect(engine.generate(PROMPTS[2], _greedy(24, frequency_penalty=2.0,
+                                                                         presence_penalty=2.0), "p1")))
+    assert plain[1] == penalized[1] == 24
+    words = plain[0].split()
+    if len(words) != len(set(words)):  # greedy repeated itself: the penalties must steer it elsewhere
+        assert penalized[0] != plain[0]
+
+
+def test_n_rows_per_request(engine: TransformersEngine) -> None:
+    async def run() -> dict[int, str]:
+        texts: dict[int, str] = {}
+        async for delta in engine.generate(PROMPTS[0], SamplingSettings(max_tokens=6, temperature=0, n=3), "n"):
+            texts[delta.index] = texts.get(delta.index, "") + delta.text
+        return texts
+
+    texts = asyncio.run(run())
+    assert sorted(texts) == [0, 1, 2] and len(set(texts.values())) == 1  # greedy copies agree
+
+
+def test_t5_fills_a_sentinel_hole_starting_after_the_sentinel(tiny_dirs: dict[str, Path]) -> None:
+    engine = TransformersEngine.start(launch_for(tiny_dirs["t5"]))
+    try:
+        sentinel, closing = (engine.tokenize(t, add_special_tokens=False) for t in ("<extra_id_0>", "<extra_id_1>"))
+        assert len(sentinel) == len(closing) == 1 and "<extra_id_0>" in engine.special_tokens
+        prompt = engine.tokenize("def add(a, b):\n    <extra_id_0>\n")
+        result = asyncio.run(_collect(engine.generate(prompt, _greedy(8, stop_token_ids=tuple(closing)), "fim")))
+        assert result[2] in ("stop", "length") and "<extra_id_0>" not in result[0]
+        assert engine.batch_rows and engine.describe()["name"] == "transformers"
+    finally:
+        asyncio.run(engine.shutdown())
+
+
+def test_a_missing_model_fails_to_start_naming_it(tmp_path: Path) -> None:
+    from server.engine.base import EngineStartError
+
+    with pytest.raises(EngineStartError, match="Transformers failed to load"):
+        TransformersEngine.start(launch_for(tmp_path / "nothing-here"))

@@ -1,0 +1,62 @@
+"""Tiny random-weight models of any architecture, built from Transformers configs with the bundled model's
+tokenizer: serving is tested on real architectures without downloading anything (seconds to build)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+TINY = {"hidden": 128, "heads": 2, "layers": 2, "ffn": 256, "positions": 512}  # head size 64: every CPU kernel has it
+
+
+def tiny_config(kind: str, vocab_size: int) -> Any:
+    import transformers
+
+    h, n, layers, ffn, pos = TINY["hidden"], TINY["heads"], TINY["layers"], TINY["ffn"], TINY["positions"]
+    llama_like = {"hidden_size": h, "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": n,
+                  "max_position_embeddings": pos, "vocab_size": vocab_size}
+    configs = {
+        # CodeGen splits its fused qkv into 4 model-parallel parts: 4 heads at least
+        "codegen": lambda: transformers.CodeGenConfig(n_layer=layers, n_embd=2 * h, n_head=2 * n, n_inner=ffn,
+                                                      n_positions=pos, n_ctx=pos, rotary_dim=16, vocab_size=vocab_size),
+        "xglm": lambda: transformers.XGLMConfig(num_layers=layers, d_model=h, attention_heads=n, ffn_dim=ffn,
+                                                max_position_embeddings=pos, vocab_size=vocab_size),
+        "t5": lambda: transformers.T5Config(num_layers=layers, num_decoder_layers=layers, d_model=h, num_heads=n,
+                                            d_kv=h // n, d_ff=ffn, vocab_size=vocab_size,
+                                            # T5 ties its embeddings (Transformers 5 forces it), so a random decoder
+                                            # repeats its start token: start at a plain word, not a special token
+                                            decoder_start_token_id=1000),
+        "gpt_bigcode": lambda: transformers.GPTBigCodeConfig(n_layer=layers, n_embd=h, n_head=n, n_inner=ffn,
+                                                             n_positions=pos, vocab_size=vocab_size),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(**llama_like),
+        "llama": lambda: transformers.LlamaConfig(**llama_like, num_key_value_heads=1),
+        "qwen2": lambda: transformers.Qwen2Config(**llama_like, num_key_value_heads=1),
+    }
+    return configs[kind]()
+
+
+def build(kind: str, out: Path, tokenizer_dir: Path, extra_special: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """A saved tiny model of `kind` (random weights, fixed seed) with the bundled tokenizer (plus `extra_special`
+    tokens, e.g. T5 sentinels), at `out`; reused when it exists."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if extra_special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special)})
+    config = tiny_config(kind, len(tokenizer))
+    if tokenizer.eos_token_id is not None:
+        config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_config(config)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
