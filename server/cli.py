@@ -78,6 +78,10 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     print(f"                          {_gib(m.weights)}  {_gib(m.kv_cache)}      {_gib(m.activation)}    "
           f"{_gib(m.overhead)}  {_gib(m.total)}  {_gib(m.budget)}    {_gib(m.headroom)}")
     print(f"          KV capacity {chosen.kv_cache_capacity_tokens} tokens ({chosen.kv_bytes_per_token} B/token)")
+    if m.lora:
+        launch = chosen.launch
+        print(f"          LoRA {', '.join(name for name, _ in launch.lora_adapters)}: {launch.max_loras} slots of rank "
+              f"{launch.max_lora_rank}, {m.lora / GIB:.2f} GiB (in the total)")
     if chosen.latency is not None:
         est = chosen.latency
         print(f"latency   ~{est.decode_ms_per_token:.1f} ms/token decode, ~{est.ttft_ms:.0f} ms to first token for a "
@@ -110,7 +114,10 @@ def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, An
                            f"{launch.device}, dynamic batches of up to {launch.max_num_seqs} sequences"}
     args = vllm_args.engine_args(launch, overrides)
     env = vllm_args.engine_env(launch)
-    return {"name": "vllm", "args": args, "env": env, "command": vllm_args.serve_command(args, env)}
+    command = vllm_args.serve_command(args, env)
+    if launch.lora_adapters:  # `vllm serve` names them up front; codeserve passes each with its requests
+        command += " --lora-modules " + " ".join(f"{name}={path}" for name, path in launch.lora_adapters)
+    return {"name": "vllm", "args": args, "env": env, "command": command}
 
 
 def _plan_json(result: Plan, settings: Settings) -> dict[str, Any]:

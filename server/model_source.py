@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .planner.adapters import Adapter
 from .planner.catalog import Catalog
 from .planner.derive import Derived, DeriveError, derive
 from .planner.plan import NoFit
@@ -31,6 +32,7 @@ class Source:
     catalog: Catalog  # with the derived entries added
     settings: Settings  # with the pins pointing at them
     facts: tuple[str, ...]  # what was derived and from where ('' for catalog models)
+    adapters: tuple[Adapter, ...] = ()  # CODESERVE_LORA_ADAPTERS, read from their adapter_config.json
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -121,6 +123,26 @@ def _derived(setting: str, variable: str) -> Derived | None:
                 f"directory, nor a Hugging Face repo id (org/name)", [])
 
 
+def adapters(settings: Settings) -> tuple[Adapter, ...]:
+    """Each CODESERVE_LORA_ADAPTERS entry described from its adapter_config.json (PEFT's)."""
+    found = []
+    for name, path in settings.adapters():
+        directory = Path(path).expanduser()
+        config = _read_json(directory / "adapter_config.json")
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank <= 0:
+            raise NoFit(f"CODESERVE_LORA_ADAPTERS: {name}={path} has no adapter_config.json with a rank 'r' (a "
+                        f"directory PEFT's save_pretrained writes)", [])
+        targets = config.get("target_modules") or []
+        found.append(Adapter(name, str(directory.resolve()), rank,
+                             tuple(targets) if isinstance(targets, list) else (str(targets),),
+                             str(config.get("base_model_name_or_path") or "")))
+    names = [a.name for a in found]
+    if len(set(names)) != len(names):
+        raise NoFit(f"CODESERVE_LORA_ADAPTERS names an adapter twice: {', '.join(names)}", [])
+    return tuple(found)
+
+
 def resolve(settings: Settings, catalog: Catalog) -> Source:
     """The catalog and settings to plan with: a pinned model outside the catalog is derived and added, and the
     pin points at it; a quantized checkpoint pins its own precision."""
@@ -144,6 +166,9 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
                 raise NoFit(f"{derived.entry.repo} holds {derived.precision} weights; CODESERVE_PRECISION="
                             f"{settings.precision} cannot be served from it (set it to auto)", [])
             updates["precision"] = derived.precision
+    found = adapters(settings)
+    facts += [f"LoRA          {a.name}: rank {a.rank} on {', '.join(a.targets) or 'its modules'} ({a.path}; trained "
+              f"over {a.base or 'an unnamed base'})" for a in found]
     if not updates:
-        return Source(catalog, settings, ())
-    return Source(Catalog(models=tuple(entries)), settings.model_copy(update=updates), tuple(facts))
+        return Source(catalog, settings, tuple(facts), found)
+    return Source(Catalog(models=tuple(entries)), settings.model_copy(update=updates), tuple(facts), found)

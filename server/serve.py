@@ -186,12 +186,15 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
     runtime.engine = started[0][1].describe()
     for roles, engine, plan in started:
         entry = plan.chosen.model
-        runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill),
-                      roles)
+        adapters = tuple(name for name, _ in plan.chosen.launch.lora_adapters)
+        served = ServedModel(entry.id, entry, engine.max_model_len, adapters=adapters)
+        runtime.serve(GenerationCore(engine, served, settings.hole_fill), roles)
         if runtime.metrics is not None:
             for role in roles:
                 runtime.metrics.set_plan(plan, engine.describe()["name"], engine.max_model_len, role)
             runtime.metrics.serve_model(entry.id, engine.num_unfinished_requests)
+            for adapter in adapters:  # their requests are counted under their own name
+                runtime.metrics.serve_model(adapter, lambda: 0)
         log.info("ready: serving %s (%s) on %s", entry.id, ", ".join(roles), plan.chosen.device_name)
     runtime.status, runtime.detail = "ready", ""
     if runtime.metrics is not None:

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
                                   "each with its own engine (one engine on the CPU)")
     chat_model: str = Field("auto", description="with role completion,chat: 'auto' or a catalog id for the chat role "
                                                 "(CODESERVE_MODEL then pins the completion model)")
+    lora_adapters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="LoRA adapters served over the (completion role's) base model as extra "
+                                          "model names: name=path,name2=path2 (directories PEFT's save_pretrained "
+                                          "wrote)")
+    max_loras: int = Field(2, ge=1, le=64, description="adapters the engine holds at once (vLLM's max_loras)")
     objective: Literal["auto", "largest", "latency"] = Field(
         "auto", description="largest: the largest model that fits; latency: the largest whose estimated decode time "
                             "meets target_token_latency_ms (GPUs); auto: latency for the completion role when both "
@@ -146,10 +151,23 @@ class Settings(BaseSettings):
     def roles(self) -> tuple[Role, ...]:
         return tuple(role for role in ROLES if role in self.role.split(","))
 
-    @field_validator("families", "api_keys", mode="before")
+    @field_validator("families", "api_keys", "lora_adapters", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("lora_adapters")
+    @classmethod
+    def _name_equals_path(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"{item!r} is not name=path")
+        return value
+
+    def adapters(self) -> list[tuple[str, str]]:
+        """(name, path) of each LoRA adapter."""
+        return [(name.strip(), path.strip()) for name, _, path in (item.partition("=") for item in self.lora_adapters)]
 
     @field_validator("tensor_parallel_size", mode="before")
     @classmethod

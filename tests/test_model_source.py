@@ -139,3 +139,27 @@ def test_a_directory_without_config_json_names_the_file(catalog: Catalog, tmp_pa
 def test_catalog_ids_are_untouched(catalog: Catalog) -> None:
     source = _resolve(catalog, model="qwen2.5-coder-7b")
     assert source.catalog is catalog and source.facts == ()
+
+
+def test_lora_adapters_are_read_from_their_config(catalog: Catalog, tmp_path: Path) -> None:
+    adapter = tmp_path / "style"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj", "v_proj"],
+                                                             "base_model_name_or_path": "HuggingFaceTB/SmolLM2"}))
+    source = _resolve(catalog, lora_adapters=f"team-style={adapter}")
+    (found,) = source.adapters
+    assert (found.name, found.path, found.rank, found.targets) == ("team-style", str(adapter.resolve()), 8,
+                                                                   ("q_proj", "v_proj"))
+    assert any("LoRA          team-style: rank 8" in fact for fact in source.facts)
+    with pytest.raises(NoFit, match=r"no adapter_config\.json"):
+        _resolve(catalog, lora_adapters=f"broken={tmp_path}")
+    with pytest.raises(NoFit, match="twice"):
+        _resolve(catalog, lora_adapters=f"a={adapter},a={adapter}")
+
+
+@pytest.mark.parametrize("given", ["no-equals", "=path", "name="])
+def test_lora_setting_is_name_equals_path(given: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not name=path"):
+        make_settings(lora_adapters=given)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..engine.base import SamplingSettings, TokenLogprob
 from ..errors import InvalidRequest
@@ -50,6 +50,7 @@ class PreparedGeneration:
     echo_texts: list[str]
     sampling: SamplingSettings
     include_usage: bool
+    model: str = ""  # the name responses carry: the served model, or the LoRA adapter the request named
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -88,7 +89,9 @@ def prepare_completion(core: GenerationCore, req: CompletionRequest, ide: bool =
     prompts = [_prompt(core, req, t, ide, code_stops) for t in texts]
     budget = min(core.token_budget(p, req.max_tokens) for p in prompts)
     echo = [t if req.echo and isinstance(t, str) else "" for t in texts]
-    return PreparedGeneration(new_id("cmpl"), prompts, echo, _sampling(req, budget, req.logprobs), req.include_usage)
+    adapter = core.served.adapter(req.model)
+    sampling = replace(_sampling(req, budget, req.logprobs), adapter=adapter)
+    return PreparedGeneration(new_id("cmpl"), prompts, echo, sampling, req.include_usage, adapter or core.served.id)
 
 
 def _prompt(core: GenerationCore, req: CompletionRequest, text: str | list[int], ide: bool,
@@ -111,7 +114,10 @@ def prepare_chat(core: GenerationCore, req: ChatRequest) -> PreparedGeneration:
     prompt = core.chat_prompt([{"role": m.role, "content": m.text()} for m in req.messages])
     budget = core.token_budget(prompt, req.token_limit)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return PreparedGeneration(new_id("chatcmpl"), [prompt], [""], _sampling(req, budget, logprobs), req.include_usage)
+    adapter = core.served.adapter(req.model)
+    sampling = replace(_sampling(req, budget, logprobs), adapter=adapter)
+    return PreparedGeneration(new_id("chatcmpl"), [prompt], [""], sampling, req.include_usage,
+                              adapter or core.served.id)
 
 
 async def _choices(core: GenerationCore, prepared: PreparedGeneration, observer: RequestObserver) -> list[_Choice]:
@@ -151,7 +157,7 @@ async def completion(core: GenerationCore, prepared: PreparedGeneration,
         logprobs = _completion_logprobs(c.logprobs, len(echo)) if prepared.sampling.logprobs is not None else None
         body.append(CompletionChoice(index=i, text=echo + c.text, logprobs=logprobs,
                                      finish_reason=c.finish_reason))
-    return CompletionResponse(id=prepared.id, created=prepared.created, model=core.served.id, choices=body,
+    return CompletionResponse(id=prepared.id, created=prepared.created, model=prepared.model, choices=body,
                               usage=prepared.usage(sum(c.tokens for c in choices)), truncation=prepared.truncation)
 
 
@@ -162,7 +168,7 @@ async def chat(core: GenerationCore, prepared: PreparedGeneration, observer: Req
                        logprobs=_chat_logprobs(c.logprobs) if logprobs else None,
                        finish_reason=c.finish_reason)
             for i, c in enumerate(choices)]
-    return ChatCompletionResponse(id=prepared.id, created=prepared.created, model=core.served.id, choices=body,
+    return ChatCompletionResponse(id=prepared.id, created=prepared.created, model=prepared.model, choices=body,
                                   usage=prepared.usage(sum(c.tokens for c in choices)))
 
 
@@ -172,7 +178,7 @@ async def completion_events(core: GenerationCore, prepared: PreparedGeneration,
 
     def chunk(*choices: CompletionChoice) -> CompletionChunk:
         cut, truncation[0] = truncation[0], None
-        return CompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id, choices=list(choices),
+        return CompletionChunk(id=prepared.id, created=prepared.created, model=prepared.model, choices=list(choices),
                                truncation=cut)
 
     for i in range(prepared.choice_count):
@@ -188,14 +194,14 @@ async def completion_events(core: GenerationCore, prepared: PreparedGeneration,
             yield chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs,
                                          finish_reason=delta.finish_reason))
     if prepared.include_usage:
-        yield CompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id, choices=[],
+        yield CompletionChunk(id=prepared.id, created=prepared.created, model=prepared.model, choices=[],
                               usage=prepared.usage(generated))
 
 
 async def chat_events(core: GenerationCore, prepared: PreparedGeneration,
                       observer: RequestObserver) -> AsyncIterator[ChatCompletionChunk]:
     def chunk(*choices: ChatChunkChoice) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id,
+        return ChatCompletionChunk(id=prepared.id, created=prepared.created, model=prepared.model,
                                    choices=list(choices))
 
     for i in range(prepared.choice_count):
@@ -210,5 +216,5 @@ async def chat_events(core: GenerationCore, prepared: PreparedGeneration,
             yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(),
                                         finish_reason=delta.finish_reason))
     if prepared.include_usage:
-        yield ChatCompletionChunk(id=prepared.id, created=prepared.created, model=core.served.id, choices=[],
+        yield ChatCompletionChunk(id=prepared.id, created=prepared.created, model=prepared.model, choices=[],
                                   usage=prepared.usage(generated))

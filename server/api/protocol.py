@@ -338,6 +338,7 @@ class ModelCard(BaseModel):
     root: str
     max_model_len: int  # Continue's vllm provider reads it
     roles: list[str] = Field(default_factory=list)  # completion / chat: what a request naming no model gets here
+    parent: str | None = None  # a LoRA adapter: the model it runs over (as vLLM's server lists them)
 
 
 class ModelList(BaseModel):

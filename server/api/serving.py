@@ -127,7 +127,7 @@ async def handle(request: Request, runtime: Runtime, endpoint: str, stream: bool
     release: Callable[[], None] | None = None
     try:
         core = runtime.require_core(model, role)
-        observer.model = core.served.id
+        observer.model = core.served.adapter(model) or core.served.id
         # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
         prepared = await asyncio.to_thread(prepare, core)
         sequences = prepared.sequences

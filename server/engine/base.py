@@ -37,6 +37,7 @@ class SamplingSettings:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    adapter: str | None = None  # the LoRA adapter (by its served name) that generates, or the base model
 
 
 @dataclass(frozen=True)

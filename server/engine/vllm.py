@@ -40,6 +40,7 @@ class VllmEngine:
         self.max_model_len = max_model_len
         self.args = args  # what AsyncEngineArgs received (the plan's, with CODESERVE_ENGINE_ARGS merged)
         self.name = name
+        self.adapters: dict[str, str] = {}  # LoRA adapter name -> directory (set by start())
         self._tokenizer = llm.get_tokenizer()
         self.vocab_size = len(self._tokenizer)
         # Vocabulary keys spell a token's bytes (byte-level BPE) or characters (SentencePiece): never fewer
@@ -71,8 +72,10 @@ class VllmEngine:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = visible
-        return cls(llm, args["served_model_name"][0], int(llm.model_config.max_model_len), args,
-                   "vllm-cpu" if launch.device == "cpu" else "vllm")
+        engine = cls(llm, args["served_model_name"][0], int(llm.model_config.max_model_len), args,
+                     "vllm-cpu" if launch.device == "cpu" else "vllm")
+        engine.adapters = dict(launch.lora_adapters)
+        return engine
 
     async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
                        request_id: str) -> AsyncIterator[Delta]:
@@ -98,7 +101,13 @@ class VllmEngine:
                 presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
                 logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
             )
-            async for output in self._llm.generate(engine_prompt, params, request_id):
+            lora = None
+            if sampling.adapter is not None:
+                from vllm.lora.request import LoRARequest
+
+                names = list(self.adapters)
+                lora = LoRARequest(sampling.adapter, names.index(sampling.adapter) + 1, self.adapters[sampling.adapter])
+            async for output in self._llm.generate(engine_prompt, params, request_id, lora_request=lora):
                 for seq in output.outputs:
                     yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))
         except EngineDeadError as exc:

@@ -28,6 +28,8 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
         "enforce_eager": launch.eager,
         "trust_remote_code": launch.trust_remote_code,
     }
+    if launch.lora_adapters:  # the adapters themselves come with each request (LoRARequest)
+        args |= {"enable_lora": True, "max_loras": launch.max_loras, "max_lora_rank": launch.max_lora_rank}
     if launch.pipeline_parallel_size > 1:
         # Stages on other nodes: vLLM's multi-node executor is Ray (docs, "Distributed inference and serving":
         # TP inside a node x PP across nodes, workers joined to the head's Ray cluster).

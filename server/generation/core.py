@@ -29,6 +29,7 @@ class ServedModel:
     entry: ModelEntry
     max_model_len: int
     created: int = field(default_factory=lambda: int(time.time()))
+    adapters: tuple[str, ...] = ()  # LoRA adapters served over this model, by name
 
     @property
     def fim(self) -> FimTemplate | None:
@@ -40,7 +41,11 @@ class ServedModel:
         return self.fim is None and self.entry.role == "instruct"
 
     def accepts(self, name: str | None) -> bool:
-        return name in (None, "", self.id, self.entry.repo)
+        return name in (None, "", self.id, self.entry.repo, *self.adapters)
+
+    def adapter(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names, or None for the base model."""
+        return name if name in self.adapters else None
 
 
 @dataclass(frozen=True)

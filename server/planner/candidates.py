@@ -113,9 +113,12 @@ def engine_reason(entry: ModelEntry) -> str | None:
 TRANSFORMERS_PRECISIONS: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16")
 
 
-def engine_problem(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int = 1) -> str | None:
+def engine_problem(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int = 1,
+                   lora: bool = False) -> str | None:
     if engine_for(entry) != "transformers":
         return None
+    if lora:
+        return f"the Transformers engine ({entry.vllm.architecture}) serves no LoRA adapters"
     if precision not in TRANSFORMERS_PRECISIONS:
         return f"the Transformers engine ({entry.vllm.architecture}) serves 16-bit weights only, not {precision}"
     if tp > 1 or pp > 1:

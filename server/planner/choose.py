@@ -15,6 +15,7 @@ from typing import Literal
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from . import candidates as rules
 from . import latency, memory
+from .adapters import Adapter, max_rank
 from .catalog import Catalog, ModelEntry
 from .cpu_binding import cpu_binding
 from .hardware import GpuInfo, Inventory
@@ -163,10 +164,10 @@ def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
 def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Settings, max_len: int,
          device: Literal["cuda", "cpu"], device_name: str, capability: tuple[int, int] | None,
          budget: int, utilization: float, cpu_avx512: bool = True, pp: int = 1,
-         gpu: GpuInfo | None = None) -> Option | str:
+         gpu: GpuInfo | None = None, adapters: tuple[Adapter, ...] = ()) -> Option | str:
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
-    problem = (rules.engine_problem(entry, precision, tp, pp)
+    problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
                or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp))
     if problem:
@@ -197,19 +198,24 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
         activation = memory.activation_peak_bytes(arch, min(settings.max_num_batched_tokens, max_len * max_num_seqs),
                                                   max_num_seqs, tp)
         overhead = memory.overhead_bytes(tp, cuda_graphs=True, pp=pp) if on_gpu else CPU_RUNTIME_BYTES
+    rank = max_rank(adapters)
+    lora = memory.lora_bytes(arch, rank, settings.max_loras, 4 if precision == "fp32" else 2, tp) if adapters else 0
     breakdown = MemoryBreakdown(
         weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE, pp),
-        kv_cache=kv_needed, activation=activation, overhead=overhead, budget=budget)
+        kv_cache=kv_needed, activation=activation, overhead=overhead, budget=budget, lora=lora)
     if breakdown.headroom < 0:
         return (f"needs {breakdown.total / GIB:.1f} GiB per {'GPU' if on_gpu else 'host'} "
                 f"(weights {breakdown.weights / GIB:.1f}, KV for {settings.max_concurrent_sequences} x "
                 f"{max_len} tokens {breakdown.kv_cache / GIB:.1f}, activations {breakdown.activation / GIB:.1f}, "
                 f"overhead {breakdown.overhead / GIB:.1f}); budget is {budget / GIB:.1f} GiB")
-    capacity = (budget - breakdown.weights - breakdown.activation - breakdown.overhead) // kv_per_token
+    capacity = (budget - breakdown.weights - breakdown.activation - breakdown.overhead - lora) // kv_per_token
     if not on_gpu or transformers:
         capacity = kv_needed // kv_per_token
     launch = _launch(entry, precision, tp, pp, max_len, settings, capability, utilization, max_num_seqs,
                      None if on_gpu and not transformers else kv_needed, speculation)
+    if adapters:
+        launch = replace(launch, lora_adapters=tuple((a.name, a.path) for a in adapters), max_lora_rank=rank,
+                         max_loras=settings.max_loras)
     # no estimate for the Transformers engine: no published measurement to calibrate its efficiency on
     estimate = _latency(entry, breakdown.weights, kv_per_token, tp, pp, gpu) if gpu and not transformers else None
     return Option(entry, precision, tp, device, device_name, breakdown, kv_per_token, capacity, group, 1, launch,
@@ -234,7 +240,7 @@ def _gpu_groups(gpus: Iterable[GpuInfo]) -> dict[str, list[GpuInfo]]:
 
 
 def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max_len: int,
-                rejected: list[Rejection]) -> list[Option]:
+                rejected: list[Rejection], adapters: tuple[Adapter, ...] = ()) -> list[Option]:
     options: list[Option] = []
     pinned_tp = settings.tensor_parallel_size
     if inventory.gpus:
@@ -252,9 +258,9 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                         continue
                     budget, utilization = _gpu_budget(gpus[:tp], settings.gpu_memory_utilization)
                     result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability,
-                                  budget, utilization, gpu=gpus[0])
+                                  budget, utilization, gpu=gpus[0], adapters=adapters)
                     _keep(result, entry, precision, tp, options, rejected)
-                _across_nodes(entry, precision, gpus, settings, max_len, options, rejected)
+                _across_nodes(entry, precision, gpus, settings, max_len, options, rejected, adapters)
         return options
     ladder = rules.precision_ladder(None, inventory.cpu.bf16)
     precisions = ladder if settings.precision == "auto" else [settings.precision]
@@ -264,7 +270,7 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
             rejected.append(Rejection(entry.id, precision, int(pinned_tp), "tensor parallel needs GPUs"))
             continue
         result = _try(entry, precision, 1, settings, max_len, "cpu", "cpu", None, budget, 1.0,
-                      inventory.cpu.avx512)
+                      inventory.cpu.avx512, adapters=adapters)
         if isinstance(result, Option):
             result = replace(result, launch=replace(result.launch,
                                                     cpu_cores=cpu_binding(inventory.cpu, settings.cpu_cores)))
@@ -273,7 +279,8 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
 
 
 def _across_nodes(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuInfo], settings: Settings,
-                  max_len: int, options: list[Option], rejected: list[Rejection]) -> None:
+                  max_len: int, options: list[Option], rejected: list[Rejection],
+                  adapters: tuple[Adapter, ...] = ()) -> None:
     """With CODESERVE_NODES > 1: tensor parallel over a whole node x pipeline parallel over 2..nodes nodes (vLLM's
     documented multi-node layout: TP inside a node over NVLink, PP across the slower network). Ranked after every
     single-node option of the same model and precision, so it only wins where one node cannot hold them."""
@@ -288,7 +295,7 @@ def _across_nodes(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuI
     reason = ""
     for pp in range(2, settings.nodes + 1):
         result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability, budget, utilization,
-                      pp=pp, gpu=gpus[0])
+                      pp=pp, gpu=gpus[0], adapters=adapters)
         if isinstance(result, Option):
             options.append(result)
             return  # fewer nodes first: more stages would only add hops
@@ -344,7 +351,7 @@ def _meets_target(options: list[Option], settings: Settings, rejected: list[Reje
 
 
 def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
-         local_models: frozenset[str] = frozenset()) -> Plan:
+         local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = ()) -> Plan:
     """Choose the model, precision and TP degree for one role; raise NoFit with every reason when nothing fits."""
     if len(settings.roles) != 1:
         raise ValueError("choose() plans one role; planner/fleet.py plans several")
@@ -356,7 +363,7 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         if problem or max_len is None:
             rejected.append(Rejection(entry.id, None, None, problem or "no context"))
             continue
-        options.extend(_candidates(entry, settings, inventory, max_len, rejected))
+        options.extend(_candidates(entry, settings, inventory, max_len, rejected, adapters))
     if not options:
         raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
     notes: tuple[str, ...] = ()

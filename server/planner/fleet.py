@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ..settings import Role, Settings
 from . import candidates as rules
+from .adapters import Adapter
 from .catalog import Catalog
 from .choose import choose
 from .hardware import GpuInfo, Inventory
@@ -136,21 +137,22 @@ def _one_engine(plan: Plan) -> Plan:
 
 
 def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
-               local_models: frozenset[str] = frozenset()) -> Fleet:
-    """Plan every role CODESERVE_ROLE names; one role is choose() alone."""
+               local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = ()) -> Fleet:
+    """Plan every role CODESERVE_ROLE names; one role is choose() alone. LoRA adapters go on the completion role's
+    engine (or the single role's)."""
     roles = settings.roles
     if len(roles) == 1:
-        plan = choose(inventory, catalog, settings, local_models)
+        plan = choose(inventory, catalog, settings, local_models, adapters)
         return Fleet((Served(roles[0], plan, _used(plan, inventory), 0),), inventory, "single")
     completion, chat = (_role_settings(settings, role) for role in ("completion", "chat"))
     if not inventory.gpus:
-        plan = choose(inventory, catalog, completion, local_models)
+        plan = choose(inventory, catalog, completion, local_models, adapters)
         return Fleet((Served("completion", plan, (), 0), Served("chat", plan, (), 0)), inventory, "one-engine")
     if len(inventory.gpus) >= 2:
-        fleet = _separate(inventory, catalog, completion, chat, local_models)
+        fleet = _separate(inventory, catalog, completion, chat, local_models, adapters)
         if fleet is not None:
             return fleet
-    return _shared(inventory, catalog, completion, chat, local_models)
+    return _shared(inventory, catalog, completion, chat, local_models, adapters)
 
 
 def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo]]]:
@@ -164,11 +166,11 @@ def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo
 
 
 def _separate(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
-              local_models: frozenset[str]) -> Fleet | None:
+              local_models: frozenset[str], adapters: tuple[Adapter, ...] = ()) -> Fleet | None:
     best: tuple[tuple[float, ...], Fleet] | None = None
     for mine, theirs in _splits(inventory.gpus):
         try:
-            fast = _one_engine(choose(_subset(inventory, mine), catalog, completion, local_models))
+            fast = _one_engine(choose(_subset(inventory, mine), catalog, completion, local_models, adapters))
             large = _one_engine(choose(_subset(inventory, theirs), catalog, chat, local_models))
         except NoFit:
             continue
@@ -203,10 +205,10 @@ def _shrunk(plan: Plan, gpu: GpuInfo) -> Plan:
 
 
 def _shared(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
-            local_models: frozenset[str]) -> Fleet:
+            local_models: frozenset[str], adapters: tuple[Adapter, ...] = ()) -> Fleet:
     utilization = completion.gpu_memory_utilization
     capped = completion.model_copy(update={"gpu_memory_utilization": utilization * COMPLETION_MAX_SHARE})
-    fast = choose(inventory, catalog, capped, local_models)
+    fast = choose(inventory, catalog, capped, local_models, adapters)
     gpus = _used(fast, inventory)[:fast.chosen.tensor_parallel_size]  # one copy: the rest of the GPUs are chat's
     first = next(g for g in inventory.gpus if g.index == gpus[0])
     fast = _shrunk(replace(fast, chosen=replace(fast.chosen, replicas=1)), first)

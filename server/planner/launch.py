@@ -53,6 +53,19 @@ class Launch:
     # several engines share a machine (planner/fleet.py).
     devices: tuple[int, ...] | None = None
     engine: Literal["vllm", "transformers"] = "vllm"  # which adapter runs it (planner/candidates.py engine_for)
+    # LoRA adapters served over the model as extra names: (name, directory); their largest rank; slots held at once
+    lora_adapters: tuple[tuple[str, str], ...] = ()
+    max_lora_rank: int = 0
+    max_loras: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON's shapes: tuples as lists (so a plan read back from JSON compares equal)."""
+        return dict(_plain(asdict(self)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

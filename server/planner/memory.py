@@ -237,3 +237,14 @@ def attention_scores_bytes(arch: Architecture, seq_len: int, sequences: int) -> 
     """Eager attention's score matrix of one layer (heads x tokens x tokens, fp32 softmax) for a batch prefilled
     at once: what Transformers' generate() holds at its peak where no fused kernel avoids it."""
     return sequences * arch.attention_heads * seq_len * seq_len * 4
+
+
+def lora_bytes(arch: Architecture, rank: int, slots: int, dtype_bytes: int = 2, tp: int = 1) -> int:
+    """What vLLM preallocates for LoRA on one rank: for each slot (max_loras), layer and LoRA-able linear layer (every
+    projection, whichever the adapters target), A (rank x in) and B (out x rank) in the activation dtype."""
+    head_dim = arch.head_dim_resolved
+    hidden, q, kv = arch.hidden_size, arch.attention_heads * head_dim, arch.kv_heads * head_dim
+    attention = (hidden + q) + 2 * (hidden + kv) + (q + hidden)
+    matrices = 3 if arch.mlp == "gated" else 2
+    mlp = matrices * (hidden + arch.intermediate_size)
+    return slots * rank * dtype_bytes * arch.layers * (attention + mlp) // tp

@@ -33,10 +33,11 @@ class MemoryBreakdown:
     activation: int
     overhead: int
     budget: int
+    lora: int = 0  # slots for LoRA adapters (CODESERVE_LORA_ADAPTERS)
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.activation + self.overhead
+        return self.weights + self.kv_cache + self.activation + self.overhead + self.lora
 
     @property
     def headroom(self) -> int:

@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,24 +46,23 @@ def tokenizer_dir() -> Path:
 
 
 def _metric(url: str, name: str) -> float:
+    """The sum of a metric's samples; `name` may carry its labels ('name{a="b"}': that sample only)."""
     total = 0.0
     for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith(name + "{") or line.startswith(name + " ") or ("{" in name and line.startswith(name)):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-@pytest.mark.parametrize(("kind", "engine", "architecture"), KINDS, ids=[k[0] for k in KINDS])
-def test_a_model_directory_is_planned_and_served(kind: str, engine: str, architecture: str, tokenizer_dir: Path,
-                                                 tmp_path: Path) -> None:
-    model = build(kind, tmp_path / f"tiny-{kind}", tokenizer_dir)
+@contextmanager
+def serving(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """`codeserve serve` with `env` until /ready (its log on failure), stopped with SIGTERM afterwards."""
     port = free_port()
-    env = isolated_env(tmp_path, CODESERVE_MODEL=str(model), CODESERVE_HOST="127.0.0.1", CODESERVE_PORT=str(port),
-                       CODESERVE_MAX_CONCURRENT_SEQUENCES="4", CODESERVE_MAX_MODEL_LEN="512")
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], stdout=out,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**env, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -75,6 +76,24 @@ def test_a_model_directory_is_planned_and_served(kind: str, engine: str, archite
             time.sleep(0.5)
         else:
             pytest.fail("not ready in time:\n" + log.read_text()[-3000:])
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.mark.parametrize(("kind", "engine", "architecture"), KINDS, ids=[k[0] for k in KINDS])
+def test_a_model_directory_is_planned_and_served(kind: str, engine: str, architecture: str, tokenizer_dir: Path,
+                                                 tmp_path: Path) -> None:
+    model = build(kind, tmp_path / f"tiny-{kind}", tokenizer_dir)
+    env = isolated_env(tmp_path, CODESERVE_MODEL=str(model), CODESERVE_MAX_CONCURRENT_SEQUENCES="4",
+                       CODESERVE_MAX_MODEL_LEN="512")
+    with serving(env, tmp_path) as url:
         plan = httpx.get(url + "/v1/plan").json()
         assert plan["engine"]["name"] == engine and plan["model"]["id"] == f"tiny-{kind}"
         assert any(architecture in fact for fact in plan["derived"])
@@ -101,11 +120,39 @@ def test_a_model_directory_is_planned_and_served(kind: str, engine: str, archite
         assert _metric(url, "codeserve_requests_in_flight") == 0
         after = httpx.post(url + "/v1/completions", json={"prompt": "y = ", "max_tokens": 4}, timeout=60)
         assert after.status_code == 200
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+
+
+def _lora_adapter(base: Path, out: Path) -> Path:
+    """A rank-8 LoRA over the bundled model's q/v projections with random (not zero) B: it changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    adapted = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                               init_lora_weights=False))
+    adapted.save_pretrained(out)
+    return out
+
+
+def test_a_lora_adapter_is_served_as_its_own_model(tokenizer_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft", reason="peft (a test dependency) makes the adapter")
+    adapter = _lora_adapter(tokenizer_dir, tmp_path / "team-style")
+    env = isolated_env(tmp_path, CODESERVE_LORA_ADAPTERS=f"team-style={adapter}",
+                       CODESERVE_MAX_CONCURRENT_SEQUENCES="2", CODESERVE_MAX_MODEL_LEN="1024")
+    with serving(env, tmp_path) as url:
+        cards = {c["id"]: c for c in httpx.get(url + "/v1/models").json()["data"]}
+        assert cards["team-style"]["parent"] == "smollm2-135m-instruct"
+        plan = httpx.get(url + "/v1/plan").json()
+        assert plan["memory"]["per_gpu_bytes"]["lora"] > 0 and plan["engine"]["args"]["enable_lora"] is True
+
+        def complete(model: str) -> str:
+            body = {"model": model, "prompt": "def add(a, b):\n", "max_tokens": 16, "temperature": 0}
+            response = httpx.post(url + "/v1/completions", json=body, timeout=120)
+            assert response.status_code == 200 and response.json()["model"] == model
+            return str(response.json()["choices"][0]["text"])
+
+        base, adapted = complete("smollm2-135m-instruct"), complete("team-style")
+        assert adapted != base and complete("team-style") == adapted  # the adapter's own, deterministic, output
+        assert _metric(url, 'codeserve_generation_tokens_total{endpoint="completions",model="team-style"}') >= 1

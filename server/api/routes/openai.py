@@ -37,6 +37,8 @@ async def list_models(request: Request) -> ModelList:
         roles = [role for role, owner in runtime.roles.items() if owner is core]
         cards.append(ModelCard(id=served.id, created=served.created, root=served.entry.repo,
                                max_model_len=served.max_model_len, roles=roles))
+        cards += [ModelCard(id=name, created=served.created, root=name, max_model_len=served.max_model_len,
+                            parent=served.id) for name in served.adapters]
     return ModelList(data=cards)
 
 
