@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
+
+import httpx
+import pytest
 
 from server.planner.catalog import load_catalog
 from server.prepare import local_dir, prepare_bundled
@@ -24,3 +29,18 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     # Eager: graph compilation would add minutes to every engine start (the default for `serve` compiles).
     return {**os.environ, "CODESERVE_CACHE_DIR": str(cache), "CODESERVE_GPUS": "none", "CODESERVE_EAGER": "true",
             **extra}
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
+    """Until the server's /ready answers 200; fails with its log's tail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail("server not ready in time:\n" + log.read_text()[-3000:])

@@ -21,7 +21,7 @@ import pytest
 from server.planner.catalog import load_catalog
 from server.prepare import prepare_bundled
 from server.settings import DEFAULT_CATALOG_PATH, Settings
-from tests.e2e.conftest import isolated_env
+from tests.e2e.conftest import isolated_env, wait_ready
 from tests.serverutil import free_port
 from tests.tiny_models import build
 
@@ -65,17 +65,7 @@ def serving(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
                                    env={**env, "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port)})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("not ready in time:\n" + log.read_text()[-3000:])
+        wait_ready(process, url, log, START_TIMEOUT_S)
         yield url
     finally:
         if process.poll() is None:

@@ -26,7 +26,7 @@ import pytest
 from server.planner.catalog import load_catalog
 from server.prepare import prepare_bundled
 from server.settings import DEFAULT_CATALOG_PATH, Settings
-from tests.e2e.conftest import isolated_env
+from tests.e2e.conftest import isolated_env, wait_ready
 from tests.serverutil import free_port
 
 pytestmark = pytest.mark.e2e
@@ -63,18 +63,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], stdout=out, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("server not ready in time:\n" + log.read_text()[-3000:])
+    wait_ready(process, url, log, START_TIMEOUT_S)
     yield Live(url, process, log, model_dir)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
