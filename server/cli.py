@@ -60,7 +60,10 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     for fact in result.derived:
         print(f"derived   {fact}")
     quant = " (quantize: no published checkpoint)" if chosen.needs_quantization else ""
-    pp = f"  pp={chosen.pipeline_parallel_size} (one stage per node)" if chosen.pipeline_parallel_size > 1 else ""
+    pp = ""
+    if chosen.pipeline_parallel_size > 1:
+        pp = (f"  layers over {chosen.pipeline_parallel_size} GPUs (device_map)" if chosen.launch.engine ==
+              "transformers" else f"  pp={chosen.pipeline_parallel_size} (one stage per node)")
     print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
           f"replicas={chosen.replicas}  on {chosen.device_name}")
     print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
@@ -109,9 +112,10 @@ def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, An
     if launch.engine == "transformers":
         args = {"model": launch.model, "dtype": launch.dtype, "device": launch.device,
                 "max_num_seqs": launch.max_num_seqs, "max_model_len": launch.max_model_len}
+        where = launch.device + (f" x {launch.pipeline_parallel_size}" if launch.pipeline_parallel_size > 1 else "")
         return {"name": "transformers", "args": args, "env": {},
-                "command": f"(in process) Transformers generate() on {launch.model}, {launch.dtype} on "
-                           f"{launch.device}, dynamic batches of up to {launch.max_num_seqs} sequences"}
+                "command": f"(in process) Transformers generate() on {launch.model}, {launch.dtype} on {where}, "
+                           f"dynamic batches of up to {launch.max_num_seqs} sequences"}
     args = vllm_args.engine_args(launch, overrides)
     env = vllm_args.engine_env(launch)
     command = vllm_args.serve_command(args, env)

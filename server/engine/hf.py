@@ -100,11 +100,10 @@ class TransformersEngine:
             config = AutoConfig.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
             auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
             dtype = getattr(torch, launch.dtype)
-            device_map: Any = None
-            if launch.device == "cuda":
-                device_map = {"": launch.devices[0] if launch.devices else 0}
-            model = auto.from_pretrained(launch.model, dtype=dtype, device_map=device_map,
-                                         trust_remote_code=launch.trust_remote_code).eval()
+            placement = device_placement(launch, [torch.cuda.get_device_properties(i).total_memory for i in range(
+                torch.cuda.device_count())] if launch.device == "cuda" else [])
+            model = auto.from_pretrained(launch.model, dtype=dtype, trust_remote_code=launch.trust_remote_code,
+                                         **placement).eval()
             tokenizer = AutoTokenizer.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
             if launch.device == "cpu" and launch.cpu_cores:
                 torch.set_num_threads(len(launch.cpu_cores))
@@ -281,6 +280,18 @@ class TransformersEngine:
     def _finish(self, request: _Request, row: _Row, reason: str, tokens: int = 0) -> None:
         row.finish = reason
         request.send(Delta(row.index, "", tokens, reason))
+
+
+def device_placement(launch: Launch, totals: list[int]) -> dict[str, Any]:
+    """from_pretrained's placement: the CPU; one GPU; or the layers spread (device_map="auto") over the plan's GPUs,
+    each filled up to the plan's share of it (`totals`: every visible GPU's memory, bytes)."""
+    if launch.device != "cuda":
+        return {}
+    devices = list(launch.devices) if launch.devices else list(range(launch.pipeline_parallel_size))
+    if len(devices) == 1:
+        return {"device_map": {"": devices[0]}}
+    share = launch.gpu_memory_fraction or 0.9
+    return {"device_map": "auto", "max_memory": {d: int(totals[d] * share) for d in devices}}
 
 
 def _held(text: str, stops: Sequence[str]) -> int:

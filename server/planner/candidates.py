@@ -68,11 +68,11 @@ def tp_problem(arch: Architecture, tp: int) -> str | None:
     return None
 
 
-def pp_problem(arch: Architecture, pp: int) -> str | None:
+def pp_problem(arch: Architecture, pp: int, engine: str = "vllm") -> str | None:
     """Every pipeline stage needs at least one layer; encoder-decoder models are not pipelined by vLLM."""
     if pp == 1:
         return None
-    if arch.encoder_layers:
+    if arch.encoder_layers and engine == "vllm":
         return "vLLM does not pipeline encoder-decoder models"
     if arch.layers < pp:
         return f"{arch.layers} layers do not fill {pp} pipeline stages"
@@ -105,7 +105,8 @@ def engine_for(entry: ModelEntry) -> Literal["vllm", "transformers"]:
 def engine_reason(entry: ModelEntry) -> str | None:
     if engine_for(entry) == "transformers":
         return (f"vLLM cannot serve {entry.vllm.architecture} ({entry.vllm.reason}): the Transformers engine serves "
-                f"it (16-bit weights on one device, dynamic batching, a KV cache per sequence)")
+                f"it (16-bit weights, layers spread over GPUs where one is too small, dynamic batching, a KV cache per "
+                f"sequence)")
     return None
 
 
@@ -121,8 +122,9 @@ def engine_problem(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: i
         return f"the Transformers engine ({entry.vllm.architecture}) serves no LoRA adapters"
     if precision not in TRANSFORMERS_PRECISIONS:
         return f"the Transformers engine ({entry.vllm.architecture}) serves 16-bit weights only, not {precision}"
-    if tp > 1 or pp > 1:
-        return f"the Transformers engine ({entry.vllm.architecture}) runs on one device: no tensor/pipeline parallel"
+    if tp > 1:
+        return (f"the Transformers engine ({entry.vllm.architecture}) has no tensor parallel: it spreads layers over "
+                f"GPUs (device_map) instead")
     return None
 
 

@@ -22,6 +22,7 @@ from .hardware import GpuInfo, Inventory
 from .latency import LatencyEstimate
 from .launch import ComputeDtype, Launch, PromptLookup
 from .memory import GIB, WeightPrecision
+from .objective import meets_target
 from .plan import MemoryBreakdown, NoFit, Option, Plan, Rejection
 
 # vLLM's default max_num_seqs on GPU: short IDE requests batch far beyond the full-context target.
@@ -129,9 +130,11 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
     if engine == "transformers":  # generate(): no prefix cache, no block size, no speculation, no graphs
         return Launch(
             model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
-            online_quantization=None, tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=max_len,
+            online_quantization=None, tensor_parallel_size=1, pipeline_parallel_size=pp, max_model_len=max_len,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False,
-            kv_block_tokens=None, kv_cache_dtype="auto", gpu_memory_fraction=None, kv_cache_bytes=kv_cache_bytes,
+            kv_block_tokens=None, kv_cache_dtype="auto",
+            # GPU: the share of each GPU device_map may fill (its max_memory), not an engine-wide reservation
+            gpu_memory_fraction=utilization if on_gpu else None, kv_cache_bytes=kv_cache_bytes,
             eager=True, trust_remote_code=entry.trust_remote_code, engine="transformers")
     return Launch(
         model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
@@ -169,7 +172,7 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     arch = entry.architecture
     problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp))
+               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, rules.engine_for(entry)))
     if problem:
         return problem
     group = None
@@ -260,7 +263,10 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                     result = _try(entry, precision, tp, settings, max_len, "cuda", name, capability,
                                   budget, utilization, gpu=gpus[0], adapters=adapters)
                     _keep(result, entry, precision, tp, options, rejected)
-                _across_nodes(entry, precision, gpus, settings, max_len, options, rejected, adapters)
+                if rules.engine_for(entry) == "transformers":
+                    _spread(entry, precision, gpus, settings, max_len, options, rejected, adapters)
+                else:
+                    _across_nodes(entry, precision, gpus, settings, max_len, options, rejected, adapters)
         return options
     ladder = rules.precision_ladder(None, inventory.cpu.bf16)
     precisions = ladder if settings.precision == "auto" else [settings.precision]
@@ -305,6 +311,23 @@ def _across_nodes(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuI
     rejected.append(Rejection(entry.id, precision, tp, reason))
 
 
+def _spread(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuInfo], settings: Settings,
+            max_len: int, options: list[Option], rejected: list[Rejection], adapters: tuple[Adapter, ...]) -> None:
+    """The Transformers engine's layers spread over 2, 4 or 8 GPUs of one node (device_map): stages, fewest first."""
+    if settings.tensor_parallel_size not in ("auto", 1):
+        return
+    for stages in (2, 4, 8):
+        if stages > len(gpus):
+            return
+        budget, utilization = _gpu_budget(gpus[:stages], settings.gpu_memory_utilization)
+        result = _try(entry, precision, 1, settings, max_len, "cuda", gpus[0].name, gpus[0].compute_capability,
+                      budget, utilization, pp=stages, gpu=gpus[0], adapters=adapters)
+        if isinstance(result, Option):
+            options.append(result)
+            return
+        rejected.append(Rejection(entry.id, precision, 1, f"layers over {stages} GPUs: {result}"))
+
+
 def _keep(result: Option | str, entry: ModelEntry, precision: WeightPrecision, tp: int,
              options: list[Option], rejected: list[Rejection]) -> None:
     if isinstance(result, str):
@@ -319,6 +342,8 @@ def _with_replicas(option: Option, inventory: Inventory, nodes: int = 1) -> Opti
     if option.device != "cuda":
         return option
     same = [g for g in inventory.gpus if g.name == option.device_name]
+    if option.launch.engine == "transformers":  # layers spread over GPUs of this node: copies per GPU group
+        return replace(option, replicas=max(1, len(same) // option.pipeline_parallel_size))
     per_node = max(1, len(same) // option.tensor_parallel_size)
     stages = option.pipeline_parallel_size
     replicas = per_node * nodes if stages == 1 else max(1, nodes // stages)
@@ -328,26 +353,6 @@ def _with_replicas(option: Option, inventory: Inventory, nodes: int = 1) -> Opti
 def _rank(option: Option) -> tuple[float, int, int, int, int]:
     return (-rules.effective_params(option.model), rules.PRECISION_ORDER.index(option.precision),
             option.pipeline_parallel_size, option.tensor_parallel_size, -option.memory.budget)
-
-
-def _meets_target(options: list[Option], settings: Settings, rejected: list[Rejection]) -> tuple[list[Option], str]:
-    """CODESERVE_OBJECTIVE=latency: the options whose estimated decode time meets the target (those without an
-    estimate, on the CPU, pass). When none does, the fastest is kept, and the note says so."""
-    target = settings.target_token_latency_ms
-    meeting = [o for o in options if o.latency is None or o.latency.decode_ms_per_token <= target]
-    for option in options:
-        if option not in meeting and option.latency is not None:
-            rejected.append(Rejection(option.model.id, option.precision, option.tensor_parallel_size,
-                                      f"estimated {option.latency.decode_ms_per_token:.1f} ms/token > "
-                                      f"CODESERVE_TARGET_TOKEN_LATENCY_MS={target:g}"))
-    if meeting:
-        return meeting, ""
-    fastest = min(options, key=lambda o: o.latency.decode_ms_per_token if o.latency else 0.0)
-    assert fastest.latency is not None
-    return [fastest], (f"no option meets CODESERVE_TARGET_TOKEN_LATENCY_MS={target:g}: serving the fastest, "
-                       f"{fastest.model.id} {fastest.precision} at an estimated "
-                       f"{fastest.latency.decode_ms_per_token:.1f} ms/token")
-
 
 
 def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
@@ -368,7 +373,7 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
     notes: tuple[str, ...] = ()
     if settings.objective == "latency":  # 'auto' is resolved per role by planner/fleet.py; alone it means largest
-        options, missed = _meets_target(options, settings, rejected)
+        options, missed = meets_target(options, settings.target_token_latency_ms, rejected)
         notes = (missed,) if missed else ()
     options.sort(key=_rank)
     reason = rules.engine_reason(options[0].model)

@@ -78,8 +78,9 @@ class Option:
 
     @property
     def nodes(self) -> int:
-        """Nodes one copy spans: one per pipeline stage (tensor parallel stays inside a node)."""
-        return self.launch.pipeline_parallel_size
+        """Nodes one copy spans: one per pipeline stage (tensor parallel stays inside a node). The Transformers
+        engine's stages are layers spread over the GPUs of one node (device_map)."""
+        return 1 if self.launch.engine == "transformers" else self.launch.pipeline_parallel_size
 
     @property
     def max_model_len(self) -> int:

@@ -148,3 +148,16 @@ def test_a_missing_model_fails_to_start_naming_it(tmp_path: Path) -> None:
 
     with pytest.raises(EngineStartError, match="Transformers failed to load"):
         TransformersEngine.start(launch_for(tmp_path / "nothing-here"))
+
+
+def test_placement_spreads_layers_over_the_plans_gpus(tiny_dirs: dict[str, Path]) -> None:
+    from dataclasses import replace
+
+    from server.engine.hf import device_placement
+
+    cpu = launch_for(tiny_dirs["codegen"])
+    assert device_placement(cpu, []) == {}
+    one = replace(cpu, device="cuda", devices=(1,), gpu_memory_fraction=0.9)
+    assert device_placement(one, [80, 80]) == {"device_map": {"": 1}}
+    spread = replace(cpu, device="cuda", pipeline_parallel_size=2, gpu_memory_fraction=0.5)
+    assert device_placement(spread, [100, 200, 300]) == {"device_map": "auto", "max_memory": {0: 50, 1: 100}}

@@ -310,7 +310,7 @@ def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Cat
     assert any(architecture in note and "Transformers engine" in note for note in result.notes)
     # what its memory holds: a KV cache per sequence for the whole context, no engine share of the GPU
     assert chosen.kv_cache_capacity_tokens == chosen.max_model_len * result.max_concurrent_sequences
-    assert chosen.launch.gpu_memory_fraction is None and chosen.launch.prefix_caching is False
+    assert chosen.launch.prefix_caching is False and chosen.launch.speculation is None
     assert chosen.latency is None  # no published measurement to calibrate it on
     refused = {r.precision for r in result.rejected if "16-bit weights only" in r.reason}
     assert refused == {"fp8", "awq"}
@@ -318,6 +318,16 @@ def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Cat
     assert cpu.chosen.launch.engine == "transformers" and cpu.chosen.launch.kv_cache_bytes
 
 
-def test_the_transformers_engine_runs_on_one_device(catalog: Catalog) -> None:
-    with pytest.raises(NoFit, match="runs on one device"):
+def test_the_transformers_engine_has_no_tensor_parallel(catalog: Catalog) -> None:
+    with pytest.raises(NoFit, match="has no tensor parallel: it spreads layers over GPUs"):
         _plan(catalog, "2xL4", model="codegen-16b-mono", tensor_parallel_size=2)
+
+
+def test_the_transformers_engine_spreads_layers_over_gpus_when_one_is_too_small(catalog: Catalog) -> None:
+    result = _plan(catalog, "4xL4", model="codegen-16b-mono")
+    chosen = result.chosen
+    assert (chosen.launch.engine, chosen.tensor_parallel_size, chosen.pipeline_parallel_size) == ("transformers", 1, 4)
+    assert chosen.nodes == 1 and 0.85 <= (chosen.launch.gpu_memory_fraction or 0) <= 0.9  # device_map share
+    assert chosen.memory.total <= chosen.memory.budget
+    alone = _plan(catalog, "4xL4", model="codegen-2b-mono")
+    assert (alone.chosen.pipeline_parallel_size, alone.chosen.replicas) == (1, 4)  # fits one GPU: one per GPU
