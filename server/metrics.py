@@ -85,10 +85,12 @@ class Metrics:
         if status == 429:
             self.rejected.labels(endpoint).inc()
 
-    def serve_model(self, model: str, unfinished: Callable[[], int]) -> None:
+    def serve_model(self, model: str, unfinished: Callable[[], int] | None = None) -> None:
         """A model is being served: its request series exist at 0 from now (Prometheus' advice for labelled
-        metrics: a rate or an alert never sees a missing series where it should see zero)."""
-        self.engine_unfinished.labels(model).set_function(lambda: float(unfinished()))
+        metrics: a rate or an alert never sees a missing series where it should see zero). `unfinished` is its
+        engine's count (a LoRA adapter has none of its own: its base model's engine counts its requests)."""
+        if unfinished is not None:
+            self.engine_unfinished.labels(model).set_function(lambda: float(unfinished()))
         for endpoint in GENERATION_ENDPOINTS:
             for family in (self.in_flight, self.cancelled, self.superseded, self.prompt_tokens,
                            self.generation_tokens):

@@ -194,7 +194,7 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
                 runtime.metrics.set_plan(plan, engine.describe()["name"], engine.max_model_len, role)
             runtime.metrics.serve_model(entry.id, engine.num_unfinished_requests)
             for adapter in adapters:  # their requests are counted under their own name
-                runtime.metrics.serve_model(adapter, lambda: 0)
+                runtime.metrics.serve_model(adapter)
         log.info("ready: serving %s (%s) on %s", entry.id, ", ".join(roles), plan.chosen.device_name)
     runtime.status, runtime.detail = "ready", ""
     if runtime.metrics is not None:
