@@ -40,7 +40,7 @@ class VllmEngine:
         self.max_model_len = max_model_len
         self.args = args  # what AsyncEngineArgs received (the plan's, with CODESERVE_ENGINE_ARGS merged)
         self.name = name
-        self.adapters: dict[str, str] = {}  # LoRA adapter name -> directory (set by start())
+        self.adapters: dict[str, Any] = {}  # LoRA adapter name -> its LoRARequest (set by start())
         self._tokenizer = llm.get_tokenizer()
         self.vocab_size = len(self._tokenizer)
         # Vocabulary keys spell a token's bytes (byte-level BPE) or characters (SentencePiece): never fewer
@@ -74,7 +74,11 @@ class VllmEngine:
                 os.environ["CUDA_VISIBLE_DEVICES"] = visible
         engine = cls(llm, args["served_model_name"][0], int(llm.model_config.max_model_len), args,
                      "vllm-cpu" if launch.device == "cpu" else "vllm")
-        engine.adapters = dict(launch.lora_adapters)
+        if launch.lora_adapters:
+            from vllm.lora.request import LoRARequest
+
+            engine.adapters = {name: LoRARequest(name, number, path)
+                               for number, (name, path) in enumerate(launch.lora_adapters, start=1)}
         return engine
 
     async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
@@ -101,12 +105,7 @@ class VllmEngine:
                 presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
                 logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
             )
-            lora = None
-            if sampling.adapter is not None:
-                from vllm.lora.request import LoRARequest
-
-                names = list(self.adapters)
-                lora = LoRARequest(sampling.adapter, names.index(sampling.adapter) + 1, self.adapters[sampling.adapter])
+            lora = self.adapters[sampling.adapter] if sampling.adapter is not None else None
             async for output in self._llm.generate(engine_prompt, params, request_id, lora_request=lora):
                 for seq in output.outputs:
                     yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))

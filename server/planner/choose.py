@@ -126,17 +126,7 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
     if precision == "awq" and entry.prequantized.awq:
         weights = entry.prequantized.awq  # the engine reads the method (awq / awq_marlin) from its config
     on_gpu = capability is not None
-    engine = rules.engine_for(entry)
-    if engine == "transformers":  # generate(): no prefix cache, no block size, no speculation, no graphs
-        return Launch(
-            model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
-            online_quantization=None, tensor_parallel_size=1, pipeline_parallel_size=pp, max_model_len=max_len,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False,
-            kv_block_tokens=None, kv_cache_dtype="auto",
-            # GPU: the share of each GPU device_map may fill (its max_memory), not an engine-wide reservation
-            gpu_memory_fraction=utilization if on_gpu else None, kv_cache_bytes=kv_cache_bytes,
-            eager=True, trust_remote_code=entry.trust_remote_code, engine="transformers")
-    return Launch(
+    launch = Launch(
         model=weights, served_name=entry.id, device="cuda" if on_gpu else "cpu", dtype=dtype,
         # fp8 without a published checkpoint: the engine's online dynamic FP8 (no calibration needed)
         online_quantization="fp8" if precision == "fp8" and not entry.prequantized.fp8 else None,
@@ -154,6 +144,13 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
         trust_remote_code=entry.trust_remote_code,
         speculation=speculation,
     )
+    if rules.engine_for(entry) != "transformers":
+        return launch
+    # generate(): no prefix cache, block size, quantization, speculation or graphs; the whole batch prefills at once;
+    # on GPUs the share is what device_map may fill of each GPU (its max_memory), not an engine-wide reservation
+    return replace(launch, online_quantization=None, tensor_parallel_size=1,
+                   max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False, kv_block_tokens=None,
+                   kv_cache_dtype="auto", eager=True, speculation=None, engine="transformers")
 
 
 def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
@@ -170,9 +167,10 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
          gpu: GpuInfo | None = None, adapters: tuple[Adapter, ...] = ()) -> Option | str:
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
+    engine = rules.engine_for(entry)
     problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, rules.engine_for(entry)))
+               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine))
     if problem:
         return problem
     group = None
@@ -184,7 +182,7 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
         if group is None:
             return f"no AWQ group size in {rules.AWQ_GROUP_SIZES} divides {rules.quantized_in_features(arch, tp)}"
     on_gpu = device == "cuda"
-    transformers = rules.engine_for(entry) == "transformers"
+    transformers = engine == "transformers"
     max_num_seqs = GPU_MAX_NUM_SEQS if on_gpu else max(settings.max_concurrent_sequences, CPU_MIN_MAX_NUM_SEQS)
     if transformers:  # no paged cache to share: a batch may hold only the sequences the KV budget is for
         max_num_seqs = settings.max_concurrent_sequences
@@ -290,11 +288,8 @@ def _across_nodes(entry: ModelEntry, precision: WeightPrecision, gpus: list[GpuI
     """With CODESERVE_NODES > 1: tensor parallel over a whole node x pipeline parallel over 2..nodes nodes (vLLM's
     documented multi-node layout: TP inside a node over NVLink, PP across the slower network). Ranked after every
     single-node option of the same model and precision, so it only wins where one node cannot hold them."""
-    if settings.nodes < 2 or settings.tensor_parallel_size not in ("auto", max(
-            (tp for tp in rules.TP_DEGREES if tp <= len(gpus)), default=0)):
-        return
     tp = max((degree for degree in rules.TP_DEGREES if degree <= len(gpus)), default=0)
-    if not tp:
+    if settings.nodes < 2 or not tp or settings.tensor_parallel_size not in ("auto", tp):
         return
     budget, utilization = _gpu_budget(gpus[:tp], settings.gpu_memory_utilization)
     name, capability = gpus[0].name, gpus[0].compute_capability
