@@ -27,6 +27,14 @@ def tiny_config(kind: str, vocab_size: int) -> Any:
                                             # T5 ties its embeddings (Transformers 5 forces it), so a random decoder
                                             # repeats its start token: start at a plain word, not a special token
                                             decoder_start_token_id=1000),
+        # Transformers' composite (EncoderDecoderModel), CodeT5+ 2B-16B's shape: a narrower CodeGen encoder (own
+        # embedding, projected to the decoder's width) under a GPT-2 decoder with cross-attention
+        "encoder_decoder": lambda: transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+            transformers.CodeGenConfig(n_layer=layers, n_embd=h, n_head=2 * n, n_inner=ffn, n_positions=pos, n_ctx=pos,
+                                       rotary_dim=16, vocab_size=vocab_size),
+            transformers.GPT2Config(n_layer=layers, n_embd=2 * h, n_head=2 * n, n_inner=2 * ffn, n_positions=pos,
+                                    vocab_size=vocab_size, add_cross_attention=True, is_decoder=True),
+            decoder_start_token_id=1000),
         "gpt_bigcode": lambda: transformers.GPTBigCodeConfig(n_layer=layers, n_embd=h, n_head=n, n_inner=ffn,
                                                              n_positions=pos, vocab_size=vocab_size),
         "gpt_neox": lambda: transformers.GPTNeoXConfig(**llama_like),
@@ -53,6 +61,10 @@ def build(kind: str, out: Path, tokenizer_dir: Path, extra_special: tuple[str, .
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    for part in (getattr(config, "encoder", None), getattr(config, "decoder", None)):
+        if part is not None:  # a composite's parts generate with the same special tokens
+            part.eos_token_id = part.bos_token_id = config.eos_token_id
+            part.pad_token_id = config.pad_token_id
     model = auto.from_config(config)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,5 @@
 """The second engine: Transformers' own generate(), for the architectures vLLM refuses (CodeGen, XGLM/InCoder,
-T5/CodeT5+). The planner picks it per architecture (planner/choose.py); it serves behind the same Engine
+T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner picks it per architecture (planner/choose.py); it serves behind the same Engine
 protocol: streamed deltas, abort, stop strings and token ids, and concurrent requests batched.
 
 Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
@@ -25,6 +25,9 @@ from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSett
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
+# Encoder-decoders whose decoder continues the prompt (CodeT5+ 2B-16B, a CodeGen decoder: its model card passes
+# decoder_input_ids = input_ids); others start the decoder at its start token (or after a T5 sentinel).
+DECODER_CONTINUES_PROMPT = {"codet5p"}
 
 
 @dataclass
@@ -45,11 +48,12 @@ class _Request:
     rows: list[_Row]
     aborted: bool = False
 
-    def key(self, primed: bool) -> tuple[Any, ...]:
+    def key(self, decoder_start: object) -> tuple[Any, ...]:
         s = self.sampling
-        # rows of one generate() share sampling settings; a seeded request runs alone (one generator per call)
+        # rows of one generate() share sampling settings and decoder start; a seeded request runs alone (one
+        # generator per call)
         return (s.temperature == 0, s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed,
-                self.rid if s.seed is not None else None, primed)
+                self.rid if s.seed is not None else None, decoder_start)
 
     def send(self, item: Delta | BaseException | None) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -82,6 +86,8 @@ class TransformersEngine:
         self._pad = pad if pad is not None else next(iter(self._eos), 0)
         sentinel = tokenizer.convert_tokens_to_ids(T5_FIRST_SENTINEL) if self.encoder_decoder else None
         self._sentinel = sentinel if isinstance(sentinel, int) and sentinel != tokenizer.unk_token_id else None
+        self._continues_prompt = self.encoder_decoder and getattr(model.config, "model_type", None) in \
+            DECODER_CONTINUES_PROMPT
         self._waiting: queue.Queue[_Request | None] = queue.Queue()
         self._running: dict[str, _Request] = {}
         self._death: str | None = None
@@ -166,9 +172,14 @@ class TransformersEngine:
             request.send(None)
 
     # ---- the worker -----------------------------------------------------------------------------------------
-    def _primed(self, request: _Request) -> bool:
-        """T5 span infilling: an encoder input with the first sentinel means the decoder starts after it."""
-        return self._sentinel is not None and self._sentinel in request.prompt
+    def _decoder_start(self, request: _Request) -> object:
+        """How an encoder-decoder's decoder starts: "sentinel" (T5 span infilling: the encoder input holds the first
+        sentinel, the decoder starts after it); the prompt's length (the decoder continues the prompt: its padding
+        is not masked in every implementation, so only prompts of one length share a batch); None (its start token).
+        """
+        if self._continues_prompt:
+            return len(request.prompt)
+        return "sentinel" if self._sentinel is not None and self._sentinel in request.prompt else None
 
     def _work(self) -> None:
         try:
@@ -178,7 +189,7 @@ class TransformersEngine:
                     return
                 batch: list[_Request] = [first]
                 later: list[_Request | None] = []
-                key = first.key(self._primed(first))
+                key = first.key(self._decoder_start(first))
                 rows = first.sampling.n
                 while True:  # every request already waiting that samples the same way, up to max_num_seqs rows
                     try:
@@ -188,7 +199,8 @@ class TransformersEngine:
                     if other is None:
                         later.append(other)
                         break
-                    if other.key(self._primed(other)) == key and rows + other.sampling.n <= self.launch.max_num_seqs:
+                    fits = rows + other.sampling.n <= self.launch.max_num_seqs
+                    if fits and other.key(self._decoder_start(other)) == key:
                         batch.append(other)
                         rows += other.sampling.n
                     else:
@@ -216,19 +228,23 @@ class TransformersEngine:
                 for p in prompts]
         device = self._model.device
         sampling = batch[0].sampling
+        streamer = _Streamer(self, rows)
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
             "max_new_tokens": max(request.sampling.max_tokens for request in batch),
             "do_sample": sampling.temperature > 0, "pad_token_id": self._pad,
-            "streamer": _Streamer(self, rows), "stopping_criteria": [_Stop(rows)],
-            "logits_processor": [_Penalties(sampling, width if left else 0)] if (
+            "streamer": streamer, "stopping_criteria": [_Stop(rows)],
+            "logits_processor": [_Penalties(sampling, streamer)] if (
                 sampling.presence_penalty or sampling.frequency_penalty) else None,
         }
         if sampling.temperature > 0:
             kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-        if self._primed(batch[0]):
-            start = self._model.config.decoder_start_token_id
-            kwargs["decoder_input_ids"] = torch.tensor([[start, self._sentinel]] * len(rows), device=device)
+        start = self._decoder_start(batch[0])
+        if start == "sentinel":
+            first = self._model.config.decoder_start_token_id
+            kwargs["decoder_input_ids"] = torch.tensor([[first, self._sentinel]] * len(rows), device=device)
+        elif start is not None:  # one prompt length: no padding to mask
+            kwargs["decoder_input_ids"] = kwargs["input_ids"]
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         try:
@@ -316,10 +332,12 @@ class _Streamer:
 
     def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]]):
         self.engine, self.rows, self.started = engine, rows, False
+        self.prompt_width = 0  # tokens the decoder started from (padded prompt, or its start tokens)
 
     def put(self, value: Any) -> None:
         if not self.started:  # the prompt (or the decoder's start tokens)
             self.started = True
+            self.prompt_width = value.shape[-1]
             return
         tokens = value.reshape(-1).tolist()
         for (request, row), token in zip(self.rows, tokens, strict=True):
@@ -345,13 +363,13 @@ class _Stop:
 class _Penalties:
     """OpenAI's presence and frequency penalties over each row's generated tokens (generate() has neither)."""
 
-    def __init__(self, sampling: SamplingSettings, prompt_width: int):
-        self.presence, self.frequency, self.width = sampling.presence_penalty, sampling.frequency_penalty, prompt_width
+    def __init__(self, sampling: SamplingSettings, streamer: _Streamer):
+        self.presence, self.frequency, self.streamer = sampling.presence_penalty, sampling.frequency_penalty, streamer
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        generated = input_ids[:, self.width:]
+        generated = input_ids[:, self.streamer.prompt_width:]
         if generated.shape[1] == 0:
             return scores
         counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))

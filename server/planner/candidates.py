@@ -72,7 +72,7 @@ def pp_problem(arch: Architecture, pp: int, engine: str = "vllm") -> str | None:
     """Every pipeline stage needs at least one layer; encoder-decoder models are not pipelined by vLLM."""
     if pp == 1:
         return None
-    if arch.encoder_layers and engine == "vllm":
+    if arch.encoder_decoder and engine == "vllm":
         return "vLLM does not pipeline encoder-decoder models"
     if arch.layers < pp:
         return f"{arch.layers} layers do not fill {pp} pipeline stages"

@@ -39,6 +39,17 @@ class Mla(_Frozen):
     v_head_dim: int
 
 
+class Encoder(_Frozen):
+    """An encoder of its own width under a wider decoder (CodeT5+ 2B-16B: CodeGen-350M's layers under a CodeGen
+    2B/6B/16B decoder), with its own token embedding and a linear projection to the decoder's width
+    (modeling_codet5p.py's enc_to_dec_proj). Same-width encoders sharing the embedding (T5) use encoder_layers."""
+
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+
+
 class Architecture(_Frozen):
     layers: int = Field(gt=0, description="decoder layers (num_hidden_layers / n_layer)")
     hidden_size: int = Field(gt=0)
@@ -52,6 +63,10 @@ class Architecture(_Frozen):
     mlp: Literal["gated", "plain"] = Field(description="gated: SwiGLU (3 matrices); plain: 2 matrices")
     learned_positions: bool = Field(False, description="a learned position-embedding table (GPT-2 style)")
     encoder_layers: int = Field(0, ge=0, description="encoder-decoder models (T5): encoder layer count")
+    encoder: Encoder | None = Field(default=None, description="an encoder of its own width (CodeT5+ 2B-16B)")
+    cross_attention_layers: int | None = Field(
+        default=None, ge=0, description="decoder layers attending to the encoder; null: all of them (T5). "
+        "CodeT5+ 2B-16B adds cross-attention to the last decoder layer only")
     moe: Moe | None = None
     mla: Mla | None = None
 
@@ -59,12 +74,27 @@ class Architecture(_Frozen):
     def head_dim_resolved(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.attention_heads
 
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(self.encoder_layers) or self.encoder is not None
+
+    @property
+    def cross_attention_layers_resolved(self) -> int:
+        if not self.encoder_decoder:
+            return 0
+        return self.layers if self.cross_attention_layers is None else self.cross_attention_layers
+
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:
         if self.attention_heads % self.kv_heads:
             raise ValueError(f"attention_heads {self.attention_heads} is not a multiple of kv_heads {self.kv_heads}")
         if self.moe is not None and self.moe.dense_layers > self.layers:
             raise ValueError("moe.dense_layers exceeds layers")
+        if self.encoder is not None and self.encoder_layers:
+            raise ValueError("encoder_layers (a same-width encoder) and encoder (one of its own width) exclude "
+                             "each other")
+        if (self.cross_attention_layers or 0) > self.layers:
+            raise ValueError("cross_attention_layers exceeds layers")
         return self
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..fim import TEMPLATES
-from .catalog import Architecture, Mla, ModelEntry, Moe, Prequantized, VllmSupport
+from .catalog import Architecture, Encoder, Mla, ModelEntry, Moe, Prequantized, VllmSupport
 from .memory import WeightPrecision, param_counts
 
 
@@ -32,7 +32,11 @@ VLLM_REFUSES = {
     "CodeGenForCausalLM": "CodeGenForCausalLM is not in vLLM's model registry",
     "XGLMForCausalLM": "XGLMForCausalLM is not in vLLM's model registry",
     "T5ForConditionalGeneration": "encoder-decoder T5 is not in vLLM's model registry",
+    "CodeT5pEncoderDecoderModel": "CodeT5+'s encoder-decoder (remote code) is not in vLLM's model registry",
+    "EncoderDecoderModel": "Transformers' composite encoder-decoder is not in vLLM's model registry",
 }
+# Composite encoder-decoders whose decoder cross-attends in its last layer only (modeling_codet5p.py CodeT5pBlock).
+LAST_LAYER_CROSS_ATTENTION_TYPES = {"codet5p"}
 DEFAULT_RELATIVE_CONTEXT = 512  # T5-style relative positions have no table: the length it was trained at
 
 
@@ -59,6 +63,8 @@ def _need(config: dict[str, Any], what: str, *names: str) -> int:
 
 def architecture(config: dict[str, Any]) -> Architecture:
     """The planner's numbers from a config.json (as Transformers' config class completes it with defaults)."""
+    if isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict):
+        return _composite(config)
     model_type = str(config.get("model_type", ""))
     hidden = _need(config, "hidden size", "hidden_size", "n_embd", "d_model")
     heads = _need(config, "attention head count", "num_attention_heads", "n_head", "num_heads", "attention_heads")
@@ -96,6 +102,23 @@ def architecture(config: dict[str, Any]) -> Architecture:
         tied_embeddings=bool(config.get("tie_word_embeddings", True)),
         max_position_embeddings=positions or DEFAULT_RELATIVE_CONTEXT, mlp=mlp,
         learned_positions=model_type in LEARNED_POSITION_TYPES, encoder_layers=encoder_layers, moe=moe, mla=mla)
+
+
+def _composite(config: dict[str, Any]) -> Architecture:
+    """An encoder and a decoder, each with a config of its own (Transformers' EncoderDecoderModel, CodeT5+ 2B-16B):
+    the decoder's numbers, with the encoder's layers and width beside them."""
+    parts: dict[str, Architecture] = {}
+    for part in ("encoder", "decoder"):
+        try:
+            parts[part] = architecture(config[part])
+        except DeriveError as exc:
+            raise DeriveError(f"{exc}, in its {part!r} part") from exc
+    encoder = parts["encoder"]
+    cross = 1 if config.get("model_type") in LAST_LAYER_CROSS_ATTENTION_TYPES else parts["decoder"].layers
+    return Architecture.model_validate({
+        **parts["decoder"].model_dump(), "cross_attention_layers": cross,
+        "encoder": Encoder(layers=encoder.layers, hidden_size=encoder.hidden_size,
+                           attention_heads=encoder.attention_heads, intermediate_size=encoder.intermediate_size)})
 
 
 def quantization(config: dict[str, Any]) -> tuple[WeightPrecision | None, int | None, str]:
@@ -162,7 +185,7 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
     facts = (
         f"architecture  {architectures[0]} from config.json: {arch.layers} layers, hidden {arch.hidden_size}, "
         f"{arch.attention_heads} heads / {arch.kv_heads} KV{moe}{', MLA' if arch.mla else ''}"
-        f"{', encoder-decoder' if arch.encoder_layers else ''}, {entry.params / 1e9:.2f}B parameters",
+        f"{', encoder-decoder' if arch.encoder_decoder else ''}, {entry.params / 1e9:.2f}B parameters",
         f"context       {arch.max_position_embeddings} tokens (config.json)",
         f"weights       {quant_how or '16-bit'} (config.json quantization_config)",
         f"FIM           {fim or 'none'} (the tokenizer's special tokens)",

@@ -98,13 +98,33 @@ def _mlp(arch: Architecture, intermediate: int) -> _Linear:
     return _Linear(2 * hidden * intermediate, intermediate + hidden)
 
 
+def _encoder_architecture(arch: Architecture) -> Architecture:
+    """A separate encoder's layers as an architecture of their own (multi-head attention, the decoder's MLP kind)."""
+    assert arch.encoder is not None
+    enc = arch.encoder
+    return Architecture.model_validate({
+        "layers": enc.layers, "hidden_size": enc.hidden_size, "attention_heads": enc.attention_heads,
+        "kv_heads": enc.attention_heads, "intermediate_size": enc.intermediate_size, "vocab_size": arch.vocab_size,
+        "tied_embeddings": True, "max_position_embeddings": arch.max_position_embeddings, "mlp": arch.mlp})
+
+
 def _layer_linears(arch: Architecture, tp: int) -> list[tuple[int, list[_Linear]]]:
-    """(how many layers, their linears) groups covering the whole model."""
+    """(how many layers, their linears) groups covering the whole model, in model order."""
     attention = _attention(arch, tp)
     dense = [*attention, _mlp(arch, arch.intermediate_size)]
-    if arch.encoder_layers:
-        # Decoder layers add cross-attention (same shapes as self-attention).
-        return [(arch.encoder_layers, dense), (arch.layers, [*attention, *dense])]
+    if arch.encoder_decoder:
+        encoder: list[tuple[int, list[_Linear]]] = [(arch.encoder_layers, dense)]
+        if arch.encoder is not None:
+            own = _encoder_architecture(arch)
+            own_dense = [*_attention(own, tp), _mlp(own, own.intermediate_size)]
+            # the last encoder layer carries the projection to a wider decoder (enc_to_dec_proj)
+            projection = [_Linear(own.hidden_size * arch.hidden_size, arch.hidden_size)] if (
+                own.hidden_size != arch.hidden_size) else []
+            encoder = [(own.layers - 1, own_dense), (1, [*own_dense, *projection])]
+        # cross-attention has the shapes of self-attention (at the decoder's width); CodeT5+ has it in its last layer
+        cross = arch.cross_attention_layers_resolved
+        groups = [*encoder, (arch.layers - cross, dense), (cross, [*attention, *dense])]
+        return [(count, linears) for count, linears in groups if count]
     if arch.moe is None:
         return [(arch.layers, dense)]
     moe = arch.moe
@@ -141,7 +161,10 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
     """Parameters of the whole model (tp=pp=1) or of one rank: a tensor-parallel shard of the pipeline stage
     that holds the most (stage 0 holds the input embedding, the last stage the lm_head)."""
     vocab = arch.vocab_size * arch.hidden_size
-    positions = arch.max_position_embeddings * arch.hidden_size if arch.learned_positions else 0
+    # tables beside the vocabulary, held where the input is embedded: learned positions; a separate encoder's
+    # own token embedding at its width
+    inputs = arch.max_position_embeddings * arch.hidden_size if arch.learned_positions else 0
+    inputs += arch.vocab_size * arch.encoder.hidden_size if arch.encoder is not None else 0
     if pp == 1:
         linear = rows = 0
         for count, linears in _layer_linears(arch, tp):
@@ -150,7 +173,7 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
                 linear += count * layer.params // divisor
                 rows += count * layer.rows // divisor
         # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
-        embedding = (vocab * (1 if arch.tied_embeddings else 2) + positions) // tp
+        embedding = (vocab * (1 if arch.tied_embeddings else 2) + inputs) // tp
         return ParamCounts(embedding=embedding, linear=linear, linear_rows=rows)
     layers = _per_layer(arch, tp)
     stages: list[ParamCounts] = []
@@ -160,7 +183,7 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
         chunk = layers[start:start + count]
         start += count
         # Under pipeline parallel the last stage holds its own lm_head even when tied to the embedding.
-        embedding = ((vocab + positions) if index == 0 else 0) + (vocab if index == pp - 1 else 0)
+        embedding = ((vocab + inputs) if index == 0 else 0) + (vocab if index == pp - 1 else 0)
         stages.append(ParamCounts(embedding=embedding // tp, linear=sum(p for p, _ in chunk),
                                   linear_rows=sum(r for _, r in chunk)))
     return max(stages, key=lambda stage: stage.total)
@@ -210,9 +233,9 @@ def kv_bytes_per_token(arch: Architecture, dtype_bytes: int, tp: int = 1, pp: in
         # MLA caches one latent (kv_lora_rank) plus the rope key per layer, replicated on every rank.
         return layers * (arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim) * dtype_bytes
     kv_heads_per_rank = max(1, arch.kv_heads // tp)
-    # encoder-decoder: each decoder layer also caches the cross-attention keys and values of every encoder token
-    caches = 2 if arch.encoder_layers else 1
-    return caches * 2 * layers * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
+    # encoder-decoder: each cross-attending decoder layer also holds the keys and values of every encoder token
+    cross = min(arch.cross_attention_layers_resolved, layers)
+    return 2 * (layers + cross) * kv_heads_per_rank * arch.head_dim_resolved * dtype_bytes
 
 
 def activation_peak_bytes(arch: Architecture, batched_tokens: int, max_num_seqs: int, tp: int = 1) -> int:

@@ -1,5 +1,6 @@
-"""The Transformers engine on tiny random models of the architectures vLLM refuses (CodeGen, XGLM, T5): streamed
-deltas, batches that give each row what it gets alone, stops, abort, sampling settings."""
+"""The Transformers engine on tiny random models of the architectures vLLM refuses (CodeGen, XGLM, T5, a composite
+encoder-decoder shaped like CodeT5+ 2B-16B): streamed deltas, batches that give each row what it gets alone, stops,
+abort, sampling settings."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from server.prepare import prepare_bundled
 from tests.conftest import make_settings
 from tests.tiny_models import build
 
-KINDS = ("codegen", "xglm", "t5")
+KINDS = ("codegen", "xglm", "t5", "encoder_decoder")
 PROMPTS = ("def add(a, b):", "import os\nx = 1", "class Foo:")
 
 
@@ -139,6 +140,40 @@ def test_t5_fills_a_sentinel_hole_starting_after_the_sentinel(tiny_dirs: dict[st
         result = asyncio.run(_collect(engine.generate(prompt, _greedy(8, stop_token_ids=tuple(closing)), "fim")))
         assert result[2] in ("stop", "length") and "<extra_id_0>" not in result[0]
         assert engine.batch_rows and engine.describe()["name"] == "transformers"
+    finally:
+        asyncio.run(engine.shutdown())
+
+
+def test_codet5p_decoder_continues_the_prompt_as_its_model_card_does(tiny_dirs: dict[str, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """CodeT5+ 2B-16B is remote code (not downloadable here); the tiny composite has its shape, marked as its kind."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from server.engine import hf
+
+    monkeypatch.setattr(hf, "DECODER_CONTINUES_PROMPT", {"encoder-decoder"})
+    path = tiny_dirs["encoder_decoder"]
+    engine = TransformersEngine.start(launch_for(path))
+    try:
+        same_length = ["def add(a, b):", "def sub(a, b):"]
+        assert len(engine.tokenize(same_length[0])) == len(engine.tokenize(same_length[1]))
+        prompts = [*same_length, "import os"]
+
+        async def run() -> list:
+            return list(await asyncio.gather(*[_collect(engine.generate(p, _greedy(10), f"c{i}"))
+                                               for i, p in enumerate(prompts)]))
+
+        served = asyncio.run(run())
+        model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+        for prompt, (text, tokens, _, _) in zip(prompts, served, strict=True):
+            ids = torch.tensor([engine.tokenize(prompt)])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids,
+                                 max_new_tokens=10, do_sample=False, pad_token_id=engine._pad)
+            new = out[0, -10:].tolist()  # the model card's call: the decoder continues the prompt
+            assert (text, tokens) == (engine._tokenizer.decode(new, skip_special_tokens=True), 10)
+        # one prompt length per batch: its decoder's padding would not be masked
+        assert max(engine.batch_rows) <= 2 and sum(engine.batch_rows) == 3
     finally:
         asyncio.run(engine.shutdown())
 

@@ -55,9 +55,31 @@ def transformers_config(entry: ModelEntry) -> dict[str, Any] | None:
             first_k_dense_replace=a.moe.dense_layers, q_lora_rank=a.mla.q_lora_rank, kv_lora_rank=a.mla.kv_lora_rank,
             qk_nope_head_dim=a.mla.qk_nope_head_dim, qk_rope_head_dim=a.mla.qk_rope_head_dim,
             v_head_dim=a.mla.v_head_dim)
+    elif kind == "CodeT5pEncoderDecoderModel":
+        return codet5p_config(entry)
     else:
         return None
     return {**config.to_dict(), "architectures": [kind]}
+
+
+def codet5p_config(entry: ModelEntry) -> dict[str, Any]:
+    """CodeT5+ 2B-16B's config.json (remote CodeT5pConfig: CodeGen-style "encoder" and "decoder" dicts), as
+    Salesforce/codet5p-2b publishes it, with the entry's numbers."""
+    a = entry.architecture
+    assert a.encoder is not None
+
+    def module(layers: int, hidden: int, heads: int, decoder: bool) -> dict[str, Any]:
+        return {"model_type": "codet5p_module", "architectures": ["CodeT5pForCausalLM" if decoder else "CodeT5pModel"],
+                "n_layer": layers, "n_embd": hidden, "n_head": heads, "n_inner": None, "n_positions": 2048,
+                "n_ctx": 2048, "rotary_dim": 64 if decoder else 32, "vocab_size": a.vocab_size,
+                "activation_function": "gelu_new", "add_cross_attention": decoder, "is_decoder": decoder,
+                "tie_word_embeddings": False, "cross_attention_hidden_size": None}
+
+    return {"architectures": ["CodeT5pEncoderDecoderModel"], "model_type": "codet5p", "is_encoder_decoder": True,
+            "auto_map": {"AutoConfig": "configuration_codet5p.CodeT5pConfig",
+                         "AutoModelForSeq2SeqLM": "modeling_codet5p.CodeT5pEncoderDecoderModel"},
+            "encoder": module(a.encoder.layers, a.encoder.hidden_size, a.encoder.attention_heads, False),
+            "decoder": module(a.layers, a.hidden_size, a.attention_heads, True)}
 
 
 def _entries(catalog: Catalog) -> list[ModelEntry]:
@@ -99,6 +121,7 @@ def test_derived_entry_plans_like_the_catalog_one(derivable) -> None:
 
 @pytest.mark.parametrize(("kind", "status"), [("CodeGenForCausalLM", "unsupported"), ("XGLMForCausalLM", "unsupported"),
                                               ("T5ForConditionalGeneration", "unsupported"),
+                                              ("CodeT5pEncoderDecoderModel", "unsupported"),
                                               ("GPTBigCodeForCausalLM", "native")])
 def test_architectures_vllm_refuses_are_marked(derivable, kind: str, status: str) -> None:
     _, config = next((e, c) for e, c in derivable if e.vllm.architecture == kind)
@@ -143,9 +166,40 @@ def test_fim_format_from_special_tokens(tokens: set[str], fim: str | None) -> No
     assert fim_format(tokens) == fim
 
 
+def test_codet5p_derives_its_encoder_cross_attention_and_remote_code(derivable) -> None:
+    entry, config = next((e, c) for e, c in derivable if e.id == "codet5p-2b")
+    derived = derive("codet5p-2b-ft", "/m/codet5p-2b-ft", config, set(), None).entry
+    assert derived.architecture == entry.architecture  # encoder 20 x 1024, cross-attention in the last layer only
+    assert derived.trust_remote_code and derived.vllm.status == "unsupported" and derived.fim is None
+    assert derived.params == pytest.approx(entry.params, rel=0.001)  # biases and norms are all it leaves out
+
+
+def test_a_composite_encoder_decoder_counts_every_matrix_of_the_real_model(tmp_path, catalog: Catalog) -> None:
+    """Transformers' EncoderDecoderModel (CodeT5+'s base class) with a narrower CodeGen encoder and a GPT-2 decoder
+    cross-attending in every layer: the count is exactly its weight matrices and embeddings."""
+    import json
+
+    from transformers import AutoModelForSeq2SeqLM
+
+    from server.prepare import prepare_bundled
+    from tests.conftest import make_settings
+    from tests.tiny_models import build
+
+    tokenizer = prepare_bundled(make_settings().cache_dir, catalog.bundled())
+    path = build("encoder_decoder", tmp_path / "composite", tokenizer)
+    derived = architecture(json.loads((path / "config.json").read_text()))
+    assert derived.encoder is not None and derived.encoder.hidden_size < derived.hidden_size
+    assert derived.cross_attention_layers == derived.layers
+    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    assert param_counts(derived).total == sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+
+
 def test_a_config_without_the_numbers_names_what_is_missing() -> None:
     with pytest.raises(DeriveError, match="hidden size"):
         architecture({"model_type": "mystery", "num_hidden_layers": 2})
+    with pytest.raises(DeriveError, match=r"layer count.*'encoder' part"):
+        architecture({"encoder": {"n_embd": 64, "n_head": 2}, "decoder": {"n_embd": 64, "n_head": 2, "n_layer": 2,
+                                                                        "vocab_size": 10}})
 
 
 @pytest.mark.parametrize(("name", "expected"), [("My Fine-Tune v2", "my-fine-tune-v2"),

@@ -150,3 +150,15 @@ def test_pipeline_parallel_holds_a_stage_per_rank(catalog: Catalog) -> None:
     assert tied is not None and tied.architecture.tied_embeddings
     vocab = tied.architecture.vocab_size * tied.architecture.hidden_size
     assert param_counts(tied.architecture, pp=2).embedding == vocab
+
+
+@pytest.mark.parametrize(("model_id", "self_layers", "cross_layers", "kv_heads", "head_dim"), [
+    ("codet5p-220m", 12, 12, 12, 64),  # T5: every decoder layer cross-attends
+    ("codet5p-2b", 32, 1, 32, 80),  # CodeT5+ 2B: the last decoder layer only (modeling_codet5p.py CodeT5pBlock)
+    ("codet5p-16b", 34, 1, 24, 256),
+])
+def test_encoder_decoder_kv_holds_its_cross_attention_layers(catalog: Catalog, model_id: str, self_layers: int,
+                                                              cross_layers: int, kv_heads: int, head_dim: int) -> None:
+    entry = catalog.get(model_id)
+    assert entry is not None
+    assert kv_bytes_per_token(entry.architecture, 2) == 2 * (self_layers + cross_layers) * kv_heads * head_dim * 2

@@ -301,7 +301,8 @@ def test_more_nodes_are_not_tried_for_a_problem_size_does_not_cause(catalog: Cat
 
 @pytest.mark.parametrize(("model", "architecture"), [("codegen-2b-mono", "CodeGenForCausalLM"),
                                                      ("incoder-1b", "XGLMForCausalLM"),
-                                                     ("codet5p-220m", "T5ForConditionalGeneration")])
+                                                     ("codet5p-220m", "T5ForConditionalGeneration"),
+                                                     ("codet5p-2b", "CodeT5pEncoderDecoderModel")])
 def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Catalog, model: str,
                                                                     architecture: str) -> None:
     result = _plan(catalog, "1xL4", model=model)
@@ -311,6 +312,7 @@ def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Cat
     # what its memory holds: a KV cache per sequence for the whole context, no engine share of the GPU
     assert chosen.kv_cache_capacity_tokens == chosen.max_model_len * result.max_concurrent_sequences
     assert chosen.launch.prefix_caching is False and chosen.launch.speculation is None
+    assert chosen.launch.trust_remote_code is (model == "codet5p-2b")  # CodeT5+ 2B-16B are remote code
     assert chosen.latency is None  # no published measurement to calibrate it on
     refused = {r.precision for r in result.rejected if "16-bit weights only" in r.reason}
     assert refused == {"fp8", "awq"}
