@@ -1,7 +1,7 @@
 """Serve any model: a tiny random model of each architecture, saved as a directory, is planned from its files
 (CODESERVE_MODEL=DIR), started by `codeserve serve` on the engine the planner picks for it (vLLM where it runs the
-architecture, the Transformers engine for CodeGen, XGLM and T5), and serves a streamed completion, concurrent
-requests and a client that leaves."""
+architecture, the Transformers engine for CodeGen, XGLM, T5 and composite encoder-decoders), and serves a streamed
+completion, concurrent requests and a client that leaves."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ KINDS = [
     ("codegen", "transformers", "CodeGenForCausalLM"),
     ("xglm", "transformers", "XGLMForCausalLM"),
     ("t5", "transformers", "T5ForConditionalGeneration"),
+    ("encoder_decoder", "transformers", "EncoderDecoderModel"),  # CodeT5+ 2B-16B's shape: a narrower encoder
     ("gpt_bigcode", "vllm-cpu", "GPTBigCodeForCausalLM"),
     ("gpt_neox", "vllm-cpu", "GPTNeoXForCausalLM"),
     ("llama", "vllm-cpu", "LlamaForCausalLM"),
