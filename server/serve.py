@@ -188,7 +188,9 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
         entry = plan.chosen.model
         adapters = tuple(name for name, _ in plan.chosen.launch.lora_adapters)
         served = ServedModel(entry.id, entry, engine.max_model_len, adapters=adapters)
-        runtime.serve(GenerationCore(engine, served, settings.hole_fill), roles)
+        # the template override goes to the engine chat requests reach (the only one, or the chat role's)
+        template = settings.chat_template_text() if "chat" in roles or len(started) == 1 else None
+        runtime.serve(GenerationCore(engine, served, settings.hole_fill, template), roles)
         if runtime.metrics is not None:
             for role in roles:
                 runtime.metrics.set_plan(plan, engine.describe()["name"], engine.max_model_len, role)

@@ -39,13 +39,17 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _inline_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CODESERVE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
     # --- what to serve -------------------------------------------------------------------------
-    model: str = Field("auto", description="'auto', a catalog id, or a local model directory")
+    model: str = Field("auto", description="'auto', a catalog id, a local model directory or a Hugging Face repo id")
     precision: Precision = Field("auto", description="weight precision; 'auto' lets the planner choose")
     tensor_parallel_size: Literal["auto"] | int = Field("auto", description="'auto' or 1/2/4/8")
     max_model_len: int | None = Field(
@@ -65,6 +69,9 @@ class Settings(BaseSettings):
                                   "each with its own engine (one engine on the CPU)")
     chat_model: str = Field("auto", description="with role completion,chat: 'auto' or a catalog id for the chat role "
                                                 "(CODESERVE_MODEL then pins the completion model)")
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template, as a file or the template itself, used over the model's own by the "
+                          "model chat requests reach (vLLM's --chat-template): for models saved without one")
     lora_adapters: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="LoRA adapters served over the (completion role's) base model as extra "
                                           "model names: name=path,name2=path2 (directories PEFT's save_pretrained "
@@ -164,6 +171,19 @@ class Settings(BaseSettings):
             if not sep or not name.strip() or not path.strip():
                 raise ValueError(f"{item!r} is not name=path")
         return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and not _inline_template(value) and not Path(value).expanduser().is_file():
+            raise ValueError(f"{value!r} is neither a readable file nor a Jinja template ({{{{ or {{% in it)")
+        return value
+
+    def chat_template_text(self) -> str | None:
+        """CODESERVE_CHAT_TEMPLATE's template: the text itself, or the file's."""
+        if self.chat_template is None or _inline_template(self.chat_template):
+            return self.chat_template
+        return Path(self.chat_template).expanduser().read_text(encoding="utf-8")
 
     def adapters(self) -> list[tuple[str, str]]:
         """(name, path) of each LoRA adapter."""

@@ -47,7 +47,7 @@ class FakeEngine:
         text.encode("utf-8")  # a lone surrogate fails here, as it does in a real tokenizer (TypeError there)
         return [int(hashlib.blake2b(t.encode(), digest_size=3).hexdigest(), 16) for t in _TOKEN.findall(text)]
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
         turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return turns + "<|assistant|>"
 

@@ -78,8 +78,9 @@ class Engine(Protocol):
         """Token ids as the engine would make them (BOS included where the model adds one)."""
         ...
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied, ready for generation."""
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        """The model's chat template (or `template` over it) applied, ready for generation; ChatTemplateError
+        (engine/chat.py) where the model has none or the template refuses the messages."""
         ...
 
     def num_unfinished_requests(self) -> int: ...

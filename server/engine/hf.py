@@ -1,6 +1,7 @@
 """The second engine: Transformers' own generate(), for the architectures vLLM refuses (CodeGen, XGLM/InCoder,
-T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner picks it per architecture (planner/choose.py); it serves behind the same Engine
-protocol: streamed deltas, abort, stop strings and token ids, and concurrent requests batched.
+T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner picks it per architecture
+(planner/choose.py); it serves behind the same Engine protocol: streamed deltas, abort, stop strings and token ids,
+and concurrent requests batched.
 
 Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
 same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch. Transformers'
@@ -22,6 +23,7 @@ from typing import Any
 
 from ..planner.launch import Launch
 from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings
+from .chat import render_chat
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
@@ -151,8 +153,8 @@ class TransformersEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        return render_chat(self._tokenizer, messages, template)
 
     def num_unfinished_requests(self) -> int:
         return len(self._running)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..planner.launch import Launch
 from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings, TokenLogprob
+from .chat import render_chat
 from .vllm_args import engine_args, engine_env
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ class VllmEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        return render_chat(self._tokenizer, messages, template)
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..engine.base import Delta, Engine, EngineDead, SamplingSettings
+from ..engine.chat import ChatTemplateError
 from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest, ModelNotFound
 from ..fim import FimTemplate, template_for
 from ..metrics import RequestObserver
@@ -76,21 +77,25 @@ def fim_marker_problem(engine: Engine, template: FimTemplate | None) -> str | No
 class GenerationCore:
     """Turns requests into engine prompts and runs them; one per served model. `hole_fill` is how a model
     without FIM tokens fills a hole (CODESERVE_HOLE_FILL): "continue" the prefix, or ask through its "chat"
-    template; "auto" is "continue" (see hole.py for the measurement)."""
+    template; "auto" is "continue" (see hole.py for the measurement). `chat_template` (CODESERVE_CHAT_TEMPLATE)
+    replaces the model's own."""
 
-    def __init__(self, engine: Engine, served: ServedModel, hole_fill: str = "auto"):
+    def __init__(self, engine: Engine, served: ServedModel, hole_fill: str = "auto", chat_template: str | None = None):
         self.engine = engine
         self.served = served
+        self.chat_template = chat_template
         fim = served.fim
         by_chat = served.fills_holes_without_fim and hole_fill == "chat"
-        chat = engine.chat_prompt if by_chat else None
-        self.holes = HoleFormat(fim, repo_format(fim, self._single_token), chat)
+        self.holes = HoleFormat(fim, repo_format(fim, self._single_token), self._chat_text if by_chat else None)
         # Template tokens are special: vLLM hides them from the text, so stop strings never see them. They
         # end the answer as token ids; as text (a tokenizer that does not mark them special) the cleaner cuts.
         if fim is not None:
             markers = {*fim.markers, *fim.stop, *(self.holes.repo.markers if self.holes.repo else ())}
         elif served.fills_holes_without_fim:  # an instruct model may open another turn, whichever way it fills
-            template = engine.chat_prompt([{"role": "user", "content": ""}])
+            try:
+                template = self._chat_text([{"role": "user", "content": ""}])
+            except InvalidRequest:  # no template (chat answers 400 saying so), or one that refuses an empty turn
+                template = ""
             markers = {t for t in engine.special_tokens if t in template}
         else:
             markers = set()
@@ -161,7 +166,19 @@ class GenerationCore:
     def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
         self._check_length(sum(len(m["content"]) for m in messages))
         # The template already writes the special tokens (BOS included where the model has one).
-        return Prompt(self.engine.tokenize(self.engine.chat_prompt(messages), add_special_tokens=False))
+        return Prompt(self.engine.tokenize(self._chat_text(messages), add_special_tokens=False))
+
+    def _chat_text(self, messages: list[dict[str, str]]) -> str:
+        try:
+            return self.engine.chat_prompt(messages, self.chat_template)
+        except ChatTemplateError as exc:
+            if exc.missing:
+                raise InvalidRequest(
+                    f"model '{self.served.id}' has no chat template, so chat messages cannot be formatted for it: "
+                    "send the text as a prompt to /v1/completions, or give the server one with "
+                    "CODESERVE_CHAT_TEMPLATE (a Jinja file, as vLLM's --chat-template)", param="model") from exc
+            raise InvalidRequest(f"the chat template of model '{self.served.id}' refused the messages: {exc}",
+                                 param="messages") from exc
 
     def extend(self, prompt: Prompt, text: str) -> Prompt:
         """`prompt` followed by `text` (llama.cpp's /infill: what was typed after the middle marker)."""

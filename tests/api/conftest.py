@@ -44,7 +44,8 @@ def ready_runtime(catalog: Catalog, engine: FakeEngine, model_id: str = "qwen2.5
                              max_queued_requests=max_queued, **settings_overrides)
     metrics = Metrics(CollectorRegistry())
     runtime = make_runtime(settings, metrics)
-    runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill))
+    runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len), settings.hole_fill,
+                                 settings.chat_template_text()))
     runtime.status = "ready"
     runtime.engine = engine.describe()
     metrics.serve_model(entry.id, engine.num_unfinished_requests)

@@ -147,7 +147,7 @@ def test_a_burst_of_streams_over_capacity_gets_429_before_any_200(serve_fake) ->
 
 # ---- 5. every response counted, nothing leaks on an unexpected error -----------------------------------
 class _Explodes(FakeEngine):
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
         raise RuntimeError("a bug in a chat template")
 
 

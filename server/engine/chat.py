@@ -1,0 +1,33 @@
+"""Chat messages through a model's chat template, as every engine formats them (Transformers' apply_chat_template).
+
+A model that cannot format the messages is the client's problem to hear about, not an engine failure: it has no
+template (a base model, a fine-tune saved without one), or its template refused them (`raise_exception`, e.g.
+"roles must alternate"). A template that is itself broken (syntax, an undefined name) stays a server error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatTemplateError(ValueError):
+    """The messages cannot be formatted for this model; `missing`: it has no chat template at all."""
+
+    def __init__(self, message: str, missing: bool):
+        super().__init__(message)
+        self.missing = missing
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], template: str | None = None) -> str:
+    """`messages` as the prompt text, through `template` when given (vLLM's --chat-template), else the model's."""
+    from jinja2.exceptions import TemplateError
+
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError("the model has no chat template", missing=True)
+    try:
+        return str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True))
+    except TemplateError as exc:
+        if type(exc) is not TemplateError:  # TemplateSyntaxError, UndefinedError: the template is broken
+            raise
+        raise ChatTemplateError(str(exc), missing=False) from exc
