@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engine.support import vllm_refusal
 from .planner.adapters import Adapter
 from .planner.catalog import Catalog
 from .planner.derive import Derived, DeriveError, derive
@@ -87,7 +88,12 @@ def full_config(directory: Path) -> dict[str, Any]:
 
 
 def describe(directory: Path, location: str, name: str) -> Derived:
-    return derive(name, location, full_config(directory), special_tokens(directory), chat_template(directory))
+    config = full_config(directory)
+    architectures = config.get("architectures") or ["unknown"]
+    composite = isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict)
+    refusal = vllm_refusal(str(architectures[0]), bool(config.get("is_encoder_decoder")) or composite,
+                           bool(config.get("auto_map")))
+    return derive(name, location, config, special_tokens(directory), chat_template(directory), refusal)
 
 
 def _fetch(repo: str) -> Path:

