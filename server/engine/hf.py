@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..planner.launch import Launch
-from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings
+from .base import Delta, EngineDead, EngineError, SamplingSettings
 from .chat import render_chat
+from .hf_load import load
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
@@ -101,24 +102,7 @@ class TransformersEngine:
     @classmethod
     def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> TransformersEngine:
         del overrides  # CODESERVE_ENGINE_ARGS are vLLM's arguments
-        try:
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-            config = AutoConfig.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
-            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-            dtype = getattr(torch, launch.dtype)
-            placement = device_placement(launch, [torch.cuda.get_device_properties(i).total_memory for i in range(
-                torch.cuda.device_count())] if launch.device == "cuda" else [])
-            model = auto.from_pretrained(launch.model, dtype=dtype, trust_remote_code=launch.trust_remote_code,
-                                         **placement).eval()
-            tokenizer = AutoTokenizer.from_pretrained(launch.model, trust_remote_code=launch.trust_remote_code)
-            if launch.device == "cpu" and launch.cpu_cores:
-                torch.set_num_threads(len(launch.cpu_cores))
-        except Exception as exc:  # missing files, unknown architecture, out of memory
-            text = str(exc)
-            raise EngineStartError(f"Transformers failed to load {launch.model}: {text}",
-                                   out_of_memory="out of memory" in text.lower()) from exc
+        model, tokenizer = load(launch)
         return cls(model, tokenizer, launch, launch.served_name)
 
     # ---- the Engine protocol -------------------------------------------------------------------------------
@@ -298,18 +282,6 @@ class TransformersEngine:
     def _finish(self, request: _Request, row: _Row, reason: str, tokens: int = 0) -> None:
         row.finish = reason
         request.send(Delta(row.index, "", tokens, reason))
-
-
-def device_placement(launch: Launch, totals: list[int]) -> dict[str, Any]:
-    """from_pretrained's placement: the CPU; one GPU; or the layers spread (device_map="auto") over the plan's GPUs,
-    each filled up to the plan's share of it (`totals`: every visible GPU's memory, bytes)."""
-    if launch.device != "cuda":
-        return {}
-    devices = list(launch.devices) if launch.devices else list(range(launch.pipeline_parallel_size))
-    if len(devices) == 1:
-        return {"device_map": {"": devices[0]}}
-    share = launch.gpu_memory_fraction or 0.9
-    return {"device_map": "auto", "max_memory": {d: int(totals[d] * share) for d in devices}}
 
 
 def _held(text: str, stops: Sequence[str]) -> int:

@@ -104,9 +104,10 @@ def engine_for(entry: ModelEntry) -> Literal["vllm", "transformers"]:
 
 def engine_reason(entry: ModelEntry) -> str | None:
     if engine_for(entry) == "transformers":
+        needs = f"; its own code needs transformers{entry.transformers_version}" if entry.transformers_version else ""
         return (f"vLLM cannot serve {entry.vllm.architecture} ({entry.vllm.reason}): the Transformers engine serves "
                 f"it (16-bit weights, layers spread over GPUs where one is too small, dynamic batching, a KV cache per "
-                f"sequence)")
+                f"sequence){needs}")
     return None
 
 

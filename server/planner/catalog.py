@@ -149,6 +149,9 @@ class ModelEntry(_Frozen):
     auto: bool = Field(True, description="false: chosen only when pinned or its family is allowed explicitly")
     superseded_by: str | None = Field(None, description="why auto is false: the catalog id that replaces it")
     trust_remote_code: bool = Field(False, description="the checkpoint's config needs its own Python code")
+    transformers_version: str | None = Field(
+        default=None, description="the Transformers versions that code runs on (a PEP 440 specifier such as '<4.50'), "
+                                  "checked where the engine starts")
     bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
 
 

@@ -150,7 +150,8 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
     # on GPUs the share is what device_map may fill of each GPU (its max_memory), not an engine-wide reservation
     return replace(launch, online_quantization=None, tensor_parallel_size=1,
                    max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False, kv_block_tokens=None,
-                   kv_cache_dtype="auto", eager=True, speculation=None, engine="transformers")
+                   kv_cache_dtype="auto", eager=True, speculation=None, engine="transformers",
+                   transformers_version=entry.transformers_version)
 
 
 def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:

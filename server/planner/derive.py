@@ -37,6 +37,8 @@ VLLM_REFUSES = {
 }
 # Composite encoder-decoders whose decoder cross-attends in its last layer only (modeling_codet5p.py CodeT5pBlock).
 LAST_LAYER_CROSS_ATTENTION_TYPES = {"codet5p"}
+# Remote code known to need an older Transformers (configs/models.yaml says why), by model_type.
+REMOTE_CODE_TRANSFORMERS = {"codet5p": "<4.50"}
 DEFAULT_RELATIVE_CONTEXT = 512  # T5-style relative positions have no table: the length it was trained at
 
 
@@ -181,7 +183,9 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],
                          reason=refused),
-        trust_remote_code=bool(config.get("auto_map")))
+        trust_remote_code=bool(config.get("auto_map")),
+        transformers_version=REMOTE_CODE_TRANSFORMERS.get(str(config.get("model_type"))) if config.get("auto_map")
+        else None)
     moe = f", MoE {arch.moe.experts} experts ({arch.moe.active_experts} active)" if arch.moe else ""
     facts = (
         f"architecture  {architectures[0]} from config.json: {arch.layers} layers, hidden {arch.hidden_size}, "

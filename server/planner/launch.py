@@ -57,6 +57,7 @@ class Launch:
     lora_adapters: tuple[tuple[str, str], ...] = ()
     max_lora_rank: int = 0
     max_loras: int = 0
+    transformers_version: str | None = None  # what the checkpoint's own code needs (ModelEntry.transformers_version)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON's shapes: tuples as lists (so a plan read back from JSON compares equal)."""

@@ -185,10 +185,25 @@ def test_a_missing_model_fails_to_start_naming_it(tmp_path: Path) -> None:
         TransformersEngine.start(launch_for(tmp_path / "nothing-here"))
 
 
+def test_remote_code_for_another_transformers_fails_at_once_naming_both_versions(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import transformers
+
+    from server.engine.base import EngineStartError
+
+    launch = replace(launch_for(tmp_path / "codet5p-2b"), trust_remote_code=True, transformers_version="<4.50")
+    with pytest.raises(EngineStartError, match=rf"runs on transformers<4.50; this environment has "
+                                               rf"{transformers.__version__}"):
+        TransformersEngine.start(launch)  # before looking for the model: the directory does not even exist
+    with pytest.raises(EngineStartError, match=r"failed to load .* older Transformers"):
+        TransformersEngine.start(replace(launch, transformers_version=">=4.0"))  # passes the check, then no files
+
+
 def test_placement_spreads_layers_over_the_plans_gpus(tiny_dirs: dict[str, Path]) -> None:
     from dataclasses import replace
 
-    from server.engine.hf import device_placement
+    from server.engine.hf_load import device_placement
 
     cpu = launch_for(tiny_dirs["codegen"])
     assert device_placement(cpu, []) == {}

@@ -171,6 +171,7 @@ def test_codet5p_derives_its_encoder_cross_attention_and_remote_code(derivable) 
     derived = derive("codet5p-2b-ft", "/m/codet5p-2b-ft", config, set(), None).entry
     assert derived.architecture == entry.architecture  # encoder 20 x 1024, cross-attention in the last layer only
     assert derived.trust_remote_code and derived.vllm.status == "unsupported" and derived.fim is None
+    assert derived.transformers_version == entry.transformers_version == "<4.50"
     assert derived.params == pytest.approx(entry.params, rel=0.001)  # biases and norms are all it leaves out
 
 

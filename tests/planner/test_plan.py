@@ -313,6 +313,9 @@ def test_architectures_vllm_refuses_plan_on_the_transformers_engine(catalog: Cat
     assert chosen.kv_cache_capacity_tokens == chosen.max_model_len * result.max_concurrent_sequences
     assert chosen.launch.prefix_caching is False and chosen.launch.speculation is None
     assert chosen.launch.trust_remote_code is (model == "codet5p-2b")  # CodeT5+ 2B-16B are remote code
+    if model == "codet5p-2b":  # written for Transformers 4.x: the plan says so, the engine checks it at start
+        assert chosen.launch.transformers_version == "<4.50"
+        assert any("needs transformers<4.50" in note for note in result.notes)
     assert chosen.latency is None  # no published measurement to calibrate it on
     refused = {r.precision for r in result.rejected if "16-bit weights only" in r.reason}
     assert refused == {"fp8", "awq"}
