@@ -8,7 +8,7 @@ same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait 
 continuous batching (generate_batch, paged attention) covers Llama-like models only, which vLLM serves anyway.
 No paged KV cache: each sequence holds its own cache for its context, which is what the planner budgets.
 Tokens reach each request through a generate() streamer that sees every row's new token per step; a stopping
-criterion ends rows one by one (their stop, their max_tokens, an abort). Logprobs are not produced.
+criterion ends rows one by one (their stop, their max_tokens, an abort). Logprobs come from the raw logits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..planner.launch import Launch
-from .base import Delta, EngineDead, EngineError, SamplingSettings
+from .base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
 from .chat import render_chat
 from .hf_load import load
 
@@ -134,6 +134,9 @@ class TransformersEngine:
         if request is not None:
             request.aborted = True
 
+    def token_text(self, token: int) -> str:
+        return str(self._tokenizer.decode([token]))
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
@@ -214,14 +217,16 @@ class TransformersEngine:
                 for p in prompts]
         device = self._model.device
         sampling = batch[0].sampling
-        streamer = _Streamer(self, rows)
+        scorer = _Logprobs() if any(request.sampling.logprobs is not None for request in batch) else None
+        streamer = _Streamer(self, rows, scorer)
+        penalties = _Penalties(sampling, streamer) if sampling.presence_penalty or sampling.frequency_penalty else None
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
             "max_new_tokens": max(request.sampling.max_tokens for request in batch),
             "do_sample": sampling.temperature > 0, "pad_token_id": self._pad,
             "streamer": streamer, "stopping_criteria": [_Stop(rows)],
-            "logits_processor": [_Penalties(sampling, streamer)] if (
-                sampling.presence_penalty or sampling.frequency_penalty) else None,
+            # the scorer first: it reads the raw distribution, before penalties and sampling (as vLLM reports)
+            "logits_processor": [p for p in (scorer, penalties) if p is not None] or None,
         }
         if sampling.temperature > 0:
             kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
@@ -245,8 +250,8 @@ class TransformersEngine:
             if row.finish is None:
                 self._finish(request, row, "length")
 
-    def step(self, request: _Request, row: _Row, token: int) -> None:
-        """One new token of one row: decode, check stops and the limit, send the delta."""
+    def step(self, request: _Request, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
+        """One new token of one row: decode, check stops and the limit, send the delta (with its logprob)."""
         if row.finish is not None:
             return
         self.tokens_generated += 1
@@ -260,24 +265,26 @@ class TransformersEngine:
         row.tokens.append(token)
         text = self._tokenizer.decode(row.tokens, skip_special_tokens=True)
         done = len(row.tokens) >= sampling.max_tokens
+        scored = (logprob,) if logprob is not None else ()
         if text.endswith("\ufffd") and not done:  # half of a multi-byte character: wait for the rest
-            request.send(Delta(row.index, "", 1, None))
+            request.send(Delta(row.index, "", 1, None, scored))
             return
         cut = _first_stop(text, sampling.stop, len(row.emitted))
         if cut is not None:
-            self._send(request, row, text[:cut], "stop")
+            self._send(request, row, text[:cut], "stop", scored)
             return
         if done:
-            self._send(request, row, text, "length")
+            self._send(request, row, text, "length", scored)
             return
         # hold back an end that may be the start of a stop string: once sent, text cannot be taken back
-        self._send(request, row, text[:len(text) - _held(text, sampling.stop)], None)
+        self._send(request, row, text[:len(text) - _held(text, sampling.stop)], None, scored)
 
-    def _send(self, request: _Request, row: _Row, text: str, finish: str | None) -> None:
+    def _send(self, request: _Request, row: _Row, text: str, finish: str | None,
+              scored: tuple[TokenLogprob, ...] = ()) -> None:
         new = text[len(row.emitted):] if len(text) >= len(row.emitted) else ""
         row.emitted = max(text, row.emitted, key=len)
         row.finish = finish
-        request.send(Delta(row.index, new, 1, finish))
+        request.send(Delta(row.index, new, 1, finish, scored))
 
     def _finish(self, request: _Request, row: _Row, reason: str, tokens: int = 0) -> None:
         row.finish = reason
@@ -304,8 +311,8 @@ def _first_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
 class _Streamer:
     """generate()'s streamer: put() gets the prompt once, then each step's new token of every row."""
 
-    def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]]):
-        self.engine, self.rows, self.started = engine, rows, False
+    def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]], scorer: _Logprobs | None):
+        self.engine, self.rows, self.scorer, self.started = engine, rows, scorer, False
         self.prompt_width = 0  # tokens the decoder started from (padded prompt, or its start tokens)
 
     def put(self, value: Any) -> None:
@@ -314,11 +321,37 @@ class _Streamer:
             self.prompt_width = value.shape[-1]
             return
         tokens = value.reshape(-1).tolist()
-        for (request, row), token in zip(self.rows, tokens, strict=True):
-            self.engine.step(request, row, int(token))
+        for index, ((request, row), token) in enumerate(zip(self.rows, tokens, strict=True)):
+            top = request.sampling.logprobs
+            scored = self.scorer.entry(index, int(token), top, self.engine.token_text) if (
+                self.scorer is not None and top is not None and row.finish is None) else None
+            self.engine.step(request, row, int(token), scored)
 
     def end(self) -> None:
         pass
+
+
+class _Logprobs:
+    """Each step's log-probabilities of every row, from the raw logits (vLLM's default: before penalties,
+    temperature and top-p), kept until the streamer reads the sampled token's and the top ones."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def entry(self, index: int, token: int, top: int, text: Any) -> TokenLogprob:
+        values = self.last[index]
+        best = values.topk(top) if top else None
+        ranked = {text(i): v for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)} if best \
+            is not None else {}
+        chosen = text(token)
+        ranked.setdefault(chosen, float(values[token]))  # the sampled token is always listed, as vLLM does
+        return TokenLogprob(chosen, float(values[token]), ranked)
 
 
 class _Stop:

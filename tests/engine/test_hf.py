@@ -120,6 +120,26 @@ def test_seeded_sampling_repeats_and_penalties_change_greedy_output(engine: Tran
         assert penalized[0] != plain[0]
 
 
+def test_logprobs_are_the_raw_distributions(engine: TransformersEngine) -> None:
+    async def run() -> list:
+        return [delta async for delta in engine.generate(PROMPTS[0], _greedy(6, logprobs=2), "lp")]
+
+    deltas = asyncio.run(run())
+    scored = [entry for delta in deltas for entry in delta.logprobs]
+    assert len(scored) == sum(d.token_count for d in deltas if d.finish_reason != "stop" or d.text)
+    for entry in scored:  # greedy: the sampled token is the most likely one, listed among the top 2
+        assert entry.logprob == max(entry.top.values()) <= 0 and 1 <= len(entry.top) <= 3
+    if not engine.encoder_decoder:  # the first token's: what the model itself gives for the prompt
+        import torch
+
+        ids = torch.tensor([engine.tokenize(PROMPTS[0])])
+        with torch.inference_mode():
+            expected = torch.log_softmax(engine._model(ids).logits[0, -1].float(), dim=-1).max().item()
+        assert scored[0].logprob == pytest.approx(expected, abs=1e-4)
+    plain = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(6), "plain")))
+    assert "".join(d.text for d in deltas) == plain[0]  # scoring changes nothing
+
+
 def test_n_rows_per_request(engine: TransformersEngine) -> None:
     async def run() -> dict[int, str]:
         texts: dict[int, str] = {}
