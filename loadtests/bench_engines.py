@@ -2,8 +2,9 @@
 
 Builds a tiny random-weight Llama (tests/tiny_models.py, the bundled tokenizer), starts each engine adapter in
 this process on the CPU, and runs 1 and 8 concurrent greedy streams of --max-tokens tokens, --rounds times.
-Prints the aggregate generated tokens/s per engine and concurrency (median of the rounds) and the TTFT p50. A
-benchmark prints figures; it asserts nothing.
+Prints the aggregate generated tokens/s per engine and concurrency (median of the rounds) and the TTFT p50, then
+the TTFT of a late request: one that arrives while a 400-token stream runs (median of the rounds). A benchmark
+prints figures; it asserts nothing.
 Usage (after scripts/setup.sh): .venv/bin/python loadtests/bench_engines.py [--rounds 3] [--max-tokens 128]
 """
 
@@ -64,6 +65,27 @@ async def measure(engine: Any, streams: int, max_tokens: int, rounds: int) -> tu
     return statistics.median(rates), statistics.median(ttfts) * 1000
 
 
+async def late_arrival(engine: Any, rounds: int, long_tokens: int = 400) -> float:
+    """TTFT (ms) of a short request sent once a long stream has produced 8 tokens: what a second developer's
+    keystroke waits for while someone else's long completion runs."""
+    waits = []
+    for r in range(rounds):
+        produced = 0
+
+        async def long_stream(rid: str) -> None:
+            nonlocal produced
+            sampling = SamplingSettings(max_tokens=long_tokens, temperature=0)
+            async for delta in engine.generate(engine.tokenize("def long():\n"), sampling, rid):
+                produced += delta.token_count
+
+        runner = asyncio.create_task(long_stream(f"long{r}"))
+        while produced < 8:
+            await asyncio.sleep(0.001)
+        waits.append((await stream(engine, "x = 1\n", 16, f"late{r}"))[1])
+        await runner
+    return statistics.median(waits) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -72,7 +94,7 @@ def main() -> None:
     tokenizer = prepare_bundled(Settings(_env_file=None).cache_dir,  # type: ignore[call-arg]
                                 load_catalog(DEFAULT_CATALOG_PATH).bundled())
     with tempfile.TemporaryDirectory() as tmp:
-        model = build("llama", Path(tmp) / "tiny-llama", tokenizer)
+        model = build("llama", Path(tmp) / "tiny-llama", tokenizer)  # 512 positions: room for the 400-token stream
         print(f"tiny Llama ({model}), {cpu_info().cores} CPU cores, float32, greedy, {args.max_tokens} tokens per "
               f"stream, median of {args.rounds} rounds")
         print(f"{'engine':14s} {'streams':>7s} {'tokens/s':>9s} {'TTFT p50':>9s}")
@@ -91,6 +113,8 @@ async def bench(name: str, model: Path, max_tokens: int, rounds: int) -> None:
         for streams in (1, 8):
             rate, ttft = await measure(engine, streams, max_tokens, rounds)
             print(f"{name:14s} {streams:7d} {rate:9.1f} {ttft:7.0f} ms", flush=True)
+        print(f"{name:14s} late request (during a 400-token stream): TTFT {await late_arrival(engine, rounds):.0f} ms",
+              flush=True)
     finally:
         await engine.shutdown()
 

@@ -4,7 +4,9 @@ T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner p
 and concurrent requests batched.
 
 Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
-same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch. Transformers'
+same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch, which a
+decoder-only batch makes come soon: after PREEMPT_AFTER_STEPS steps it yields to them, its unfinished rows resuming
+in that next batch from what they generated (re-prefilled, as vLLM recomputes a preempted sequence). Transformers'
 continuous batching (generate_batch, paged attention) covers Llama-like models only, which vLLM serves anyway.
 No paged KV cache: each sequence holds its own cache for its context, which is what the planner budgets.
 Tokens reach each request through a generate() streamer that sees every row's new token per step; a stopping
@@ -17,7 +19,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,8 @@ from .hf_load import load
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
+# Steps a decoder-only batch runs before it yields to waiting requests (a longer slice re-prefills less often).
+PREEMPT_AFTER_STEPS = 32
 # Encoder-decoders whose decoder continues the prompt (CodeT5+ 2B-16B, a CodeGen decoder: its model card passes
 # decoder_input_ids = input_ids); others start the decoder at its start token (or after a T5 sentinel).
 DECODER_CONTINUES_PROMPT = {"codet5p"}
@@ -207,9 +211,10 @@ class TransformersEngine:
 
     def _run(self, batch: list[_Request]) -> None:
         torch = self._torch
-        rows = [(request, row) for request in batch for row in request.rows]
+        rows = [(request, row) for request in batch for row in request.rows if row.finish is None]
         self.batch_rows.append(len(rows))
-        prompts = [request.prompt for request, _ in rows]
+        # a row resumed after preemption continues from what it generated (re-prefilled, as vLLM recomputes)
+        prompts = [request.prompt + row.tokens if not self.encoder_decoder else request.prompt for request, row in rows]
         width = max(len(p) for p in prompts)
         left = not self.encoder_decoder  # decoder-only: left padding, so every row's next token is at the end
         ids = [([self._pad] * (width - len(p)) + p) if left else (p + [self._pad] * (width - len(p))) for p in prompts]
@@ -219,12 +224,17 @@ class TransformersEngine:
         sampling = batch[0].sampling
         scorer = _Logprobs() if any(request.sampling.logprobs is not None for request in batch) else None
         streamer = _Streamer(self, rows, scorer)
-        penalties = _Penalties(sampling, streamer) if sampling.presence_penalty or sampling.frequency_penalty else None
+        penalties = _Penalties(sampling, rows) if sampling.presence_penalty or sampling.frequency_penalty else None
+        # Decoder-only batches yield to waiting requests every PREEMPT_AFTER_STEPS steps (their rows resume in the
+        # next batch, joined by what waited): a late request waits steps, not a whole long generation. A seeded batch
+        # runs to its end (resuming would restart its random stream).
+        preemptible = not self.encoder_decoder and sampling.seed is None
+        stop = _Stop(rows, (lambda: not self._waiting.empty()) if preemptible else None)
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
-            "max_new_tokens": max(request.sampling.max_tokens for request in batch),
+            "max_new_tokens": max(request.sampling.max_tokens - len(row.tokens) for request, row in rows),
             "do_sample": sampling.temperature > 0, "pad_token_id": self._pad,
-            "streamer": streamer, "stopping_criteria": [_Stop(rows)],
+            "streamer": streamer, "stopping_criteria": [stop],
             # the scorer first: it reads the raw distribution, before penalties and sampling (as vLLM reports)
             "logits_processor": [p for p in (scorer, penalties) if p is not None] or None,
         }
@@ -246,8 +256,13 @@ class TransformersEngine:
             for request in batch:
                 request.send(exc)
             return
+        resumed: set[str] = set()
         for request, row in rows:  # generate() ended every row: the last ones at its max_new_tokens
-            if row.finish is None:
+            if row.finish is None and stop.preempted and not request.aborted:
+                if request.rid not in resumed:
+                    resumed.add(request.rid)
+                    self._waiting.put(request)
+            elif row.finish is None:
                 self._finish(request, row, "length")
 
     def step(self, request: _Request, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
@@ -313,12 +328,10 @@ class _Streamer:
 
     def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]], scorer: _Logprobs | None):
         self.engine, self.rows, self.scorer, self.started = engine, rows, scorer, False
-        self.prompt_width = 0  # tokens the decoder started from (padded prompt, or its start tokens)
 
     def put(self, value: Any) -> None:
         if not self.started:  # the prompt (or the decoder's start tokens)
             self.started = True
-            self.prompt_width = value.shape[-1]
             return
         tokens = value.reshape(-1).tolist()
         for index, ((request, row), token) in enumerate(zip(self.rows, tokens, strict=True)):
@@ -355,29 +368,36 @@ class _Logprobs:
 
 
 class _Stop:
-    """Ends each row on its own (finished or aborted); generate() stops when every row has."""
+    """Ends each row on its own (finished or aborted); generate() stops when every row has, or early, every row
+    at once, when `waiting()` says requests wait and the batch has run PREEMPT_AFTER_STEPS steps (preempted)."""
 
-    def __init__(self, rows: list[tuple[_Request, _Row]]):
-        self.rows = rows
+    def __init__(self, rows: list[tuple[_Request, _Row]], waiting: Callable[[], bool] | None):
+        self.rows, self.waiting, self.steps, self.preempted = rows, waiting, 0, False
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
+        self.steps += 1
+        if self.waiting is not None and self.steps >= PREEMPT_AFTER_STEPS and self.waiting():
+            self.preempted = True
+            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
         done = [row.finish is not None or request.aborted for request, row in self.rows]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _Penalties:
-    """OpenAI's presence and frequency penalties over each row's generated tokens (generate() has neither)."""
+    """OpenAI's presence and frequency penalties over each row's generated tokens (generate() has neither): its own
+    record, which spans a preemption (the input ids then hold them as prompt)."""
 
-    def __init__(self, sampling: SamplingSettings, streamer: _Streamer):
-        self.presence, self.frequency, self.streamer = sampling.presence_penalty, sampling.frequency_penalty, streamer
+    def __init__(self, sampling: SamplingSettings, rows: list[tuple[_Request, _Row]]):
+        self.presence, self.frequency, self.rows = sampling.presence_penalty, sampling.frequency_penalty, rows
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        generated = input_ids[:, self.streamer.prompt_width:]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        counts = torch.zeros_like(scores)
+        for index, (_, row) in enumerate(self.rows):
+            if row.tokens:
+                tokens = torch.tensor(row.tokens, device=scores.device)
+                counts[index].scatter_add_(0, tokens, torch.ones_like(tokens, dtype=scores.dtype))
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
