@@ -211,7 +211,9 @@ class TransformersEngine:
 
     def _run(self, batch: list[_Request]) -> None:
         torch = self._torch
+        # at most the plan's sequences at once (what it budgeted memory for): a request's other rows run next
         rows = [(request, row) for request in batch for row in request.rows if row.finish is None]
+        rows = rows[:self.launch.max_num_seqs]
         self.batch_rows.append(len(rows))
         # a row resumed after preemption continues from what it generated (re-prefilled, as vLLM recomputes)
         prompts = [request.prompt + row.tokens if not self.encoder_decoder else request.prompt for request, row in rows]
@@ -256,14 +258,16 @@ class TransformersEngine:
             for request in batch:
                 request.send(exc)
             return
-        resumed: set[str] = set()
-        for request, row in rows:  # generate() ended every row: the last ones at its max_new_tokens
-            if row.finish is None and stop.preempted and not request.aborted:
-                if request.rid not in resumed:
-                    resumed.add(request.rid)
-                    self._waiting.put(request)
-            elif row.finish is None:
-                self._finish(request, row, "length")
+        ran = {id(row) for _, row in rows}
+        for request in batch:  # rows preempted, or left out of this batch, continue in a later one
+            if request.aborted:
+                continue
+            if not stop.preempted:  # generate() ended every row it ran: the last ones at its max_new_tokens
+                for row in request.rows:
+                    if row.finish is None and id(row) in ran:
+                        self._finish(request, row, "length")
+            if any(row.finish is None for row in request.rows):
+                self._waiting.put(request)
 
     def step(self, request: _Request, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
         """One new token of one row: decode, check stops and the limit, send the delta (with its logprob)."""

@@ -193,6 +193,25 @@ def test_n_rows_per_request(engine: TransformersEngine) -> None:
     assert sorted(texts) == [0, 1, 2] and len(set(texts.values())) == 1  # greedy copies agree
 
 
+def test_a_request_with_more_rows_than_the_plan_batches_runs_them_in_turn(tiny_dirs: dict[str, Path]) -> None:
+    engine = TransformersEngine.start(launch_for(tiny_dirs["codegen"], max_num_seqs=2))
+    try:
+        async def run() -> dict[int, tuple[str, str | None]]:
+            texts: dict[int, tuple[str, str | None]] = {}
+            sampling = SamplingSettings(max_tokens=5, temperature=0, n=5)
+            async for delta in engine.generate(PROMPTS[0], sampling, "wide"):
+                text, finish = texts.get(delta.index, ("", None))
+                texts[delta.index] = (text + delta.text, delta.finish_reason or finish)
+            return texts
+
+        texts = asyncio.run(run())
+        assert sorted(texts) == [0, 1, 2, 3, 4] and {finish for _, finish in texts.values()} == {"length"}
+        assert len({text for text, _ in texts.values()}) == 1  # greedy copies agree, whichever batch ran them
+        assert max(engine.batch_rows) == 2 and sum(engine.batch_rows) >= 5  # never more than the plan budgets
+    finally:
+        asyncio.run(engine.shutdown())
+
+
 def test_t5_fills_a_sentinel_hole_starting_after_the_sentinel(tiny_dirs: dict[str, Path]) -> None:
     engine = TransformersEngine.start(launch_for(tiny_dirs["t5"]))
     try:
