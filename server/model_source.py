@@ -43,7 +43,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         raise DeriveError(f"{path}: not readable JSON ({exc})") from exc
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        raise DeriveError(f"{path} is not a JSON object (found {type(value).__name__})")
+    return value
 
 
 def special_tokens(directory: Path) -> set[str]:
@@ -134,7 +136,10 @@ def adapters(settings: Settings) -> tuple[Adapter, ...]:
     found = []
     for name, path in settings.adapters():
         directory = Path(path).expanduser()
-        config = _read_json(directory / "adapter_config.json")
+        try:
+            config = _read_json(directory / "adapter_config.json")
+        except DeriveError as exc:
+            raise NoFit(f"CODESERVE_LORA_ADAPTERS: {name}={path}: {exc}", []) from exc
         rank = config.get("r")
         if not isinstance(rank, int) or rank <= 0:
             raise NoFit(f"CODESERVE_LORA_ADAPTERS: {name}={path} has no adapter_config.json with a rank 'r' (a "

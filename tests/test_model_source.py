@@ -152,6 +152,12 @@ def test_a_directory_without_config_json_names_the_file(catalog: Catalog, tmp_pa
         _resolve(catalog, model=str(tmp_path / "weights-only"))
 
 
+def test_a_config_json_that_is_no_object_is_named_so(catalog: Catalog, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(NoFit, match=r"config\.json is not a JSON object"):
+        _resolve(catalog, model=str(tmp_path))
+
+
 def test_catalog_ids_are_untouched(catalog: Catalog) -> None:
     source = _resolve(catalog, model="qwen2.5-coder-7b")
     assert source.catalog is catalog and source.facts == ()

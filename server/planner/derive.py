@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from ..fim import TEMPLATES
 from .catalog import Architecture, Encoder, Mla, ModelEntry, Moe, Prequantized, VllmSupport
 from .memory import WeightPrecision, param_counts
@@ -65,8 +67,16 @@ def _need(config: dict[str, Any], what: str, *names: str) -> int:
 
 def architecture(config: dict[str, Any]) -> Architecture:
     """The planner's numbers from a config.json (as Transformers' config class completes it with defaults)."""
-    if isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict):
-        return _composite(config)
+    try:
+        if isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict):
+            return _composite(config)
+        return _single(config)
+    except ValidationError as exc:  # numbers present but inconsistent (heads vs KV heads, ...)
+        reasons = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+        raise DeriveError(f"config.json's numbers do not fit together: {reasons}") from exc
+
+
+def _single(config: dict[str, Any]) -> Architecture:
     model_type = str(config.get("model_type", ""))
     hidden = _need(config, "hidden size", "hidden_size", "n_embd", "d_model")
     heads = _need(config, "attention head count", "num_attention_heads", "n_head", "num_heads", "attention_heads")

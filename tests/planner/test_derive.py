@@ -195,6 +195,13 @@ def test_a_composite_encoder_decoder_counts_every_matrix_of_the_real_model(tmp_p
     assert param_counts(derived).total == sum(p.numel() for p in model.parameters() if p.dim() >= 2)
 
 
+def test_numbers_that_do_not_fit_together_are_a_derive_error_naming_them() -> None:
+    config = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 14, "num_key_value_heads": 3,
+              "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100}
+    with pytest.raises(DeriveError, match="attention_heads 14 is not a multiple of kv_heads 3"):
+        architecture(config)
+
+
 def test_a_config_without_the_numbers_names_what_is_missing() -> None:
     with pytest.raises(DeriveError, match="hidden size"):
         architecture({"model_type": "mystery", "num_hidden_layers": 2})
