@@ -19,13 +19,13 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..planner.launch import Launch
 from .base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
 from .chat import render_chat
+from .hf_hooks import Logprobs, Penalties, Request, Row, StopRows
 from .hf_load import load
 
 log = logging.getLogger(__name__)
@@ -35,35 +35,6 @@ PREEMPT_AFTER_STEPS = 32
 # Encoder-decoders whose decoder continues the prompt (CodeT5+ 2B-16B, a CodeGen decoder: its model card passes
 # decoder_input_ids = input_ids); others start the decoder at its start token (or after a T5 sentinel).
 DECODER_CONTINUES_PROMPT = {"codet5p"}
-
-
-@dataclass
-class _Row:
-    index: int
-    tokens: list[int] = field(default_factory=list)
-    emitted: str = ""  # text already sent
-    finish: str | None = None
-
-
-@dataclass
-class _Request:
-    rid: str
-    prompt: list[int]
-    sampling: SamplingSettings
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[Delta | BaseException | None]
-    rows: list[_Row]
-    aborted: bool = False
-
-    def key(self, decoder_start: object) -> tuple[Any, ...]:
-        s = self.sampling
-        # rows of one generate() share sampling settings and decoder start; a seeded request runs alone (one
-        # generator per call)
-        return (s.temperature == 0, s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed,
-                self.rid if s.seed is not None else None, decoder_start)
-
-    def send(self, item: Delta | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 class TransformersEngine:
@@ -95,8 +66,8 @@ class TransformersEngine:
         self._sentinel = sentinel if isinstance(sentinel, int) and sentinel != tokenizer.unk_token_id else None
         self._continues_prompt = self.encoder_decoder and getattr(model.config, "model_type", None) in \
             DECODER_CONTINUES_PROMPT
-        self._waiting: queue.Queue[_Request | None] = queue.Queue()
-        self._running: dict[str, _Request] = {}
+        self._waiting: queue.Queue[Request | None] = queue.Queue()
+        self._running: dict[str, Request] = {}
         self._death: str | None = None
         self.batch_rows: list[int] = []  # rows of each generate() call, in order (what batching achieved)
         self.tokens_generated = 0  # tokens the model produced, aborted rows' included
@@ -115,8 +86,8 @@ class TransformersEngine:
         if self._death is not None:
             raise EngineDead(self._death)
         ids = prompt if isinstance(prompt, list) else self.tokenize(prompt)
-        request = _Request(request_id, ids, sampling, asyncio.get_running_loop(), asyncio.Queue(),
-                           [_Row(i) for i in range(sampling.n)])
+        request = Request(request_id, ids, sampling, asyncio.get_running_loop(), asyncio.Queue(),
+                           [Row(i) for i in range(sampling.n)])
         self._running[request_id] = request
         self._waiting.put(request)
         finished = 0
@@ -165,7 +136,7 @@ class TransformersEngine:
             request.send(None)
 
     # ---- the worker -----------------------------------------------------------------------------------------
-    def _decoder_start(self, request: _Request) -> object:
+    def _decoder_start(self, request: Request) -> object:
         """How an encoder-decoder's decoder starts: "sentinel" (T5 span infilling: the encoder input holds the first
         sentinel, the decoder starts after it); the prompt's length (the decoder continues the prompt: its padding
         is not masked in every implementation, so only prompts of one length share a batch); None (its start token).
@@ -180,8 +151,8 @@ class TransformersEngine:
                 first = self._waiting.get()
                 if first is None:
                     return
-                batch: list[_Request] = [first]
-                later: list[_Request | None] = []
+                batch: list[Request] = [first]
+                later: list[Request | None] = []
                 key = first.key(self._decoder_start(first))
                 rows = first.sampling.n
                 while True:  # every request already waiting that samples the same way, up to max_num_seqs rows
@@ -209,7 +180,7 @@ class TransformersEngine:
             for request in list(self._running.values()):
                 request.send(None)
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[Request]) -> None:
         torch = self._torch
         # at most the plan's sequences at once (what it budgeted memory for): a request's other rows run next
         rows = [(request, row) for request in batch for row in request.rows if row.finish is None]
@@ -224,14 +195,14 @@ class TransformersEngine:
                 for p in prompts]
         device = self._model.device
         sampling = batch[0].sampling
-        scorer = _Logprobs() if any(request.sampling.logprobs is not None for request in batch) else None
+        scorer = Logprobs() if any(request.sampling.logprobs is not None for request in batch) else None
         streamer = _Streamer(self, rows, scorer)
-        penalties = _Penalties(sampling, rows) if sampling.presence_penalty or sampling.frequency_penalty else None
+        penalties = Penalties(sampling, rows) if sampling.presence_penalty or sampling.frequency_penalty else None
         # Decoder-only batches yield to waiting requests every PREEMPT_AFTER_STEPS steps (their rows resume in the
         # next batch, joined by what waited): a late request waits steps, not a whole long generation. A seeded batch
         # runs to its end (resuming would restart its random stream).
         preemptible = not self.encoder_decoder and sampling.seed is None
-        stop = _Stop(rows, (lambda: not self._waiting.empty()) if preemptible else None)
+        stop = StopRows(rows, (lambda: not self._waiting.empty()) if preemptible else None, PREEMPT_AFTER_STEPS)
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
             "max_new_tokens": max(request.sampling.max_tokens - len(row.tokens) for request, row in rows),
@@ -269,7 +240,7 @@ class TransformersEngine:
             if any(row.finish is None for row in request.rows):
                 self._waiting.put(request)
 
-    def step(self, request: _Request, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
+    def step(self, request: Request, row: Row, token: int, logprob: TokenLogprob | None = None) -> None:
         """One new token of one row: decode, check stops and the limit, send the delta (with its logprob)."""
         if row.finish is not None:
             return
@@ -298,14 +269,14 @@ class TransformersEngine:
         # hold back an end that may be the start of a stop string: once sent, text cannot be taken back
         self._send(request, row, text[:len(text) - _held(text, sampling.stop)], None, scored)
 
-    def _send(self, request: _Request, row: _Row, text: str, finish: str | None,
+    def _send(self, request: Request, row: Row, text: str, finish: str | None,
               scored: tuple[TokenLogprob, ...] = ()) -> None:
         new = text[len(row.emitted):] if len(text) >= len(row.emitted) else ""
         row.emitted = max(text, row.emitted, key=len)
         row.finish = finish
         request.send(Delta(row.index, new, 1, finish, scored))
 
-    def _finish(self, request: _Request, row: _Row, reason: str, tokens: int = 0) -> None:
+    def _finish(self, request: Request, row: Row, reason: str, tokens: int = 0) -> None:
         row.finish = reason
         request.send(Delta(row.index, "", tokens, reason))
 
@@ -330,7 +301,7 @@ def _first_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
 class _Streamer:
     """generate()'s streamer: put() gets the prompt once, then each step's new token of every row."""
 
-    def __init__(self, engine: TransformersEngine, rows: list[tuple[_Request, _Row]], scorer: _Logprobs | None):
+    def __init__(self, engine: TransformersEngine, rows: list[tuple[Request, Row]], scorer: Logprobs | None):
         self.engine, self.rows, self.scorer, self.started = engine, rows, scorer, False
 
     def put(self, value: Any) -> None:
@@ -346,62 +317,3 @@ class _Streamer:
 
     def end(self) -> None:
         pass
-
-
-class _Logprobs:
-    """Each step's log-probabilities of every row, from the raw logits (vLLM's default: before penalties,
-    temperature and top-p), kept until the streamer reads the sampled token's and the top ones."""
-
-    def __init__(self) -> None:
-        self.last: Any = None
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        self.last = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def entry(self, index: int, token: int, top: int, text: Any) -> TokenLogprob:
-        values = self.last[index]
-        best = values.topk(top) if top else None
-        ranked = {text(i): v for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)} if best \
-            is not None else {}
-        chosen = text(token)
-        ranked.setdefault(chosen, float(values[token]))  # the sampled token is always listed, as vLLM does
-        return TokenLogprob(chosen, float(values[token]), ranked)
-
-
-class _Stop:
-    """Ends each row on its own (finished or aborted); generate() stops when every row has, or early, every row
-    at once, when `waiting()` says requests wait and the batch has run PREEMPT_AFTER_STEPS steps (preempted)."""
-
-    def __init__(self, rows: list[tuple[_Request, _Row]], waiting: Callable[[], bool] | None):
-        self.rows, self.waiting, self.steps, self.preempted = rows, waiting, 0, False
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        self.steps += 1
-        if self.waiting is not None and self.steps >= PREEMPT_AFTER_STEPS and self.waiting():
-            self.preempted = True
-            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
-        done = [row.finish is not None or request.aborted for request, row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _Penalties:
-    """OpenAI's presence and frequency penalties over each row's generated tokens (generate() has neither): its own
-    record, which spans a preemption (the input ids then hold them as prompt)."""
-
-    def __init__(self, sampling: SamplingSettings, rows: list[tuple[_Request, _Row]]):
-        self.presence, self.frequency, self.rows = sampling.presence_penalty, sampling.frequency_penalty, rows
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        counts = torch.zeros_like(scores)
-        for index, (_, row) in enumerate(self.rows):
-            if row.tokens:
-                tokens = torch.tensor(row.tokens, device=scores.device)
-                counts[index].scatter_add_(0, tokens, torch.ones_like(tokens, dtype=scores.dtype))
-        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
