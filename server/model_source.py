@@ -18,7 +18,7 @@ from typing import Any
 from .engine.support import vllm_refusal
 from .planner.adapters import Adapter
 from .planner.catalog import Catalog
-from .planner.derive import Derived, DeriveError, derive
+from .planner.derive import Derived, DeriveError, derive, is_composite
 from .planner.plan import NoFit
 from .settings import Settings
 
@@ -92,8 +92,7 @@ def full_config(directory: Path) -> dict[str, Any]:
 def describe(directory: Path, location: str, name: str) -> Derived:
     config = full_config(directory)
     architectures = config.get("architectures") or ["unknown"]
-    composite = isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict)
-    refusal = vllm_refusal(str(architectures[0]), bool(config.get("is_encoder_decoder")) or composite,
+    refusal = vllm_refusal(str(architectures[0]), bool(config.get("is_encoder_decoder")) or is_composite(config),
                            bool(config.get("auto_map")))
     return derive(name, location, config, special_tokens(directory), chat_template(directory), refusal)
 

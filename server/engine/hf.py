@@ -154,7 +154,7 @@ class TransformersEngine:
                 batch: list[Request] = [first]
                 later: list[Request | None] = []
                 key = first.key(self._decoder_start(first))
-                rows = first.sampling.n
+                rows = first.pending()
                 while True:  # every request already waiting that samples the same way, up to max_num_seqs rows
                     try:
                         other = self._waiting.get_nowait()
@@ -163,10 +163,10 @@ class TransformersEngine:
                     if other is None:
                         later.append(other)
                         break
-                    fits = rows + other.sampling.n <= self.launch.max_num_seqs
+                    fits = rows + other.pending() <= self.launch.max_num_seqs
                     if fits and other.key(self._decoder_start(other)) == key:
                         batch.append(other)
-                        rows += other.sampling.n
+                        rows += other.pending()
                     else:
                         later.append(other)
                 for item in later:

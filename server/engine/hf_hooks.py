@@ -37,6 +37,10 @@ class Request:
         return (s.temperature == 0, s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed,
                 self.rid if s.seed is not None else None, decoder_start)
 
+    def pending(self) -> int:
+        """Rows still to generate (all n at first; fewer once some finished before a preemption)."""
+        return sum(row.finish is None for row in self.rows)
+
     def send(self, item: Delta | BaseException | None) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
@@ -54,11 +58,12 @@ class Logprobs:
         self.last = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
-    def entry(self, index: int, token: int, top: int, text: Any) -> TokenLogprob:
+    def entry(self, index: int, token: int, top: int, text: Callable[[int], str]) -> TokenLogprob:
         values = self.last[index]
-        best = values.topk(top) if top else None
-        ranked = {text(i): v for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)} if best \
-            is not None else {}
+        ranked: dict[str, float] = {}
+        if top:
+            best = values.topk(top)
+            ranked = {text(i): v for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)}
         chosen = text(token)
         ranked.setdefault(chosen, float(values[token]))  # the sampled token is always listed, as vLLM does
         return TokenLogprob(chosen, float(values[token]), ranked)

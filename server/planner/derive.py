@@ -68,12 +68,17 @@ def _need(config: dict[str, Any], what: str, *names: str) -> int:
 def architecture(config: dict[str, Any]) -> Architecture:
     """The planner's numbers from a config.json (as Transformers' config class completes it with defaults)."""
     try:
-        if isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict):
+        if is_composite(config):
             return _composite(config)
         return _single(config)
     except ValidationError as exc:  # numbers present but inconsistent (heads vs KV heads, ...)
         reasons = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
         raise DeriveError(f"config.json's numbers do not fit together: {reasons}") from exc
+
+
+def is_composite(config: dict[str, Any]) -> bool:
+    """An encoder and a decoder with a config each (Transformers' EncoderDecoderModel, CodeT5+ 2B-16B)."""
+    return isinstance(config.get("encoder"), dict) and isinstance(config.get("decoder"), dict)
 
 
 def _single(config: dict[str, Any]) -> Architecture:
