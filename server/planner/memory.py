@@ -165,17 +165,11 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
     # own token embedding at its width
     inputs = arch.max_position_embeddings * arch.hidden_size if arch.learned_positions else 0
     inputs += arch.vocab_size * arch.encoder.hidden_size if arch.encoder is not None else 0
+    layers = _per_layer(arch, tp)
     if pp == 1:
-        linear = rows = 0
-        for count, linears in _layer_linears(arch, tp):
-            for layer in linears:
-                divisor = tp if layer.sharded else 1
-                linear += count * layer.params // divisor
-                rows += count * layer.rows // divisor
         # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
         embedding = (vocab * (1 if arch.tied_embeddings else 2) + inputs) // tp
-        return ParamCounts(embedding=embedding, linear=linear, linear_rows=rows)
-    layers = _per_layer(arch, tp)
+        return ParamCounts(embedding=embedding, linear=sum(p for p, _ in layers), linear_rows=sum(r for _, r in layers))
     stages: list[ParamCounts] = []
     start = 0
     split = pp_stage_layers(len(layers), pp)
