@@ -211,7 +211,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .evaluation import gate
-    from .fim import template_for
+    from .fim.templates import template_for
     from .prepare import source_dir
     from .quantize import runner
     from .quantize.recipe import Calibration, QuantizeError, QuantSpec, choose_group_size, fingerprint

@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 # IDE latency: completions are judged at 100-300 ms, chat answers run to tens of seconds.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
-# Generation endpoints, as routes name them: their series exist at 0 from start (Prometheus' advice for
-# labelled metrics), so a rate or an alert never sees a missing series where it should see zero.
-GENERATION_ENDPOINTS = ("completions", "chat", "infill", "llamacpp_completion")
 INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                          0.5, 1.0, 2.0)
 
@@ -61,8 +58,8 @@ class Metrics:
             "into the suffix), line, indent, bracket (code-aware stops)", ["endpoint", "model", "action"], registry=r)
         self.generation_tokens = Counter("codeserve_generation_tokens", "Tokens generated", ["endpoint", "model"],
                                          registry=r)
-        for endpoint in GENERATION_ENDPOINTS:
-            self.rejected.labels(endpoint)
+        self.endpoints: tuple[str, ...] = ()  # the generation endpoints' names (count_endpoints)
+        self.models: list[str] = []  # served so far (serve_model)
         self.gpus = _GpuCollector()
         r.register(self.gpus)
         self.resident = Gauge("codeserve_resident_memory_bytes",
@@ -79,6 +76,22 @@ class Metrics:
         """Poll GPU memory at every scrape (NVML is cheap: microseconds per device)."""
         self.gpus.snapshot = snapshot
 
+    def count_endpoints(self, endpoints: tuple[str, ...]) -> None:
+        """The generation endpoints, as the HTTP layer names them: their series exist at 0 from now on
+        (Prometheus' advice for labelled metrics: a rate or an alert never sees a missing series where it should
+        see zero), for every model served before or after."""
+        self.endpoints = tuple(dict.fromkeys((*self.endpoints, *endpoints)))
+        for endpoint in endpoints:
+            self.rejected.labels(endpoint)
+        for model in self.models:
+            self._declare(model)
+
+    def _declare(self, model: str) -> None:
+        for endpoint in self.endpoints:
+            for family in (self.in_flight, self.cancelled, self.superseded, self.prompt_tokens,
+                           self.generation_tokens):
+                family.labels(endpoint, model)
+
     def count_response(self, endpoint: str, status: int) -> None:
         """Every response of the API routes, once, by status: 401s, validation 400s and 413s included."""
         self.requests.labels(endpoint, str(status)).inc()
@@ -91,10 +104,8 @@ class Metrics:
         engine's count (a LoRA adapter has none of its own: its base model's engine counts its requests)."""
         if unfinished is not None:
             self.engine_unfinished.labels(model).set_function(lambda: float(unfinished()))
-        for endpoint in GENERATION_ENDPOINTS:
-            for family in (self.in_flight, self.cancelled, self.superseded, self.prompt_tokens,
-                           self.generation_tokens):
-                family.labels(endpoint, model)
+        self.models.append(model)
+        self._declare(model)
 
     def set_plan(self, plan: Plan, engine: str, max_model_len: int, role: str = "completion") -> None:
         """The option that is running (after any fallback), the engine serving it and its real context."""

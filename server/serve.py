@@ -1,4 +1,5 @@
-"""`codeserve serve`: settings -> hardware -> plan -> model directory -> vLLM engine -> HTTP.
+"""`codeserve serve`: settings -> hardware -> plan -> model directory -> engine (vLLM, or Transformers for the
+architectures vLLM refuses) -> HTTP.
 
 The HTTP server comes up first so that /health answers during a long model load; /ready turns 200
 once the engine has loaded and answered a warm-up request.
@@ -21,12 +22,13 @@ from prometheus_client import REGISTRY
 from .api.app import build_app
 from .api.auth import KeyCheck
 from .api.limits import Limiter
-from .api.serving import Runtime
+from .api.runtime import Runtime
 from .api.supersession import Supersession
 from .engine.base import Engine, EngineStartError, SamplingSettings
 from .evaluation import gate
-from .fim import template_for
-from .generation.core import GenerationCore, ServedModel, fim_marker_problem
+from .fim.templates import template_for
+from .generation.core import GenerationCore, fim_marker_problem
+from .generation.served import ServedModel
 from .metrics import Metrics
 from .planner import hardware
 from .planner.fleet import Fleet
@@ -206,8 +208,7 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:
     return Runtime(limiter=Limiter(settings.max_concurrent_requests, settings.max_queued_requests),
                    keys=KeyCheck(settings.all_api_keys()), metrics=metrics,
-                   supersession=Supersession() if settings.supersede else None,
-                   completion_code_stops=settings.completion_code_stops)
+                   supersession=Supersession() if settings.supersede else None)
 
 
 # Exit status when the engine died or never loaded: the orchestrator restarts the process (2 is a plan that

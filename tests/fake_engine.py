@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
+from server.engine.base import Delta, SamplingSettings, TokenLogprob
+from server.errors import EngineFailure, EngineUnavailable
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
 MAX_TOKEN_CHARS = 16
@@ -28,7 +29,7 @@ class FakeEngine:
     max_model_len: int = 2048
     token_delay_s: float = 0.0
     eos_after: int | None = None  # finish with "stop" after this many tokens (like an EOS)
-    fail_after: int | None = None  # raise EngineError after this many tokens (mid-stream failure)
+    fail_after: int | None = None  # raise EngineFailure after this many tokens (mid-stream failure)
     fail_message: str = "fake engine failure"
     vocab_size: int = VOCAB_SIZE
     max_token_chars: int = MAX_TOKEN_CHARS
@@ -90,9 +91,9 @@ class FakeEngine:
     async def _generate(self, prompt: str | list[int], sampling: SamplingSettings,
                         request_id: str) -> AsyncIterator[Delta]:
         if self.death is not None:
-            raise EngineDead(self.death)
+            raise EngineUnavailable(self.death)
         if request_id in self._running:
-            raise EngineError(f"request id {request_id} is already running")
+            raise EngineFailure(f"request id {request_id} is already running")
         self.prompts.append(prompt)
         self.samplings.append(sampling)
         self._running.add(request_id)
@@ -103,7 +104,7 @@ class FakeEngine:
             for step in range(sampling.max_tokens):
                 await asyncio.sleep(self.token_delay_s)
                 if self.death is not None:
-                    raise EngineDead(self.death)
+                    raise EngineUnavailable(self.death)
                 if request_id not in self._running:
                     return  # aborted
                 for i in range(sampling.n):
@@ -122,7 +123,7 @@ class FakeEngine:
                     self._completed.add(request_id)
                     return
                 if self.fail_after is not None and step + 1 >= self.fail_after:
-                    raise EngineError(self.fail_message)
+                    raise EngineFailure(self.fail_message)
         finally:
             self._running.discard(request_id)
 

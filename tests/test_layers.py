@@ -77,8 +77,8 @@ def test_modules_stay_small(path: Path) -> None:
 
 def test_relative_imports_are_resolved() -> None:
     """The layer check reads `from ..x import y` as server.x: were it not, it would pass on anything."""
-    names = {name for _, name in _imports(PACKAGE / "api" / "serving.py")}
+    names = {name for _, name in _imports(PACKAGE / "api" / "endpoint.py")}
     assert {"server.generation.core", "server.api.errors", "server.errors"} <= names
     names = {name for _, name in _imports(PACKAGE / "api" / "app.py")}
     assert {"server.__version__", "server.api.errors"} <= names
-    assert _layer("server.api.serving") > _layer("server.generation.core") > _layer("server.engine.base")
+    assert _layer("server.api.endpoint") > _layer("server.generation.core") > _layer("server.engine.base")

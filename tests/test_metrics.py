@@ -100,6 +100,7 @@ def test_plan_is_exported_with_the_running_context(catalog) -> None:
 def test_each_served_model_has_its_own_series_from_zero() -> None:
     metrics = Metrics(CollectorRegistry())
     metrics.serve_model("fast", lambda: 2)
+    metrics.count_endpoints(("completions", "chat"))  # the HTTP layer names them, before or after a model loads
     metrics.serve_model("large", lambda: 5)
     for model in ("fast", "large"):
         assert _value(metrics, "codeserve_requests_in_flight", endpoint="chat", model=model) == 0

@@ -17,7 +17,7 @@ from server import serve
 from server.api.app import build_app
 from server.engine import vllm
 from server.engine.base import EngineStartError
-from server.fim import TEMPLATES
+from server.fim.templates import TEMPLATES
 from server.generation.core import fim_marker_problem
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
@@ -171,7 +171,7 @@ def test_a_model_whose_tokenizer_splits_its_fim_markers_fails_to_start(
     runtime = serve.make_runtime(make_settings(cache_dir=tmp_path), None)
     asyncio.run(serve.load(runtime, Fleet.single(plan), make_settings(cache_dir=tmp_path)))
     assert runtime.status == "failed" and "<|fim_prefix|>" in runtime.detail
-    assert runtime.core is None
+    assert runtime.cores == ()
 
 
 def test_api_keys_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,7 +252,7 @@ def test_sigterm_marks_the_server_draining(catalog: Catalog) -> None:
     server.handle_exit(15, None)
     assert server.should_exit and runtime.status == "stopping" and not runtime.ready
     with pytest.raises(NotReady, match="shutting down"):
-        runtime.require_core()
+        runtime.require_ready()
 
 
 def test_shutdown_timeout_cuts_a_stream_that_runs_longer(catalog: Catalog) -> None:
@@ -284,7 +284,7 @@ def test_shutdown_timeout_cuts_a_stream_that_runs_longer(catalog: Catalog) -> No
 
     client = threading.Thread(target=long_stream)
     client.start()
-    assert wait_until(lambda: len(runtime.core.engine._running) == 1)  # type: ignore[union-attr]
+    assert wait_until(lambda: len(runtime.cores[0].engine._running) == 1)  # type: ignore[union-attr]
     started = time.monotonic()
     server.handle_exit(15, None)
     thread.join(timeout=15)

@@ -1,15 +1,23 @@
-"""build_app: the FastAPI application over a Runtime. Every router and middleware is listed here."""
+"""build_app: the FastAPI application over a Runtime. Every endpoint, router and middleware is listed here."""
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from .. import __version__
 from ..settings import Settings
-from . import errors
+from . import errors, models, ops
+from .chat.serving import Chat
+from .completions.serving import Completions, CopilotCompletions
+from .endpoint import Endpoint
+from .llamacpp.serving import Infill, LlamaCppCompletion
 from .middleware import BodyLimit, ResponseAccounting
-from .routes import llamacpp, openai, ops
-from .serving import Runtime
+from .runtime import Runtime
+
+
+def endpoints(settings: Settings) -> tuple[Endpoint, ...]:
+    """The generation endpoints, one object each."""
+    return (Completions(settings), CopilotCompletions(settings), Chat(), Infill(), LlamaCppCompletion())
 
 
 def build_app(runtime: Runtime, settings: Settings) -> FastAPI:
@@ -17,13 +25,20 @@ def build_app(runtime: Runtime, settings: Settings) -> FastAPI:
                   description="OpenAI-compatible server for code models (completions with FIM, chat)")
     app.state.runtime = runtime
     errors.install(app)
+    generation = APIRouter()
+    served = endpoints(settings)
+    for endpoint in served:
+        endpoint.mount(generation)
     auth = [Depends(runtime.keys)]
-    app.include_router(openai.router, dependencies=auth)
-    app.include_router(llamacpp.router, dependencies=auth)
+    app.include_router(generation, dependencies=auth)
+    app.include_router(models.router, dependencies=auth, responses=errors.ERROR_RESPONSES)
     app.include_router(ops.probes, responses=errors.ERROR_RESPONSES)
     app.include_router(ops.router, dependencies=[] if settings.public_metrics else auth,
                        responses=errors.ERROR_RESPONSES)
+    names = tuple(dict.fromkeys(endpoint.name for endpoint in served))
+    if runtime.metrics is not None:
+        runtime.metrics.count_endpoints(names)
     # Outermost last: the accounting sees the body cap's 413s; the cap runs before parsing and auth.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
-    app.add_middleware(ResponseAccounting, metrics=runtime.metrics)
+    app.add_middleware(ResponseAccounting, metrics=runtime.metrics, counted=frozenset((*names, models.NAME)))
     return app

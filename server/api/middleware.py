@@ -9,30 +9,31 @@ one place, and keeps an unexpected exception from closing the client's keep-aliv
 from __future__ import annotations
 
 import logging
-import re
 
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import EngineFailure
 from ..metrics import Metrics, RequestObserver
+from .endpoint import OBSERVER_STATE
 from .errors import PayloadTooLarge, error_response
-from .serving import OBSERVER_STATE
 
 log = logging.getLogger(__name__)
 
-# The API's endpoints, as metrics name them. Probes, scrapes and docs are not counted: a 503 from /ready
-# while the model loads is not a failed request, and scrapes would drown the request rate.
-_ENDPOINTS = ((re.compile(r"^/v1/(engines/[^/]+/)?completions$"), "completions"),
-              (re.compile(r"^/v1/chat/completions$"), "chat"), (re.compile(r"^/infill$"), "infill"),
-              (re.compile(r"^/completion$"), "llamacpp_completion"), (re.compile(r"^/v1/models$"), "models"))
-_UNCOUNTED = {"/health", "/ready", "/metrics", "/v1/plan", "/docs", "/openapi.json", "/redoc"}
 
-
-def endpoint_of(path: str) -> str | None:
-    if path in _UNCOUNTED:
-        return None
-    return next((name for pattern, name in _ENDPOINTS if pattern.match(path)), "other")
+def endpoint_of(scope: Scope, counted: frozenset[str]) -> str | None:
+    """The endpoint a response counts under: the name of the route that matched (the endpoint objects name
+    theirs), "other" where none did (a 404). Probes, scrapes and docs are not counted: a 503 from /ready while
+    the model loads is not a failed request, and scrapes would drown the request rate."""
+    route = scope.get("route")  # set by the router; absent where a middleware answered first (the body cap)
+    if route is None:
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+        route = next((r for r in routes if r.matches(scope)[0] != Match.NONE), None)
+    if route is None:
+        return "other"
+    name = getattr(route, "name", None)
+    return name if name in counted else None
 
 
 class BodyLimit:
@@ -74,9 +75,10 @@ class ResponseAccounting:
     """Counts each response once, by endpoint and final status: what was sent, or what the request's observer
     says it became (a stream's in-band error, 499 when the client left)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None):
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, counted: frozenset[str]):
         self.app = app
         self.metrics = metrics
+        self.counted = counted  # the endpoints' names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,6 +104,6 @@ class ResponseAccounting:
                     scope, receive, tracked)
         observer = scope["state"].get(OBSERVER_STATE)
         final = observer.status if isinstance(observer, RequestObserver) and observer.status else sent
-        endpoint = endpoint_of(scope.get("path", ""))
+        endpoint = endpoint_of(scope, self.counted)
         if self.metrics is not None and endpoint is not None and final is not None:
             self.metrics.count_response(endpoint, final)

@@ -1,11 +1,13 @@
-"""OpenAI (and llama.cpp) request models. Validation here names the field that is wrong.
+"""What the endpoints' protocol models share: valid text, stop lists, OpenAI's sampling fields, codeserve's
+fill-in-the-middle extensions, usage and the response helpers. Each endpoint's own models live beside it
+(api/<endpoint>/protocol.py). Validation names the field that is wrong.
 
 Unknown fields are tolerated: IDE clients send extras (Copilot's `extra`, `nwo`, `code_annotations`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -17,7 +19,6 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
     model_serializer,
-    model_validator,
 )
 
 MAX_N = 16  # choices per request; Copilot asks for 1 or 3
@@ -122,85 +123,6 @@ class _Infill(BaseModel):
         return tuple((chunk.filename, chunk.text) for chunk in self.input_extra if chunk.text)
 
 
-class CompletionRequest(_Sampling, _Infill):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=64)] | Annotated[
-        list[int], Field(min_length=1)]
-    suffix: Text | None = None  # Tabby's vllm backend sends null: same as absent
-    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
-
-    @model_validator(mode="after")
-    def _checks(self) -> CompletionRequest:
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of other than n is not supported; leave it unset")
-        if self.suffix and self.echo:
-            raise ValueError("echo cannot be combined with suffix")
-        return self
-
-    def prompts(self) -> list[str | list[int]]:
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if self.prompt and isinstance(self.prompt[0], int):
-            return [list(self.prompt)]
-        return list(self.prompt)  # type: ignore[arg-type]
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True)
-    type: Literal["text"]
-    text: Text
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Text | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class ChatRequest(_Sampling):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-
-    @property
-    def token_limit(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-
-
-class LlamaCppRequest(_Request, _Infill):
-    """llama.cpp's /infill and /completion (llama.vscode, llama.vim, Continue's llama.cpp provider)."""
-
-    input_prefix: Text = ""
-    input_suffix: Text = ""
-    prompt: Text = ""
-    n_predict: int = Field(-1, ge=-1)
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    stop: Stop = Field(default_factory=list)
-    seed: Annotated[int, Field(**INT64)] | None = None
-    stream: bool = False
-    n_cmpl: int = Field(1, ge=1, le=MAX_N)
-    n_indent: int = Field(0, ge=0, description="llama.cpp: lines indented less than this end the completion")
-    id_slot: int = Field(-1, ge=-1)  # llama.cpp's slot; here it names the typist for supersession (-1: none)
-    response_fields: list[str] | None = None
-
-    @field_validator("seed", mode="before")
-    @classmethod
-    def _seed(cls, value: Any) -> Any:
-        return None if value in (None, -1, 4294967295) else value  # llama.cpp's "random" seeds
-
-
 # ---- responses (OpenAI's shapes; they describe the 200 bodies in the OpenAPI document) -------------
 # "stop" | "length" from generation; vLLM may also report "abort" or "error": a string, so none becomes a 500.
 FinishReason = str
@@ -224,123 +146,3 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason | None
-
-
-class Truncation(BaseModel):
-    """codeserve's extension: what trimming to fit (`fit_context`) removed from a fill-in-the-middle prompt."""
-
-    extra_files_dropped: int
-    prefix_chars_dropped: int
-    suffix_chars_dropped: int
-    prompt_tokens_before: int
-    prompt_tokens: int
-
-
-class CompletionResponse(_OmitsNone):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-    truncation: Truncation | None = None  # only when the prompt was trimmed to fit
-    _omit_if_none = ("truncation",)
-
-
-class CompletionChunk(_OmitsNone):
-    """One streamed event; the last one (with stream_options.include_usage) has no choices and the usage."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    truncation: Truncation | None = None  # on the first event, when the prompt was trimmed to fit
-    _omit_if_none = ("usage", "truncation")
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprobOut(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(BaseModel):
-    content: list[TokenLogprobOut]
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason | None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class ChatDelta(_OmitsNone):
-    _omit_if_none = ("role", "content")
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(_OmitsNone):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    _omit_if_none = ("usage",)
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "codeserve"
-    root: str
-    max_model_len: int  # Continue's vllm provider reads it
-    roles: list[str] = Field(default_factory=list)  # completion / chat: what a request naming no model gets here
-    parent: str | None = None  # a LoRA adapter: the model it runs over (as vLLM's server lists them)
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

@@ -1,18 +1,13 @@
-"""The Engine protocol: what generation needs from an inference engine, and nothing more."""
+"""The Engine protocol: what generation needs from an inference engine, and nothing more.
+
+An engine raises server.errors' EngineUnavailable when its process is gone (nothing it was given will finish,
+nothing new will run) and EngineFailure when it failed on one request; generation words both for the client."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-
-class EngineError(RuntimeError):
-    """The engine failed while serving a request (not the client's fault)."""
-
-
-class EngineDead(EngineError):
-    """The engine's process is gone: nothing it was given will finish, and nothing new will run."""
 
 
 class EngineStartError(RuntimeError):

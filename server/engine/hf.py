@@ -22,8 +22,9 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
-from .base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
+from .base import Delta, SamplingSettings, TokenLogprob
 from .chat import render_chat
 from .hf_hooks import Logprobs, Penalties, Request, Row, StopRows
 from .hf_load import load
@@ -84,7 +85,7 @@ class TransformersEngine:
     async def generate(self, prompt: str | list[int], sampling: SamplingSettings,
                        request_id: str) -> AsyncIterator[Delta]:
         if self._death is not None:
-            raise EngineDead(self._death)
+            raise EngineUnavailable(self._death)
         ids = prompt if isinstance(prompt, list) else self.tokenize(prompt)
         request = Request(request_id, ids, sampling, asyncio.get_running_loop(), asyncio.Queue(),
                            [Row(i) for i in range(sampling.n)])
@@ -95,9 +96,9 @@ class TransformersEngine:
             while finished < sampling.n:
                 item = await request.out.get()
                 if item is None:  # the worker stopped (shutdown)
-                    raise EngineDead(self._death or "the Transformers engine stopped")
+                    raise EngineUnavailable(self._death or "the Transformers engine stopped")
                 if isinstance(item, BaseException):
-                    raise EngineError(f"the engine failed on request {request_id}: {item}") from item
+                    raise EngineFailure(f"the engine failed on request {request_id}: {item}") from item
                 finished += item.finish_reason is not None
                 yield item
         finally:

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
-from .base import Delta, EngineDead, EngineError, EngineStartError, SamplingSettings, TokenLogprob
+from .base import Delta, EngineStartError, SamplingSettings, TokenLogprob
 from .chat import render_chat
 from .vllm_args import engine_args, engine_env
 
@@ -111,13 +112,13 @@ class VllmEngine:
                 for seq in output.outputs:
                     yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))
         except EngineDeadError as exc:
-            raise EngineDead(self.dead() or "vLLM's engine core died") from exc
+            raise EngineUnavailable(self.dead() or "vLLM's engine core died") from exc
         except (GeneratorExit, KeyboardInterrupt):
             raise
         except Exception as exc:
             if type(exc).__name__ == "CancelledError":
                 raise
-            raise EngineError(f"the engine failed on request {request_id}: {exc}") from exc
+            raise EngineFailure(f"the engine failed on request {request_id}: {exc}") from exc
 
     def _logprobs(self, seq: Any) -> tuple[TokenLogprob, ...]:
         if not seq.logprobs:

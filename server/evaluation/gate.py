@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fim import FimTemplate, hole_messages
-from ..generation.hole import Hole, HoleFormat
-from ..generation.infill import InfillContext, clean
+from ..fim.clean import InfillContext, clean
+from ..fim.prompt import Hole, HoleFormat
+from ..fim.templates import FimTemplate, hole_messages
 from ..settings import Settings
 from .samples import Sample, cut, source_name
 from .score import by_kind, score, summary
@@ -26,12 +26,12 @@ MAX_TOKENS = {"single-line": 32, "multi-line": 96}  # enough for the references;
 
 
 def job(fim: FimTemplate | None, samples: int, seed: int = 0, by_chat: bool = False) -> dict[str, Any]:
-    """What the quantization worker answers: each hole as the server writes it for the family (hole.py's
+    """What the quantization worker answers: each hole as the server writes it for the family (fim/prompt.py's
     HoleFormat: its FIM prompt, else the prefix to continue), or with `by_chat` the instruction the server sends,
     which the worker wraps in the chat template (the server's own template call needs the engine)."""
     holes = cut(samples, seed)
     chat = fim is None and by_chat
-    plain = HoleFormat(fim, None, None)
+    plain = HoleFormat(fim)
 
     def text(s: Sample) -> str:
         return hole_messages(s.prefix, s.suffix)[0]["content"] if chat else plain.text(Hole(s.prefix, s.suffix))

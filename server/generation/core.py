@@ -1,52 +1,38 @@
-"""What every endpoint shares, with no HTTP in it: the served model, prompt preparation (FIM, chat),
-context checks, running prompts x n choices on the engine, and aborting however the caller leaves."""
+"""What every endpoint shares, with no HTTP in it: a request's prompts prepared in one call (text, token ids, a
+fill-in-the-middle hole, chat messages) with their token budget, prompts x n choices run on the engine, and the
+engine request aborted however the caller leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ..engine.base import Delta, Engine, EngineDead, SamplingSettings
-from ..engine.chat import ChatTemplateError
-from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest, ModelNotFound
-from ..fim import FimTemplate, template_for
+from ..engine.base import Delta, Engine, SamplingSettings, TokenLogprob
+from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest
+from ..fim.clean import InfillCleaner, InfillContext
+from ..fim.fit import DEFAULT_RESERVE_TOKENS, Truncation, bounded, fit
+from ..fim.prompt import Hole, HoleFormat
+from ..fim.templates import FimTemplate
 from ..metrics import RequestObserver
-from ..planner.catalog import ModelEntry
-from .hole import DEFAULT_RESERVE_TOKENS, Hole, HoleFormat, Truncation, fit, repo_format
-from .infill import InfillCleaner, InfillContext
+from .codec import Codec
+from .served import ServedModel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """The model as it runs: its id, catalog entry and the context the engine reports (read once)."""
+class Chat:
+    """Chat messages, formatted by the served model's chat template."""
 
-    id: str
-    entry: ModelEntry
-    max_model_len: int
-    created: int = field(default_factory=lambda: int(time.time()))
-    adapters: tuple[str, ...] = ()  # LoRA adapters served over this model, by name
+    messages: list[dict[str, Any]]
 
-    @property
-    def fim(self) -> FimTemplate | None:
-        return template_for(self.entry.fim)
 
-    @property
-    def fills_holes_without_fim(self) -> bool:
-        """No FIM tokens, but an instruct model: holes are filled by continuing the prefix or by chat."""
-        return self.fim is None and self.entry.role == "instruct"
-
-    def accepts(self, name: str | None) -> bool:
-        return name in (None, "", self.id, self.entry.repo, *self.adapters)
-
-    def adapter(self, name: str | None) -> str | None:
-        """The LoRA adapter a request's `model` names, or None for the base model."""
-        return name if name in self.adapters else None
+# What a request asks to continue: text or token ids as they are, a hole to fill, or a chat.
+Source = str | list[int] | Hole | Chat
 
 
 @dataclass(frozen=True)
@@ -56,6 +42,39 @@ class Prompt:
     stop_token_ids: tuple[int, ...] = ()  # template tokens that end the answer (special: no stop string sees them)
     infill: InfillContext | None = None  # a fill-in-the-middle prompt: its output is cleaned for the editor
     truncation: Truncation | None = None  # what trimming removed to fit the context
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request's prompts with the token budget the context leaves them: everything that can fail with a 400
+    has been checked."""
+
+    prompts: tuple[Prompt, ...]
+    max_tokens: int  # the request's limit, clamped to what the context leaves the longest prompt
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    @property
+    def truncation(self) -> Truncation | None:
+        return next((p.truncation for p in self.prompts if p.truncation is not None), None)
+
+
+@dataclass
+class Choice:
+    """One choice's output, accumulated from its deltas."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.tokens += delta.token_count
+        self.logprobs.extend(delta.logprobs)
+        self.finish_reason = delta.finish_reason or self.finish_reason
 
 
 def new_id(prefix: str) -> str:
@@ -77,56 +96,52 @@ def fim_marker_problem(engine: Engine, template: FimTemplate | None) -> str | No
 class GenerationCore:
     """Turns requests into engine prompts and runs them; one per served model. `hole_fill` is how a model
     without FIM tokens fills a hole (CODESERVE_HOLE_FILL): "continue" the prefix, or ask through its "chat"
-    template; "auto" is "continue" (see hole.py for the measurement). `chat_template` (CODESERVE_CHAT_TEMPLATE)
-    replaces the model's own."""
+    template; "auto" is "continue" (see fim/prompt.py for the measurement). `chat_template`
+    (CODESERVE_CHAT_TEMPLATE) replaces the model's own."""
 
     def __init__(self, engine: Engine, served: ServedModel, hole_fill: str = "auto", chat_template: str | None = None):
         self.engine = engine
         self.served = served
-        self.chat_template = chat_template
-        fim = served.fim
+        self.codec = Codec(engine, served.id, chat_template)
         by_chat = served.fills_holes_without_fim and hole_fill == "chat"
-        self.holes = HoleFormat(fim, repo_format(fim, self._single_token), self._chat_text if by_chat else None)
+        self.holes = HoleFormat.for_model(served.fim, self.codec, by_chat)
         # Template tokens are special: vLLM hides them from the text, so stop strings never see them. They
         # end the answer as token ids; as text (a tokenizer that does not mark them special) the cleaner cuts.
-        if fim is not None:
-            markers = {*fim.markers, *fim.stop, *(self.holes.repo.markers if self.holes.repo else ())}
-        elif served.fills_holes_without_fim:  # an instruct model may open another turn, whichever way it fills
+        markers = set(self.holes.markers)
+        if served.fills_holes_without_fim:  # an instruct model may open another turn, whichever way it fills
             try:
-                template = self._chat_text([{"role": "user", "content": ""}])
+                template = self.codec.chat_text([{"role": "user", "content": ""}])
             except InvalidRequest:  # no template (chat answers 400 saying so), or one that refuses an empty turn
                 template = ""
             markers = {t for t in engine.special_tokens if t in template}
-        else:
-            markers = set()
         self.markers = tuple(sorted(markers))
-        self.marker_ids = tuple(sorted({ids[0] for m in self.markers if len(ids := self._ids(m)) == 1}))
-
-    def _ids(self, text: str) -> list[int]:
-        return self.engine.tokenize(text, add_special_tokens=False)
-
-    def _single_token(self, text: str) -> bool:
-        return len(self._ids(text)) == 1
-
-    def check_model(self, name: str | None) -> None:
-        if not self.served.accepts(name):
-            raise ModelNotFound(f"the model '{name}' does not exist; this server serves '{self.served.id}'",
-                                param="model")
+        self.marker_ids = tuple(sorted({i for m in self.markers if (i := self.codec.single_token(m)) is not None}))
 
     # ---- prompts -------------------------------------------------------------------------------
-    def text_prompt(self, text: str | list[int]) -> Prompt:
-        """The prompt for plain text or token ids, continued as they are."""
-        if isinstance(text, list):
-            vocab = self.engine.vocab_size
-            if any(not 0 <= t < vocab for t in text):
-                raise InvalidRequest(f"token ids must lie in 0..{vocab - 1} (this model's vocabulary)", param="prompt")
-            return Prompt(list(text))
-        self._check_length(len(text))
-        if not text:
-            raise InvalidRequest("'prompt' is empty: send the text to continue", param="prompt")
-        return Prompt(self.engine.tokenize(text))
+    def prepare(self, sources: Sequence[Source], max_tokens: int | None) -> Prepared:
+        """Every source as an engine prompt, and `max_tokens` clamped to what the context leaves (400 when a
+        prompt alone is too long). The one call the HTTP layer makes to prepare a request."""
+        prompts = tuple(self._prompt(source) for source in sources)
+        return Prepared(prompts, min(self._budget(p, max_tokens) for p in prompts))
 
-    def fill(self, hole: Hole) -> Prompt:
+    def _prompt(self, source: Source) -> Prompt:
+        if isinstance(source, Hole):
+            return self._fill(source)
+        if isinstance(source, Chat):
+            self._check_length(sum(len(str(m.get("content") or "")) for m in source.messages))
+            # The template already writes the special tokens (BOS included where the model has one).
+            return Prompt(self.codec.tokenize(self.codec.chat_text(source.messages), add_special_tokens=False))
+        if isinstance(source, list):
+            vocab = self.engine.vocab_size
+            if any(not 0 <= t < vocab for t in source):
+                raise InvalidRequest(f"token ids must lie in 0..{vocab - 1} (this model's vocabulary)", param="prompt")
+            return Prompt(list(source))
+        self._check_length(len(source))
+        if not source:
+            raise InvalidRequest("'prompt' is empty: send the text to continue", param="prompt")
+        return Prompt(self.codec.tokenize(source))
+
+    def _fill(self, hole: Hole) -> Prompt:
         """The prompt for a hole between `hole.prefix` and `hole.suffix`, in the served family's format (or its
         chat template), trimmed to fit when `hole.fit`; its output is cleaned for the editor."""
         fim = self.served.fim
@@ -136,55 +151,16 @@ class GenerationCore:
         truncation = None
         if hole.fit:
             reserve = min(hole.reserve_tokens or DEFAULT_RESERVE_TOKENS, self.served.max_model_len // 2)
-            hole, truncation = fit(self._bounded(hole, reserve), self._prompt_tokens, self.served.max_model_len
-                                   - reserve)
+            room = self.served.max_model_len - reserve
+            hole, truncation = fit(bounded(hole, room * self.engine.max_token_chars), self.holes.token_count, room)
         else:
             self._check_length(len(hole.prefix) + len(hole.suffix) + sum(len(f.text) for f in hole.extra))
-        context = InfillContext(hole.prefix, hole.suffix, self.markers, chat=self.holes.chat_prompt is not None,
+        ids = self.holes.token_ids(hole)
+        if hole.typed:  # llama.cpp's `prompt`: text typed at the cursor, after the middle marker
+            ids += self.codec.tokenize(hole.typed, add_special_tokens=False)
+        context = InfillContext(hole.prefix + hole.typed, hole.suffix, self.markers, chat=self.holes.chat,
                                 code_stops=hole.code_stops, min_indent=hole.min_indent)
-        stop = fim.stop if fim is not None else ()
-        return Prompt(self._ids_of(self.holes.text(hole)), stop, self.marker_ids, context, truncation)
-
-    def _ids_of(self, prompt_text: str) -> list[int]:
-        # FIM prompts and continued prefixes take the tokenizer's BOS where the model has one; a chat template
-        # writes its own.
-        return self.engine.tokenize(prompt_text, add_special_tokens=self.holes.chat_prompt is None)
-
-    def _prompt_tokens(self, hole: Hole) -> int:
-        return len(self._ids_of(self.holes.text(hole)))
-
-    def _bounded(self, hole: Hole, reserve: int) -> Hole:
-        """No token covers more than max_token_chars characters: text beyond (context x that) characters
-        cannot fit, so it is cut by characters before the tokenizer sees it (megabytes would hold a CPU)."""
-        room = (self.served.max_model_len - reserve) * self.engine.max_token_chars
-        if len(hole.prefix) > room:
-            hole = replace(hole, prefix=hole.prefix[len(hole.prefix) - room:])
-        if len(hole.suffix) > room:
-            hole = replace(hole, suffix=hole.suffix[:room])
-        return hole
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
-        self._check_length(sum(len(m["content"]) for m in messages))
-        # The template already writes the special tokens (BOS included where the model has one).
-        return Prompt(self.engine.tokenize(self._chat_text(messages), add_special_tokens=False))
-
-    def _chat_text(self, messages: list[dict[str, str]]) -> str:
-        try:
-            return self.engine.chat_prompt(messages, self.chat_template)
-        except ChatTemplateError as exc:
-            if exc.missing:
-                raise InvalidRequest(
-                    f"model '{self.served.id}' has no chat template, so chat messages cannot be formatted for it: "
-                    "send the text as a prompt to /v1/completions, or give the server one with "
-                    "CODESERVE_CHAT_TEMPLATE (a Jinja file, as vLLM's --chat-template)", param="model") from exc
-            raise InvalidRequest(f"the chat template of model '{self.served.id}' refused the messages: {exc}",
-                                 param="messages") from exc
-
-    def extend(self, prompt: Prompt, text: str) -> Prompt:
-        """`prompt` followed by `text` (llama.cpp's /infill: what was typed after the middle marker)."""
-        infill = prompt.infill and replace(prompt.infill, prefix=prompt.infill.prefix + text)
-        return replace(prompt, token_ids=prompt.token_ids + self.engine.tokenize(text, add_special_tokens=False),
-                       infill=infill)
+        return Prompt(ids, fim.stop if fim is not None else (), self.marker_ids, context, truncation)
 
     def _check_length(self, characters: int) -> None:
         """Refuse, before tokenizing, text that cannot fit: no token covers more than max_token_chars
@@ -198,7 +174,7 @@ class GenerationCore:
                 f"{at_least} tokens ({characters} characters). Please reduce the length of the prompt.",
                 param="prompt")
 
-    def token_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
+    def _budget(self, prompt: Prompt, max_tokens: int | None) -> int:
         """max_tokens, clamped to what the context leaves; 400 when the prompt alone is too long."""
         limit = self.served.max_model_len
         used = len(prompt.token_ids)
@@ -210,6 +186,14 @@ class GenerationCore:
         return room if max_tokens is None else min(max_tokens, room)
 
     # ---- running -------------------------------------------------------------------------------
+    async def collect(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
+                      observer: RequestObserver) -> list[Choice]:
+        """Every prompt x n choice, whole."""
+        choices = [Choice() for _ in range(len(prompts) * sampling.n)]
+        async for index, delta in self.run(prompts, sampling, request_id, observer):
+            choices[index].add(delta)
+        return choices
+
     async def run(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
                   observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
         """(choice index, delta) for every prompt x n choice, as the deltas arrive."""
@@ -252,7 +236,7 @@ class GenerationCore:
                     break  # every choice ended early: the finally below aborts the engine's request
             else:
                 finished = True
-        except EngineDead as exc:
+        except EngineUnavailable as exc:
             raise EngineUnavailable(f"the engine stopped while serving request {request_id}: {exc}; the server "
                                     "restarts, retry shortly") from exc
         except Exception as exc:  # the engine's text (paths, device details) is for the log, not the client

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..fim import TEMPLATES
+from ..fim.templates import TEMPLATES
 from .catalog import Architecture, Encoder, Mla, ModelEntry, Moe, Prequantized, VllmSupport
 from .memory import WeightPrecision, param_counts
 

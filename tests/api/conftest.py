@@ -9,8 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.api.app import build_app
-from server.api.serving import Runtime
-from server.generation.core import GenerationCore, ServedModel
+from server.api.runtime import Runtime
+from server.generation.core import GenerationCore
+from server.generation.served import ServedModel
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
 from server.serve import make_runtime
@@ -29,8 +30,8 @@ class Served:
 
     def value(self, family: str, endpoint: str) -> float:
         """A per-request metric's value for `endpoint` and the served model."""
-        assert self.runtime.core is not None
-        sample: float = getattr(self.metrics, family).labels(endpoint, self.runtime.core.served.id)._value.get()
+        assert self.runtime.cores
+        sample: float = getattr(self.metrics, family).labels(endpoint, self.runtime.cores[0].served.id)._value.get()
         return sample
 
 

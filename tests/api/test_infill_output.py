@@ -25,7 +25,7 @@ def _sse(response: httpx.Response) -> list[dict]:
 
 def _cleanups(served: Served, endpoint: str, action: str) -> float:
     value = served.metrics.registry.get_sample_value("codeserve_infill_cleanups_total",
-                                                    {"endpoint": endpoint, "model": served.runtime.core.served.id,  # type: ignore[union-attr]
+                                                    {"endpoint": endpoint, "model": served.runtime.cores[0].served.id,  # type: ignore[union-attr]
                                                      "action": action})
     return value or 0.0
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.api.app import build_app
-from server.generation.core import GenerationCore, ServedModel
+from server.generation.core import GenerationCore
+from server.generation.served import ServedModel
 from server.metrics import Metrics
 from server.planner.catalog import Catalog
 from server.serve import make_runtime

@@ -11,7 +11,7 @@ import pytest
 from server.cli import main
 from server.evaluation.client import EvalError, Target, evaluate
 from server.evaluation.samples import cut
-from server.fim import TEMPLATES
+from server.fim.templates import TEMPLATES
 from tests.fake_engine import FakeEngine
 
 SAMPLES = 6

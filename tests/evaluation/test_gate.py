@@ -12,7 +12,7 @@ import pytest
 
 from server.evaluation import gate
 from server.evaluation.samples import Sample
-from server.fim import TEMPLATES
+from server.fim.templates import TEMPLATES
 from server.planner.catalog import Catalog
 from server.planner.choose import choose
 from server.planner.hardware import simulated

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from server.errors import ContextLengthExceeded
-from server.fim import TEMPLATES
-from server.generation.hole import ExtraFile, Hole, HoleFormat, fit, repo_format
+from server.fim.fit import fit
+from server.fim.prompt import ExtraFile, Hole, HoleFormat
+from server.fim.templates import TEMPLATES
 
-QWEN = HoleFormat(TEMPLATES["qwen"], repo_format(TEMPLATES["qwen"], lambda marker: True), None)
+
+class _Codec:
+    """A tokenizer with every character a token, except the markers it has as single tokens."""
+
+    def __init__(self, split: tuple[str, ...] = ()):
+        self.split = split
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [1] if text not in self.split and text.startswith("<") else [ord(c) for c in text]
+
+    def chat_text(self, messages: list[dict[str, Any]]) -> str:
+        raise AssertionError("no chat here")
+
+
+QWEN = HoleFormat.for_model(TEMPLATES["qwen"], _Codec(), chat=False)
 LINES = "".join(f"line {i:03d}\n" for i in range(100))  # 9 characters a line
 
 
@@ -17,9 +34,9 @@ def _tokens(hole: Hole) -> int:
 
 
 def test_repository_format_only_where_the_tokenizer_has_its_markers() -> None:
-    assert repo_format(TEMPLATES["qwen"], lambda marker: True) is not None
-    assert repo_format(TEMPLATES["qwen"], lambda marker: marker != "<|file_sep|>") is None
-    assert repo_format(TEMPLATES["deepseek"], lambda marker: True) is None  # no repository tokens
+    assert HoleFormat.for_model(TEMPLATES["qwen"], _Codec(), chat=False).repo is not None
+    assert HoleFormat.for_model(TEMPLATES["qwen"], _Codec(split=("<|file_sep|>",)), chat=False).repo is None
+    assert HoleFormat.for_model(TEMPLATES["deepseek"], _Codec(), chat=False).repo is None  # no repository tokens
 
 
 def test_qwen_repository_prompt() -> None:

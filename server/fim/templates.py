@@ -19,10 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-class FimUnsupported(ValueError):
-    """The served model has no fill-in-the-middle format and no instruct fallback."""
-
-
 @dataclass(frozen=True)
 class FimTemplate:
     id: str

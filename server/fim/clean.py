@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..fim import HOLE_MARKER
+from .templates import HOLE_MARKER
 
 # Openers after which the next lines form a new, deeper block (Python's ":", C-family braces, open calls).
 BLOCK_OPENERS = (":", "{", "(", "[", "=>")

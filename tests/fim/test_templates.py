@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.fim import TEMPLATES, hole_messages, template_for
+from server.fim.templates import TEMPLATES, hole_messages, template_for
 from server.planner.catalog import Catalog
 
 

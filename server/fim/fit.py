@@ -1,9 +1,8 @@
-"""A fill-in-the-middle request turned into the served family's prompt: other files in the family's repository
-format, and, where the client asked for it, trimmed to fit the context instead of refused.
+"""A hole trimmed to fit the context instead of refused, as editors send whatever surrounds the cursor.
 
-Trimming order (editors send whatever surrounds the cursor): other files first, oldest first (llama.cpp's
-server also keeps the newest extra context), then the far end of the prefix, then the far end of the suffix,
-always whole lines, never the cursor's own line. What was cut is reported back (`Truncation`).
+Trimming order: other files first, oldest first (llama.cpp's server also keeps the newest extra context), then
+the far end of the prefix, then the far end of the suffix, always whole lines, never the cursor's own line.
+What was cut is reported back (`Truncation`).
 """
 
 from __future__ import annotations
@@ -12,36 +11,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from ..errors import ContextLengthExceeded
-from ..fim import REPO_FORMATS, FimTemplate, RepoFormat, hole_messages, plain_context
+from .prompt import Hole
 
 DEFAULT_RESERVE_TOKENS = 256  # room kept for the completion when trimming and the client set no limit
 FIT_ROUNDS = 12  # each round re-tokenizes once; the cut grows with the measured excess, so few are needed
-
-
-@dataclass(frozen=True)
-class ExtraFile:
-    filename: str
-    text: str
-
-
-def extra_files(pairs: tuple[tuple[str, str], ...]) -> tuple[ExtraFile, ...]:
-    return tuple(ExtraFile(name, text) for name, text in pairs)
-
-
-@dataclass(frozen=True)
-class Hole:
-    """A fill-in-the-middle request as the wire layers hand it over."""
-
-    prefix: str
-    suffix: str = ""
-    extra: tuple[ExtraFile, ...] = ()
-    filename: str = ""  # the edited file's path, where the family's repository format has a place for it
-    repo_name: str | None = None
-    code_stops: bool = False
-    min_indent: int | None = None  # llama.cpp's n_indent
-    fit: bool = False  # trim to fit the context instead of refusing
-    reserve_tokens: int | None = None  # what the completion needs (its max_tokens) when trimming
-    prefix_field: str = "prompt"  # the request field the prefix came in, for error messages
 
 
 @dataclass(frozen=True)
@@ -57,36 +30,6 @@ class Truncation:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
-
-@dataclass(frozen=True)
-class HoleFormat:
-    """How this server writes a hole for the served model: its FIM template and its repository format when
-    the tokenizer has that format's tokens. A model without FIM tokens either continues the prefix (the
-    suffix then only tells the cleaner where to cut) or is asked through its chat template (`chat_prompt`).
-    Continuing is the default: on the bundled SmolLM2-135M-Instruct, `codeserve eval` (40 holes, seed 0)
-    scored exact match 0.125 and edit similarity 0.384 by continuing, 0.0 and 0.154 by chat."""
-
-    fim: FimTemplate | None
-    repo: RepoFormat | None
-    chat_prompt: Callable[[list[dict[str, str]]], str] | None  # for a model that fills holes by chat
-
-    def text(self, hole: Hole) -> str:
-        files = [(f.filename, f.text) for f in hole.extra if f.text]
-        if self.fim is None:
-            if self.chat_prompt is None:
-                return plain_context(files) + hole.prefix
-            return self.chat_prompt(hole_messages(plain_context(files) + hole.prefix, hole.suffix))
-        if self.repo is None or not (files or hole.filename):  # the file alone: the file-level format
-            return self.fim.prompt(plain_context(files) + hole.prefix, hole.suffix)
-        prefix = f"{hole.filename}\n{hole.prefix}" if self.repo.path_in_prefix and hole.filename else hole.prefix
-        return self.repo.render(files, hole.filename, hole.repo_name) + self.fim.prompt(prefix, hole.suffix)
-
-
-def repo_format(fim: FimTemplate | None, single_token: Callable[[str], bool]) -> RepoFormat | None:
-    """The family's repository format, if the served tokenizer has its markers as single tokens (StarCoder
-    v1 shares StarCoder2's FIM tokens but not its <file_sep>)."""
-    repo = REPO_FORMATS.get(fim.id) if fim else None
-    return repo if repo and all(single_token(m) for m in repo.markers) else None
 
 
 def fit(hole: Hole, tokens_of: Callable[[Hole], int], limit: int) -> tuple[Hole, Truncation | None]:
@@ -116,6 +59,16 @@ def fit(hole: Hole, tokens_of: Callable[[Hole], int], limit: int) -> tuple[Hole,
 
 
 PREFIX_SHARE = 0.75
+
+
+def bounded(hole: Hole, room_chars: int) -> Hole:
+    """No token covers more than the tokenizer's longest token's characters: text beyond the room's worth of
+    them cannot fit, so it is cut by characters before the tokenizer sees it (megabytes would hold a CPU)."""
+    if len(hole.prefix) > room_chars:
+        hole = replace(hole, prefix=hole.prefix[len(hole.prefix) - room_chars:])
+    if len(hole.suffix) > room_chars:
+        hole = replace(hole, suffix=hole.suffix[:room_chars])
+    return hole
 
 
 def _chars_per_token(hole: Hole, tokens: int) -> float:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import NotFound, NotReady
-from ..serving import Runtime
+from .errors import NotFound, NotReady
+from .runtime import Runtime
 
 router = APIRouter()  # behind the API key when CODESERVE_PUBLIC_METRICS=false
 probes = APIRouter()  # always open: orchestrators' probes carry no key

@@ -1,0 +1,1 @@
+"""chat endpoint: protocol.py (its request and response models) and serving.py (the Endpoint)."""

@@ -1,0 +1,1 @@
+"""completions endpoint: protocol.py (its request and response models) and serving.py (the Endpoint)."""

@@ -1,0 +1,1 @@
+"""llamacpp endpoint: protocol.py (its request and response models) and serving.py (the Endpoint)."""

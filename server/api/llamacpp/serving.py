@@ -1,0 +1,128 @@
+"""llama.cpp's /infill and /completion, as llama.vscode, llama.vim and Continue's llama.cpp provider use them.
+llama.cpp's stream has no [DONE].
+
+Response fields follow llama.cpp's server README: `content`, `stop`, `tokens_predicted`, `tokens_evaluated`,
+`tokens_cached`, `generation_settings`, `timings.*`; `response_fields` selects flat keys such as
+"timings/prompt_n".
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from ...engine.base import SamplingSettings
+from ...fim.defaults import HOLE_DEFAULTS
+from ...fim.prompt import Hole, extra_files
+from ...generation.core import Source, new_id
+from ...generation.served import Target
+from ...metrics import RequestObserver
+from ..endpoint import Endpoint, Job
+from .protocol import LlamaCppRequest
+
+RESPONSE_DOC = {"description": "llama.cpp's result object, an array of them (n_cmpl > 1), or its event stream",
+                "content": {"application/json": {"schema": {"anyOf": [{"type": "object"}, {"type": "array"}]}}}}
+
+
+class LlamaCppCompletion(Endpoint[LlamaCppRequest]):
+    """llama.cpp's /completion: `prompt` continued. llama.cpp's server ignores `model` (one model per server): a
+    name this server serves picks its engine, any other is ignored as llama.cpp would."""
+
+    name = "llamacpp_completion"
+    paths = ("/completion",)
+    request = LlamaCppRequest
+    foreign_model_names = True
+    response_doc = RESPONSE_DOC
+
+    def model_name(self, body: LlamaCppRequest) -> str | None:
+        named = (body.model_extra or {}).get("model")
+        return named if isinstance(named, str) else None
+
+    def owner(self, body: LlamaCppRequest) -> tuple[str | None, int | None]:
+        return None, body.id_slot
+
+    def source(self, body: LlamaCppRequest) -> Source:
+        return body.prompt
+
+    def convert(self, target: Target, body: LlamaCppRequest) -> Job[LlamaCppRequest]:
+        prepared = target.core.prepare([self.source(body)], None if body.n_predict < 0 else body.n_predict)
+        sampling = SamplingSettings(max_tokens=prepared.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                    n=body.n_cmpl, stop=tuple(body.stop), seed=body.seed, adapter=target.adapter)
+        return Job(new_id("infill"), body, target, prepared, sampling)
+
+    async def respond(self, job: Job[LlamaCppRequest], observer: RequestObserver) -> dict[str, Any] | list[Any]:
+        choices = await job.target.core.collect(job.prepared.prompts, job.sampling, job.id, observer)
+        results = [_result(job, c.text, c.tokens, observer, c.finish_reason) for c in choices]
+        return results[0] if len(results) == 1 else results
+
+    async def events(self, job: Job[LlamaCppRequest], observer: RequestObserver) -> AsyncIterator[dict[str, Any]]:
+        """llama.cpp's stream: `{"content": ..., "stop": false}` payloads, then one result with `stop: true`."""
+        predicted, finish = 0, None
+        async for index, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
+            predicted += delta.token_count
+            finish = finish or (delta.finish_reason if index == 0 else None)
+            if delta.text:
+                yield {"content": delta.text, "stop": False, "index": index, "id_slot": 0}
+        yield _result(job, "", predicted, observer, finish)
+
+
+class Infill(LlamaCppCompletion):
+    """llama.cpp's /infill: the hole between `input_prefix` and `input_suffix`, other files (`input_extra`) in the
+    family's repository format, `prompt` typed after the middle marker. llama.cpp keeps the FIM format for an
+    empty suffix (the cursor is at the end)."""
+
+    name = "infill"
+    paths = ("/infill",)
+
+    def source(self, body: LlamaCppRequest) -> Source:
+        code_stops, fit = HOLE_DEFAULTS["infill"].resolve(body.code_stops, body.fit_context, False)
+        return Hole(body.input_prefix, body.input_suffix, extra_files(body.infill_extras()), body.filename,
+                    body.repo_name, code_stops=code_stops, min_indent=body.n_indent or None, fit=fit,
+                    reserve_tokens=None if body.n_predict < 0 else body.n_predict, prefix_field="input_prefix",
+                    typed=body.prompt)
+
+
+def _result(job: Job[LlamaCppRequest], content: str, predicted: int, observer: RequestObserver,
+            finish: str | None) -> dict[str, Any]:
+    now = observer.clock()
+    first = observer.first_token_at or now
+    prompt_ms = (first - observer.started) * 1000
+    predicted_ms = (now - first) * 1000
+    prompt_n = job.prepared.prompt_tokens
+    model = job.target.core.served.id
+    sampling = job.sampling
+    result = {
+        "content": content,
+        "id_slot": 0,
+        "stop": True,
+        "model": model,
+        "tokens_predicted": predicted,
+        "tokens_evaluated": prompt_n,
+        "tokens_cached": 0,
+        "truncated": job.prepared.truncation is not None,
+        "stop_type": "limit" if finish == "length" else "eos",
+        "generation_settings": {"n_predict": sampling.max_tokens, "temperature": sampling.temperature,
+                                "top_p": sampling.top_p, "stop": list(sampling.stop), "model": model,
+                                "seed": sampling.seed},
+        "timings": {"prompt_n": prompt_n, "prompt_ms": prompt_ms,
+                    "prompt_per_second": prompt_n / prompt_ms * 1000 if prompt_ms else 0.0,
+                    "predicted_n": predicted, "predicted_ms": predicted_ms,
+                    "predicted_per_second": predicted / predicted_ms * 1000 if predicted_ms else 0.0},
+    }
+    if job.prepared.truncation is not None:
+        result["truncation"] = asdict(job.prepared.truncation)
+    return _select(result, job.body.response_fields)
+
+
+def _select(result: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+    if not fields:
+        return result
+    selected: dict[str, Any] = {}
+    for path in fields:
+        value: Any = result
+        for part in path.split("/"):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            selected[path] = value
+    return selected

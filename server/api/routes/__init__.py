@@ -1,1 +1,0 @@
-"""Route modules; app.py lists them all in one place."""
