@@ -19,6 +19,7 @@ from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
 from .planner.plan import NoFit, Plan
 from .planning import detect_and_plan
+from .roles import ROLE_NAMES
 from .settings import Settings
 
 
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="simulate an inventory, e.g. 2xA100-80GB or 1xT4,1xL4 ('none' = CPU)")
     p.add_argument("--model", help="pin a catalog id, a local model directory or a Hub repo id (CODESERVE_MODEL)")
     p.add_argument("--precision", help="pin bf16|fp16|fp8|awq (CODESERVE_PRECISION)")
-    p.add_argument("--role", help="completion|chat|completion,chat (CODESERVE_ROLE)")
+    p.add_argument("--role", help=f"{'|'.join(ROLE_NAMES)}, or several comma-separated (CODESERVE_ROLE)")
     p.add_argument("--max-model-len", type=int, help="target context (CODESERVE_MAX_MODEL_LEN)")
     p.add_argument("--nodes", type=int, help="nodes like this one a model may span (CODESERVE_NODES)")
     p.add_argument("--objective", help="largest|latency|auto (CODESERVE_OBJECTIVE)")

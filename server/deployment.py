@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .planner.fleet import Fleet
+from .roles import role_spec
 from .settings import Settings
 
 
@@ -31,9 +32,8 @@ def helm_values(fleet: Fleet, settings: Settings) -> dict[str, Any]:
                     "multiNode": {"enabled": True, "size": first.pipeline_parallel_size}, "config": config}
         return {"gpu": {"count": first.tensor_parallel_size}, "replicaCount": first.replicas,
                 "multiNode": {"enabled": False}, "config": config}
-    # Several roles run in one pod (one server routing by model): it gets every GPU the roles use.
-    chat = next(s.option for s in fleet.served if s.role == "chat")
-    completion = next(s.option for s in fleet.served if s.role == "completion")
-    config |= {"CODESERVE_MODEL": completion.model.id, "CODESERVE_CHAT_MODEL": chat.model.id}
+    # Several roles run in one pod (one server routing by model): it gets every GPU the roles use, and each role's
+    # model is pinned by the setting its row names (CODESERVE_MODEL, CODESERVE_CHAT_MODEL).
+    config |= {f"CODESERVE_{role_spec(s.role).model_setting.upper()}": s.option.model.id for s in fleet.served}
     gpus = len({index for served in fleet.served for index in served.gpus})
     return {"gpu": {"count": gpus}, "replicaCount": 1, "multiNode": {"enabled": False}, "config": config}

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .roles import DEFAULT_ROLE, ROLE_NAMES, ROLES, Role, parse_roles
+
 Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq"]
-Role = Literal["completion", "chat"]
-ROLES: tuple[Role, ...] = ("completion", "chat")
 # The per-token latency the completion role aims for under CODESERVE_OBJECTIVE=latency: 50 tokens/s, so a
 # typical 30-60-token suggestion streams in within a second of the first token.
 DEFAULT_TARGET_TOKEN_LATENCY_MS = 20.0
@@ -64,9 +64,9 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int = Field(
         8192, ge=256, description="prefill chunk size; bounds the activation peak vLLM profiles"
     )
-    role: Literal["completion", "chat", "completion,chat"] = Field(
-        "completion", description="completion: base models with FIM; chat: instruct models; completion,chat: both, "
-                                  "each with its own engine (one engine on the CPU)")
+    role: str = Field(
+        DEFAULT_ROLE, description="; ".join(f"{r.name}: {r.summary}" for r in ROLES) + f"; {','.join(ROLE_NAMES)}: "
+                                  "several (any order), each with its own engine (one engine on the CPU)")
     chat_model: str = Field("auto", description="with role completion,chat: 'auto' or a catalog id for the chat role "
                                                 "(CODESERVE_MODEL then pins the completion model)")
     chat_template: str | None = Field(
@@ -145,18 +145,14 @@ class Settings(BaseSettings):
         5.0, ge=0.0, description="after the engine died or failed to load: seconds /ready shows why, then exit 3")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("role", mode="before")
+    @field_validator("role")
     @classmethod
-    def _roles(cls, value: object) -> object:
-        if isinstance(value, str):
-            named = [part.strip() for part in value.split(",") if part.strip()]
-            if set(named) <= set(ROLES) and named:  # any order, duplicates allowed; the rest fails the Literal
-                return ",".join(role for role in ROLES if role in named)
-        return value
+    def _roles(cls, value: str) -> str:
+        return ",".join(parse_roles(value))  # table order: "chat,completion" is "completion,chat"
 
     @property
     def roles(self) -> tuple[Role, ...]:
-        return tuple(role for role in ROLES if role in self.role.split(","))
+        return parse_roles(self.role)
 
     @field_validator("families", "api_keys", "lora_adapters", mode="before")
     @classmethod

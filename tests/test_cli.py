@@ -108,3 +108,12 @@ def test_helm_values_from_a_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert values["multiNode"] == {"enabled": True, "size": 2} and values["gpu"] == {"count": 8}
     config = values["config"]
     assert config["CODESERVE_PRECISION"] == "bf16" and config["CODESERVE_TENSOR_PARALLEL_SIZE"] == "8"
+
+
+def test_helm_values_pin_each_roles_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--gpus", "2xL4", "--role", "chat,completion", "--helm-values"]) == 0
+    values = yaml.safe_load(capsys.readouterr().out)
+    assert values["gpu"] == {"count": 2} and values["replicaCount"] == 1
+    config = values["config"]
+    assert (config["CODESERVE_ROLE"], config["CODESERVE_MODEL"], config["CODESERVE_CHAT_MODEL"]) == (
+        "completion,chat", "qwen2.5-coder-3b", "qwen2.5-coder-7b-instruct")

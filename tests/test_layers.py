@@ -13,7 +13,7 @@ PACKAGE = REPO_ROOT / "server"
 # settings -> planner -> engine (and model preparation) -> generation -> HTTP -> entry points.
 # A module may import its own layer and the ones before it, never a later one.
 LAYERS = [
-    {"server.settings", "server.errors", "server.fsutil", "server.fim"},
+    {"server.settings", "server.roles", "server.errors", "server.fsutil", "server.fim"},
     {"server.planner"},
     {"server.engine", "server.prepare", "server.quantize", "server.metrics"},
     {"server.generation", "server.evaluation"},

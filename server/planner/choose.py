@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Literal
 
+from ..roles import role_spec
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from . import candidates as rules
 from . import latency, memory
@@ -39,9 +40,9 @@ MAX_FALLBACKS = 12
 # measured on the typing session (loadtests/typing_session.py, 2 cores, bundled model), 32-token blocks cut
 # warm TTFT p50 882 -> 378 ms with no loss in decode speed. GPUs keep vLLM's default (16).
 CPU_KV_BLOCK_TOKENS = 32
-# Prompt-lookup speculation for the completion role: code completions copy identifiers and whole lines from
-# the prompt. vLLM's suggested ngram settings (docs, "N-gram based speculative decoding"): propose up to 4
-# tokens matched on the last 2-4. Verifying drafts costs compute that is free only while decoding is
+# Prompt-lookup speculation for roles with prompt_lookup (roles.py: completion): code completions copy identifiers
+# and whole lines from the prompt. vLLM's suggested ngram settings (docs, "N-gram based speculative decoding"):
+# propose up to 4 tokens matched on the last 2-4. Verifying drafts costs compute that is free only while decoding is
 # memory-bound: measured on 2 CPU cores (typing session, compiled, bundled model) one stream gained 20.5 -> 25.2
 # tok/s at 54% acceptance, but 8 streams fell 18.0 -> 10.8 tok/s and warm TTFT rose 373 -> 587 ms, so the CPU
 # plan leaves it off. GPUs decode memory-bound at small batches, where it pays; upstream measured regressions as
@@ -85,10 +86,10 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
         return ""
     if allowed and entry.family not in allowed:
         return ""
-    if settings.role == "completion" and entry.fim is None and not entry.bundled:
-        return "" if entry.role == "instruct" else "no fill-in-the-middle tokens (role=completion needs FIM)"
-    if settings.role == "chat" and entry.role != "instruct" and not entry.bundled:
-        return ""
+    if not entry.bundled:  # the bundled model is the CPU default of every role
+        problem = role_spec(settings.role).problem(entry)
+        if problem is not None:
+            return problem
     if not allowed and not entry.auto and not entry.bundled:
         return (f"not chosen automatically: superseded by {entry.superseded_by}; pin it with CODESERVE_MODEL "
                 f"or allow its family with CODESERVE_FAMILIES={entry.family}")
@@ -107,7 +108,7 @@ def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | N
 
 def _speculation(settings: Settings, on_gpu: bool) -> PromptLookup | None:
     if settings.speculative == "auto":
-        wanted = (settings.role == "completion" and (on_gpu or SPECULATE_ON_CPU)
+        wanted = (role_spec(settings.role).prompt_lookup and (on_gpu or SPECULATE_ON_CPU)
                   and settings.max_concurrent_sequences <= SPECULATION_MAX_SEQUENCES)
         return PROMPT_LOOKUP if wanted else None
     return PROMPT_LOOKUP if settings.speculative == "ngram" else None

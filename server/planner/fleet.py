@@ -1,12 +1,14 @@
 """Several roles on one inventory (CODESERVE_ROLE=completion,chat): a fill-in-the-middle model for completion,
 chosen for latency, and an instruct model for chat, the largest that fits in what is left. Pure, like choose().
 
-Separate GPUs when there are at least two: the split that gives chat the largest model wins (then completion's).
-Otherwise both share the same GPUs: completion takes the smallest share its option needs (at most half of the
-budget), chat gets the rest; each engine gets its own memory share and their sum stays within
-CODESERVE_GPU_MEMORY_UTILIZATION (vLLM's gpu_memory_utilization is a per-instance share of the GPU, so two
-engines on one GPU each take theirs). On the CPU one engine serves both roles: two copies of the same small
-model would only halve the cores each gets.
+What each role qualifies with, its objective, share cap, start order and model pin are its row in server/roles.py;
+this module plans a pair of roles: the one that starts first ("small", with a share cap) and the one that takes
+the rest ("large"). Separate GPUs when there are at least two: the split that gives the large role the largest
+model wins (then the small one's). Otherwise both share the same GPUs: the small role takes the smallest share its
+option needs (at most its cap of the budget), the large one gets the rest; each engine gets its own memory share
+and their sum stays within CODESERVE_GPU_MEMORY_UTILIZATION (vLLM's gpu_memory_utilization is a per-instance share
+of the GPU, so two engines on one GPU each take theirs). On the CPU one engine serves both roles: two copies of
+the same small model would only halve the cores each gets.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from ..settings import Role, Settings
+from ..roles import DEFAULT_ROLE, ROLE_NAMES, Role, RoleSpec, role_spec
+from ..settings import Settings
 from . import candidates as rules
 from .adapters import Adapter
 from .catalog import Catalog
@@ -23,8 +26,6 @@ from .choose import choose
 from .hardware import GpuInfo, Inventory
 from .plan import NoFit, Option, Plan
 
-# In a shared layout completion may take at most this share of the memory budget: chat is the larger model.
-COMPLETION_MAX_SHARE = 0.5
 Layout = Literal["single", "separate", "shared", "one-engine"]
 
 
@@ -66,7 +67,7 @@ class Fleet:
     layout: Layout
 
     @classmethod
-    def single(cls, plan: Plan, role: Role = "completion") -> Fleet:
+    def single(cls, plan: Plan, role: Role = DEFAULT_ROLE) -> Fleet:
         """One role, one engine: the GPUs are whatever the process sees."""
         return cls((Served(role, plan, (), 0),), plan.inventory, "single")
 
@@ -75,7 +76,7 @@ class Fleet:
         return tuple(s.role for s in self.served)
 
     def engines(self) -> list[list[Served]]:
-        """The roles grouped by the engine that serves them, in start order (completion's first: the smaller
+        """The roles grouped by the engine that serves them, in start order (roles.py's start_order: the smaller
         share starts first, so the larger one sees what is really free)."""
         groups: dict[int, list[Served]] = {}
         for served in self.served:
@@ -99,11 +100,34 @@ class Fleet:
         }
 
 
-def _role_settings(settings: Settings, role: Role) -> Settings:
-    if role == "completion":
-        objective = "latency" if settings.objective == "auto" else settings.objective
-        return settings.model_copy(update={"role": role, "objective": objective})
-    return settings.model_copy(update={"role": role, "objective": "largest", "model": settings.chat_model})
+@dataclass(frozen=True)
+class _Planned:
+    """A role of the pair and the settings it is planned with."""
+
+    spec: RoleSpec
+    settings: Settings
+    adapters: tuple[Adapter, ...]
+
+
+def _planned(settings: Settings, spec: RoleSpec, adapters: tuple[Adapter, ...]) -> _Planned:
+    """The role's own objective and model pin (its row in roles.py), and the LoRA adapters if its engine takes them."""
+    objective = settings.objective if spec.follows_objective and settings.objective != "auto" else spec.fleet_objective
+    update = {"role": spec.name, "objective": objective, "model": getattr(settings, spec.model_setting)}
+    return _Planned(spec, settings.model_copy(update=update), adapters if spec.lora_adapters else ())
+
+
+def _pair(settings: Settings, adapters: tuple[Adapter, ...]) -> tuple[_Planned, _Planned]:
+    """The two roles in start order."""
+    specs = sorted((role_spec(role) for role in settings.roles), key=lambda spec: spec.start_order)
+    if len(specs) != 2:
+        raise NoFit(f"CODESERVE_ROLE={settings.role} names {len(specs)} roles; the fleet planner plans one role or "
+                    f"two at once (of {', '.join(ROLE_NAMES)})", [])
+    small, large = (_planned(settings, spec, adapters) for spec in specs)
+    return small, large
+
+
+def _in_table_order(*served: Served) -> tuple[Served, ...]:
+    return tuple(sorted(served, key=lambda s: ROLE_NAMES.index(s.role)))
 
 
 def _pinned(plan: Plan, gpus: tuple[int, ...]) -> Plan:
@@ -114,8 +138,8 @@ def _pinned(plan: Plan, gpus: tuple[int, ...]) -> Plan:
     return replace(plan, chosen=pin(plan.chosen), fallbacks=[pin(o) for o in plan.fallbacks])
 
 
-def _served(role: Role, plan: Plan, gpus: tuple[int, ...], engine: int) -> Served:
-    return Served(role, _pinned(plan, gpus), gpus, engine)
+def _served(planned: _Planned, plan: Plan, gpus: tuple[int, ...], engine: int) -> Served:
+    return Served(planned.spec.name, _pinned(plan, gpus), gpus, engine)
 
 
 def _subset(inventory: Inventory, gpus: list[GpuInfo]) -> Inventory:
@@ -138,25 +162,26 @@ def _one_engine(plan: Plan) -> Plan:
 
 def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
                local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = ()) -> Fleet:
-    """Plan every role CODESERVE_ROLE names; one role is choose() alone. LoRA adapters go on the completion role's
-    engine (or the single role's)."""
+    """Plan every role CODESERVE_ROLE names; one role is choose() alone. LoRA adapters go on the engine of the role
+    whose row takes them (completion), or the single role's. Served roles are listed in table order."""
     roles = settings.roles
     if len(roles) == 1:
         plan = choose(inventory, catalog, settings, local_models, adapters)
         return Fleet((Served(roles[0], plan, _used(plan, inventory), 0),), inventory, "single")
-    completion, chat = (_role_settings(settings, role) for role in ("completion", "chat"))
-    if not inventory.gpus:
-        plan = choose(inventory, catalog, completion, local_models, adapters)
-        return Fleet((Served("completion", plan, (), 0), Served("chat", plan, (), 0)), inventory, "one-engine")
+    small, large = _pair(settings, adapters)
+    if not inventory.gpus:  # the role that starts first plans the one engine, which takes the adapters
+        plan = choose(inventory, catalog, small.settings, local_models, adapters)
+        return Fleet(_in_table_order(*(Served(p.spec.name, plan, (), 0) for p in (small, large))), inventory,
+                     "one-engine")
     if len(inventory.gpus) >= 2:
-        fleet = _separate(inventory, catalog, completion, chat, local_models, adapters)
+        fleet = _separate(inventory, catalog, small, large, local_models)
         if fleet is not None:
             return fleet
-    return _shared(inventory, catalog, completion, chat, local_models, adapters)
+    return _shared(inventory, catalog, small, large, local_models)
 
 
 def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo]]]:
-    """(completion's GPUs, chat's GPUs): completion takes 1, 2 or 4 GPUs from either end of the list."""
+    """(the small role's GPUs, the large role's): the small one takes 1, 2 or 4 GPUs from either end of the list."""
     splits = []
     for count in (1, 2, 4):
         if count < len(gpus):
@@ -165,23 +190,24 @@ def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo
     return splits
 
 
-def _separate(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
-              local_models: frozenset[str], adapters: tuple[Adapter, ...] = ()) -> Fleet | None:
+def _separate(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Planned,
+              local_models: frozenset[str]) -> Fleet | None:
     best: tuple[tuple[float, ...], Fleet] | None = None
     for mine, theirs in _splits(inventory.gpus):
         try:
-            fast = _one_engine(choose(_subset(inventory, mine), catalog, completion, local_models, adapters))
-            large = _one_engine(choose(_subset(inventory, theirs), catalog, chat, local_models))
+            fast = _one_engine(choose(_subset(inventory, mine), catalog, small.settings, local_models, small.adapters))
+            big = _one_engine(choose(_subset(inventory, theirs), catalog, large.settings, local_models,
+                                     large.adapters))
         except NoFit:
             continue
-        served = (_served("completion", fast, _used(fast, _subset(inventory, mine)), 0),
-                  _served("chat", large, _used(large, _subset(inventory, theirs)), 1))
+        served = (_served(small, fast, _used(fast, _subset(inventory, mine)), 0),
+                  _served(large, big, _used(big, _subset(inventory, theirs)), 1))
         idle = len(inventory.gpus) - sum(len(s.gpus) for s in served)
-        # chat's model and precision first, then completion's, then the fewest idle GPUs
-        score = (rules.effective_params(large.chosen.model), -rules.PRECISION_ORDER.index(large.chosen.precision),
+        # the large role's model and precision first, then the small one's, then the fewest idle GPUs
+        score = (rules.effective_params(big.chosen.model), -rules.PRECISION_ORDER.index(big.chosen.precision),
                  rules.effective_params(fast.chosen.model), -rules.PRECISION_ORDER.index(fast.chosen.precision),
                  -idle)
-        fleet = Fleet(served, inventory, "separate")
+        fleet = Fleet(_in_table_order(*served), inventory, "separate")
         if best is None or score > best[0]:
             best = (score, fleet)
     return best[1] if best else None
@@ -193,7 +219,7 @@ def share_of(option: Option, gpu: GpuInfo) -> float:
 
 
 def _shrunk(plan: Plan, gpu: GpuInfo) -> Plan:
-    """The completion plan with its engine's share cut to what the option needs, so the rest is chat's."""
+    """The small role's plan with its engine's share cut to what the option needs, so the rest is the large one's."""
     option = plan.chosen
     fraction = share_of(option, gpu)
     budget = int(gpu.total_bytes * fraction)
@@ -204,12 +230,12 @@ def _shrunk(plan: Plan, gpu: GpuInfo) -> Plan:
     return replace(plan, chosen=shrunk, fallbacks=[])  # a fallback would need another share: re-plan instead
 
 
-def _shared(inventory: Inventory, catalog: Catalog, completion: Settings, chat: Settings,
-            local_models: frozenset[str], adapters: tuple[Adapter, ...] = ()) -> Fleet:
-    utilization = completion.gpu_memory_utilization
-    capped = completion.model_copy(update={"gpu_memory_utilization": utilization * COMPLETION_MAX_SHARE})
-    fast = choose(inventory, catalog, capped, local_models, adapters)
-    gpus = _used(fast, inventory)[:fast.chosen.tensor_parallel_size]  # one copy: the rest of the GPUs are chat's
+def _shared(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Planned,
+            local_models: frozenset[str]) -> Fleet:
+    utilization = small.settings.gpu_memory_utilization
+    capped = small.settings.model_copy(update={"gpu_memory_utilization": utilization * small.spec.max_share})
+    fast = choose(inventory, catalog, capped, local_models, small.adapters)
+    gpus = _used(fast, inventory)[:fast.chosen.tensor_parallel_size]  # one copy: the rest of the GPUs are large's
     first = next(g for g in inventory.gpus if g.index == gpus[0])
     fast = _shrunk(replace(fast, chosen=replace(fast.chosen, replicas=1)), first)
     fraction = fast.chosen.launch.gpu_memory_fraction or 0.0
@@ -217,7 +243,9 @@ def _shared(inventory: Inventory, catalog: Catalog, completion: Settings, chat: 
     left = _subset(inventory, [replace(g, free_bytes=g.free_bytes - taken.get(g.index, 0)) for g in inventory.gpus])
     rest = round(utilization - fraction, 2)
     if rest <= 0:
-        raise NoFit(f"completion's {fast.chosen.model.id} takes the whole budget; nothing is left for chat", [])
-    large = _one_engine(choose(left, catalog, chat.model_copy(update={"gpu_memory_utilization": rest}), local_models))
-    return Fleet((_served("completion", fast, gpus, 0), _served("chat", large, _used(large, left), 1)), inventory,
+        raise NoFit(f"{small.spec.name}'s {fast.chosen.model.id} takes the whole budget; nothing is left for "
+                    f"{large.spec.name}", [])
+    big = _one_engine(choose(left, catalog, large.settings.model_copy(update={"gpu_memory_utilization": rest}),
+                             local_models, large.adapters))
+    return Fleet(_in_table_order(_served(small, fast, gpus, 0), _served(large, big, _used(big, left), 1)), inventory,
                  "shared")

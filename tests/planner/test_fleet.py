@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from server.planner.catalog import Catalog
-from server.planner.fleet import COMPLETION_MAX_SHARE, Fleet, plan_fleet
+from server.planner.fleet import Fleet, plan_fleet
 from server.planner.hardware import simulated
+from server.roles import role_spec
 from server.settings import DEFAULT_TARGET_TOKEN_LATENCY_MS
 from tests.conftest import FIXED_CPU, make_settings
 
@@ -65,7 +66,7 @@ def test_no_gpu_is_overcommitted_and_roles_get_their_kind_of_model(catalog: Cata
         # vLLM's per-instance shares: completion's is what it needs, at most half, and both fit the budget
         fractions = [s.option.launch.gpu_memory_fraction for s in fleet.served]
         assert fractions[0] is not None and fractions[1] is not None
-        assert fractions[0] <= utilization * COMPLETION_MAX_SHARE + 0.01
+        assert fractions[0] <= utilization * role_spec("completion").max_share + 0.01
         assert fractions[0] + fractions[1] <= utilization + 1e-9
     else:
         assert not set(fleet.served[0].gpus) & set(fleet.served[1].gpus)
