@@ -96,6 +96,11 @@ def role_spec(name: Role) -> RoleSpec:
     return _BY_NAME[name]
 
 
+def role_of_endpoint(endpoint: str) -> Role:
+    """The role whose engine answers `endpoint`'s requests that name no model (the first role for any other)."""
+    return next((r.name for r in ROLES if endpoint in r.endpoints), DEFAULT_ROLE)
+
+
 def parse_roles(value: str) -> tuple[Role, ...]:
     """CODESERVE_ROLE's roles in table order: comma-separated, any order, duplicates allowed."""
     named = [part.strip() for part in value.split(",") if part.strip()]

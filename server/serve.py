@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from .api.app import build_app
 from .api.auth import KeyCheck
+from .api.chat.serving import Chat
 from .api.limits import Limiter
 from .api.runtime import Runtime
 from .api.supersession import Supersession
@@ -38,6 +39,7 @@ from .planning import detect_and_plan
 from .prepare import resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
+from .roles import role_spec
 from .settings import Settings
 
 log = logging.getLogger("codeserve")
@@ -191,7 +193,8 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
         adapters = tuple(name for name, _ in plan.chosen.launch.lora_adapters)
         served = ServedModel(entry.id, entry, engine.max_model_len, adapters=adapters)
         # the template override goes to the engine chat requests reach (the only one, or the chat role's)
-        template = settings.chat_template_text() if "chat" in roles or len(started) == 1 else None
+        chats = any(Chat.name in role_spec(role).endpoints for role in roles)
+        template = settings.chat_template_text() if chats or len(started) == 1 else None
         runtime.serve(GenerationCore(engine, served, settings.hole_fill, template), roles)
         if runtime.metrics is not None:
             for role in roles:

@@ -28,6 +28,7 @@ from ..errors import EngineFailure, InvalidRequest, ServeError
 from ..generation.core import Prepared
 from ..generation.served import Target
 from ..metrics import RequestObserver
+from ..roles import Role, role_of_endpoint
 from . import sse
 from .errors import ERROR_RESPONSES, Superseded, status_of
 from .runtime import Runtime
@@ -66,7 +67,6 @@ class Endpoint(Generic[Body]):
     name: ClassVar[str]  # as metrics and the access accounting name it
     paths: ClassVar[tuple[str, ...]]
     request: ClassVar[type[BaseModel]]
-    role: ClassVar[str] = "completion"  # whose engine answers a request that names no model
     foreign_model_names: ClassVar[bool] = False  # an unknown `model` is the client's label, not a 404
     done_event: ClassVar[str | None] = None  # ends a successful stream (OpenAI's [DONE])
     path_params: ClassVar[tuple[str, ...]] = ()  # in the path, documented, not used
@@ -75,6 +75,11 @@ class Endpoint(Generic[Body]):
     response_doc: ClassVar[dict[str, Any]] = {}
 
     # ---- what each endpoint says -----------------------------------------------------------------
+    @property
+    def role(self) -> Role:
+        """Whose engine answers a request that names no model (server/roles.py's table)."""
+        return role_of_endpoint(self.name)
+
     def model_name(self, body: Body) -> str | None:
         return getattr(body, "model", None)
 

@@ -13,6 +13,7 @@ from ..generation.served import Target
 from ..metrics import Metrics, RequestObserver
 from ..planner.fleet import Fleet
 from ..planner.plan import Plan
+from ..roles import ROLE_NAMES, Role
 from .auth import KeyCheck
 from .errors import RETRY_AFTER_S, NotReady
 from .limits import Limiter
@@ -40,7 +41,7 @@ class Runtime:
     def ready(self) -> bool:
         return self.status == "ready"
 
-    def serve(self, core: GenerationCore, roles: tuple[str, ...] = ("completion", "chat")) -> None:
+    def serve(self, core: GenerationCore, roles: tuple[Role, ...] = ROLE_NAMES) -> None:
         """Add a loaded engine's generation; requests that name no model go to it for `roles` (the first engine
         added takes every role no later one claims)."""
         self.cores = (*self.cores, core)
@@ -71,7 +72,7 @@ class Runtime:
                        "stopping": "the server is shutting down"}.get(self.status, "the model is still loading")
             raise NotReady(message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    def resolve(self, model: str | None, role: str, foreign_names: bool = False) -> Target:
+    def resolve(self, model: str | None, role: Role, foreign_names: bool = False) -> Target:
         """What serves a request naming `model` (any engine's model or LoRA adapter), or `role`'s engine when it
         names none. `foreign_names`: a name this server does not serve is the client's own label for it
         (Copilot's engine names, llama.cpp clients' "model"), answered by `role`'s engine, not a 404."""

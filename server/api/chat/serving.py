@@ -34,7 +34,6 @@ class Chat(Endpoint[ChatRequest]):
     paths = ("/v1/chat/completions",)
     request = ChatRequest
     response_model = ChatCompletionResponse
-    role = "chat"
     done_event = DONE
 
     def convert(self, target: Target, body: ChatRequest) -> Job[ChatRequest]:
