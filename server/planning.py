@@ -23,8 +23,8 @@ def detect_and_choose(settings: Settings) -> Plan:
     """The plan for this machine (or the inventory CODESERVE_GPUS simulates)."""
     source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus)
-    plan = choose(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog),
-                  source.adapters)
+    pinned = source.pins.applied(settings)
+    plan = choose(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters)
     return replace(plan, derived=source.facts)
 
 
@@ -32,6 +32,6 @@ def detect_and_plan(settings: Settings) -> Fleet:
     """Every role CODESERVE_ROLE names, planned for this machine (one role: a fleet of one)."""
     source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus)
-    fleet = plan_fleet(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog),
-                       source.adapters)
+    pinned = source.pins.applied(settings)  # derived models replace the user's pins for planning only
+    fleet = plan_fleet(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters)
     return replace(fleet, served=tuple(replace(s, plan=replace(s.plan, derived=source.facts)) for s in fleet.served))
