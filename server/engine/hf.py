@@ -27,6 +27,7 @@ from .base import Delta, EngineDead, EngineError, SamplingSettings, TokenLogprob
 from .chat import render_chat
 from .hf_hooks import Logprobs, Penalties, Request, Row, StopRows
 from .hf_load import load
+from .tokenizer import tokenizer_facts
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
@@ -51,11 +52,9 @@ class TransformersEngine:
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         self.max_model_len = min(launch.max_model_len, limit) if limit else launch.max_model_len
-        self.vocab_size = len(tokenizer)
-        self.max_token_chars = max(len(token) for token in tokenizer.get_vocab())
-        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
-        self.special_tokens = frozenset(tokenizer.all_special_tokens) | {
-            t.content for t in added if getattr(t, "special", False)}
+        facts = tokenizer_facts(tokenizer)
+        self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
+                                                                      facts.special_tokens)
         eos = model.generation_config.eos_token_id if model.generation_config else tokenizer.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         # the model's own padding id first: some (XGLM) derive positions from it
