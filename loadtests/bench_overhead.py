@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server.api.app import build_app
 from server.engine.base import Engine, SamplingSettings
 from server.generation.core import GenerationCore, ServedModel
-from server.planning import detect_and_choose
+from server.planning import detect_and_plan
 from server.serve import make_runtime, start_engine
 from server.settings import Settings
 
@@ -100,7 +100,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     settings = Settings()
-    engine, started = await asyncio.to_thread(start_engine, detect_and_choose(settings), settings)
+    engine, started = await asyncio.to_thread(start_engine, detect_and_plan(settings).served[0].plan, settings)
     option = started.chosen
     settings = settings.model_copy(update={"max_concurrent_requests": 256})
     runtime = make_runtime(settings, None)
