@@ -1,7 +1,7 @@
 """The second engine: Transformers' own generate(), for the architectures vLLM refuses (CodeGen, XGLM/InCoder,
 T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner picks it per architecture
-(planner/choose.py); it serves behind the same Engine protocol: streamed deltas, abort, stop strings and token ids,
-and concurrent requests batched.
+(planner/candidates.py engine_for); it serves behind the same Engine protocol: streamed deltas, abort, stop strings
+and token ids, and concurrent requests batched.
 
 Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
 same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch, which a

