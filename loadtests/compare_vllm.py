@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtests.run import free_port, wait_ready  # noqa: E402
 from server.engine.vllm_args import engine_args, engine_env, serve_flags  # noqa: E402
-from server.planning import detect_and_choose  # noqa: E402
+from server.planning import detect_and_plan  # noqa: E402
 from server.serve import resolved_launch  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> None:
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     settings = Settings()
-    result = detect_and_choose(settings)
+    result = detect_and_plan(settings).served[0].plan  # CODESERVE_ROLE's first role (completion's with both)
     launch = resolved_launch(result.chosen, settings)
     args = engine_args(launch, settings.engine_args)
     env = {**os.environ, **engine_env(launch)}  # the same CPU binding codeserve gives its engine

@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the catalog")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
-    s = sub.add_parser("serve", help="plan, load the model into vLLM and serve the OpenAI API")
+    s = sub.add_parser("serve", help="plan, load the model into its engine (vLLM, or Transformers for what vLLM "
+                                     "refuses) and serve the OpenAI API")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--gpus", help="plan for a simulated inventory (the engine still needs real devices)")

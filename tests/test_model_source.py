@@ -15,6 +15,7 @@ from server.planner.choose import choose
 from server.planner.hardware import simulated
 from server.planner.plan import NoFit
 from server.prepare import prepare_bundled
+from server.settings import Settings
 from tests.conftest import FIXED_CPU, make_settings
 
 QWEN_FIM = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
@@ -52,18 +53,25 @@ def _resolve(catalog: Catalog, **settings: object) -> model_source.Source:
     return model_source.resolve(make_settings(**settings), catalog)
 
 
+def _planning(catalog: Catalog, **settings: object) -> tuple[model_source.Source, Settings]:
+    """The source and the settings the planner takes: the user's, with the source's pins over them."""
+    given = make_settings(**settings)
+    source = model_source.resolve(given, catalog)
+    return source, source.pins.applied(given)
+
+
 def test_a_local_directory_is_described_from_its_files_and_planned(catalog: Catalog, bundled_dir: Path,
                                                                    tmp_path: Path) -> None:
     path = model_dir(tmp_path / "My-FineTune", bundled_dir, qwen2_config(), fim=QWEN_FIM)
-    source = _resolve(catalog, model=str(path))
+    source, settings = _planning(catalog, model=str(path))
     entry = source.catalog.get(str(path.resolve()))
-    assert entry is not None and entry.id == "my-finetune" and source.settings.model == str(path.resolve())
+    assert entry is not None and entry.id == "my-finetune" and source.pins.model == str(path.resolve())
     assert (entry.fim, entry.role, entry.vllm.architecture) == ("qwen", "base", "Qwen2ForCausalLM")
     twin = catalog.get("qwen2.5-coder-0.5b")
     assert twin is not None and entry.params == pytest.approx(twin.params, rel=0.01)  # the same shapes
     facts = "\n".join(source.facts)
     assert "Qwen2ForCausalLM from config.json" in facts and "FIM           qwen" in facts
-    plan = choose(simulated("1xL4", FIXED_CPU), source.catalog, source.settings)
+    plan = choose(simulated("1xL4", FIXED_CPU), source.catalog, settings)
     assert plan.chosen.model.id == "my-finetune" and plan.chosen.launch.model == str(path.resolve())
     assert plan.chosen.memory.weights == choose(simulated("1xL4", FIXED_CPU), catalog, make_settings(
         model="qwen2.5-coder-0.5b", precision=plan.chosen.precision)).chosen.memory.weights
@@ -77,10 +85,10 @@ def test_an_architecture_the_installed_vllm_cannot_load_is_planned_on_the_transf
     config = transformers.GPTNeoConfig(num_layers=2, hidden_size=128, num_heads=2, attention_types=[[["global",
                                        "local"], 1]], vocab_size=49152)
     path = model_dir(tmp_path / "neo", bundled_dir, {**config.to_dict(), "architectures": ["GPTNeoForCausalLM"]})
-    source = _resolve(catalog, model=str(path))
+    source, settings = _planning(catalog, model=str(path))
     entry = source.catalog.get(str(path.resolve()))
     assert entry is not None and entry.vllm.status == "unsupported" and "model registry" in (entry.vllm.reason or "")
-    plan = choose(simulated("none", FIXED_CPU), source.catalog, source.settings)
+    plan = choose(simulated("none", FIXED_CPU), source.catalog, settings)
     assert plan.chosen.launch.engine == "transformers"
     assert any("GPTNeoForCausalLM" in note and "Transformers engine" in note for note in plan.notes)
 
@@ -95,9 +103,9 @@ def test_a_4_bit_directory_is_served_as_it_is(catalog: Catalog, bundled_dir: Pat
     quantized = {"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {
         "num_bits": 4, "type": "int", "group_size": 64, "strategy": "group"}}}}
     path = model_dir(tmp_path / "q4", bundled_dir, qwen2_config(quantization_config=quantized))
-    source = _resolve(catalog, model=str(path))
-    assert source.settings.precision == "awq"
-    plan = choose(simulated("1xT4", FIXED_CPU), source.catalog, source.settings)
+    source, settings = _planning(catalog, model=str(path))
+    assert source.pins.precision == "awq" and settings.precision == "awq"
+    plan = choose(simulated("1xT4", FIXED_CPU), source.catalog, settings)
     assert (plan.chosen.precision, plan.chosen.awq_group_size, plan.chosen.needs_quantization) == ("awq", 64, False)
     assert plan.chosen.launch.model == str(path.resolve())  # its own weights, never re-quantized
     with pytest.raises(NoFit, match="holds awq weights; CODESERVE_PRECISION=bf16"):
@@ -114,7 +122,7 @@ def test_a_directory_named_like_a_catalog_model_is_kept_apart(catalog: Catalog, 
 def test_the_chat_model_can_be_a_directory_too(catalog: Catalog, bundled_dir: Path, tmp_path: Path) -> None:
     path = model_dir(tmp_path / "team-chat", bundled_dir, qwen2_config(), chat=True)
     source = _resolve(catalog, role="completion,chat", chat_model=str(path))
-    assert source.settings.chat_model == str(path.resolve()) and source.settings.model == "auto"
+    assert source.pins == model_source.Pins(chat_model=str(path.resolve()))  # CODESERVE_MODEL stays as given
 
 
 def test_offline_a_repo_id_fails_at_once_naming_hf_hub_offline(catalog: Catalog,
@@ -159,8 +167,10 @@ def test_a_config_json_that_is_no_object_is_named_so(catalog: Catalog, tmp_path:
 
 
 def test_catalog_ids_are_untouched(catalog: Catalog) -> None:
-    source = _resolve(catalog, model="qwen2.5-coder-7b")
-    assert source.catalog is catalog and source.facts == ()
+    settings = make_settings(model="qwen2.5-coder-7b")
+    source = model_source.resolve(settings, catalog)
+    assert source.catalog is catalog and source.facts == () and source.pins == model_source.Pins()
+    assert source.pins.applied(settings) is settings  # nothing derived: the planner gets the user's own settings
 
 
 def test_lora_adapters_are_read_from_their_config(catalog: Catalog, tmp_path: Path) -> None:

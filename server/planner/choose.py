@@ -1,7 +1,9 @@
 """The planner's choice: choose(inventory, catalog, settings) -> Plan. Pure: no environment, no NVML, no I/O.
 
-Rule: the largest eligible model that fits with the target context and concurrency; for that model the
-highest precision that fits; then the smallest tensor-parallel degree. GPUs left over become replicas.
+Rule: the largest eligible model that fits with the target context and concurrency (with
+CODESERVE_OBJECTIVE=latency, among the options whose estimated decode time meets the target); for that model
+the highest precision that fits; then the fewest pipeline stages and the smallest tensor-parallel degree. GPUs
+left over become replicas.
 Every candidate that does not fit or is not valid is kept with the reason.
 """
 

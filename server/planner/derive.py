@@ -1,6 +1,6 @@
 """A model outside the catalog, described from its own files: the architecture numbers, context and quantization
 from config.json, the FIM format from the tokenizer's special tokens, the role from its chat template. Pure:
-dicts and strings in, a catalog entry out (planning.py reads the files). Each fact says where it came from.
+dicts and strings in, a catalog entry out (model_source.py reads the files). Each fact says where it came from.
 
 Field names follow each family's config class in Transformers (Llama/Qwen2/Mistral/Starcoder2, GPT-2/BigCode
 `n_*`, CodeGen, GPT-NeoX, XGLM, T5, DeepSeek-V2's MoE and MLA fields).

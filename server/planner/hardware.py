@@ -1,6 +1,7 @@
 """What the machine has: GPUs through NVML, or a simulated inventory from a spec, or the CPU.
 
-The only module that touches GPUs. Everything downstream receives an `Inventory`.
+The planner's only view of the machine (NVML, /proc/cpuinfo, sysfs): everything downstream receives an
+`Inventory`. The engines touch GPUs only to load and run what the plan says.
 """
 
 from __future__ import annotations

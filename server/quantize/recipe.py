@@ -1,5 +1,6 @@
 """What a quantization is: source model, method, bits, group size and calibration recipe, and the
-cache key and directory name that follow from them. Pure; no I/O beyond reading calibration files."""
+cache key and directory name that follow from them. Pure but for reading the calibration files and the
+source directory it fingerprints (its config.json and weight file sizes)."""
 
 from __future__ import annotations
 

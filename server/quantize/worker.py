@@ -2,9 +2,11 @@
 
 This file is executed by that environment's Python (`python worker.py job.json`), never imported by
 the server: llm-compressor pins torch/transformers/compressed-tensors versions that clash with vLLM's.
-It uses only the standard library and llm-compressor's stack. Progress goes to stdout as
-`PROGRESS <stage> <done>/<total>` lines; the result is a compressed-tensors checkpoint in job["out_dir"]
-that vLLM loads as W4A16 (do not force quantization="awq" on it).
+It uses only the standard library and llm-compressor's stack. Progress goes to stdout as lines starting
+`PROGRESS <stage>` (runner.py reports what follows); the result is a compressed-tensors checkpoint in
+job["out_dir"] that vLLM loads as W4A16 (do not force quantization="awq" on it). With job["evaluation"] (the
+quality gate's holes, evaluation/gate.py) it also answers them with the source weights and with the 4-bit
+ones, into that directory.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 from server.evaluation import gate
 from server.evaluation.samples import Sample
 from server.fim.templates import TEMPLATES
+from server.planner import hardware
 from server.planner.catalog import Catalog
 from server.planner.choose import choose
 from server.planner.hardware import simulated
@@ -143,6 +144,9 @@ def test_plan_shows_the_stored_scores(monkeypatch: pytest.MonkeyPatch, awq_optio
 
     option, settings = awq_option
     monkeypatch.setenv("CODESERVE_CACHE_DIR", str(settings.cache_dir))
+    # `--gpus none` still reads this machine's CPU, and an AVX2-only one rightly refuses 4-bit: plan on the
+    # fixture's AVX-512 CPU, whatever this machine has.
+    monkeypatch.setattr(hardware, "cpu_info", lambda: replace(FIXED_CPU, avx512=True))
     assert main(["plan", "--gpus", "none", "--precision", "awq"]) == 0
     assert "scored against the source after quantizing" in capsys.readouterr().out
     spec, _ = serve._spec(option, settings)

@@ -254,10 +254,11 @@ def test_gpu_memory_utilization_is_the_budget_and_reaches_the_engine(catalog: Ca
 
 
 def test_codeserve_gpus_simulates_the_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.planning import detect_and_choose
+    from server.planning import detect_and_plan
 
     monkeypatch.setenv("CODESERVE_GPUS", "2xA100-80GB")
-    result = detect_and_choose(make_settings())
+    (served,) = detect_and_plan(make_settings()).served  # one role: a fleet of one
+    result = served.plan
     assert result.inventory.source == "simulated" and [g.name for g in result.inventory.gpus] == ["A100-80GB"] * 2
     assert result.chosen.model.id == "deepseek-coder-v2"  # the 2 x A100-80GB row of the table above
 

@@ -83,16 +83,18 @@ def test_quantize_then_serve_the_directory(checkpoint: Path, tmp_path: Path) -> 
     out = tmp_path / "smollm2-w4"
     runner.export(checkpoint, out)
     cpu = cpu_info()
-    source = model_source.resolve(make_settings(model=str(out)), load_catalog(DEFAULT_CATALOG_PATH))
-    assert source.settings.precision == "awq" and any("W4A16, group 64" in fact for fact in source.facts)
+    given = make_settings(model=str(out))
+    source = model_source.resolve(given, load_catalog(DEFAULT_CATALOG_PATH))
+    settings = source.pins.applied(given)
+    assert source.pins.precision == "awq" and any("W4A16, group 64" in fact for fact in source.facts)
     if not cpu.avx512:
         with pytest.raises(NoFit, match="awq on the CPU needs AVX-512"):
-            choose(simulated("none", cpu), source.catalog, source.settings)
+            choose(simulated("none", cpu), source.catalog, settings)
         pytest.skip("this CPU lacks AVX-512: vLLM's CPU build has no 4-bit kernel for it (refusal checked)")
     from server.engine.base import SamplingSettings
     from server.engine.vllm import VllmEngine
 
-    chosen = choose(simulated("none", cpu), source.catalog, source.settings).chosen
+    chosen = choose(simulated("none", cpu), source.catalog, settings).chosen
     assert (chosen.launch.model, chosen.precision, chosen.needs_quantization) == (str(out.resolve()), "awq", False)
     engine = VllmEngine.start(dataclasses.replace(chosen.launch, max_model_len=1024, eager=True))  # no compile
 
