@@ -125,6 +125,74 @@ def test_text_after_the_end_is_ignored() -> None:
     assert cleaner.feed("and more", final=True) == ""
 
 
+# Holes whose answer runs into the suffix below its first line (code stops off, as /v1/completions has them by
+# default): the answer must end where it starts repeating the suffix, never leaving the editor a duplicate.
+CONFIG_PREFIX = "def read_config(path):\n    "
+CONFIG_SUFFIX = ("\n    # an empty file is a mistake\n    if not config:\n        raise ValueError(path)\n"
+                 "    return config\n")
+C_PREFIX = "int total(const int *xs, int n) {\n  int sum = 0;\n  "
+C_SUFFIX = "\n  /* a negative total is clamped */\n  // see issue 12\n  if (sum < 0) sum = 0;\n  return sum;\n}\n"
+COUNT_PREFIX = "  for (int i = 0; i < n; i++) {\n    "
+COUNT_SUFFIX = "\n    log(i);\n  }\n  return count;\n}\n"
+DEFECT = pytest.mark.xfail(strict=True, reason="the suffix cut checks only the suffix's first line")
+RUNS_INTO_LATER_LINES = [
+    pytest.param(CONFIG_PREFIX, CONFIG_SUFFIX,
+                 "config = json.loads(Path(path).read_text())\n    if not config:\n        raise ValueError(path)\n"
+                 "    return config\n", "config = json.loads(Path(path).read_text())", marks=DEFECT,
+                 id="second-line"),
+    pytest.param(C_PREFIX, C_SUFFIX, "for (int i = 0; i < n; i++) sum += xs[i];\n  if (sum < 0) sum = 0;\n"
+                 "  return sum;\n}\n", "for (int i = 0; i < n; i++) sum += xs[i];", marks=DEFECT, id="third-line"),
+    # the cursor is mid-line: the suffix's first line is the rest of the cursor's line, not reproduced
+    pytest.param(ISSUE_PREFIX, " # files\n    return result\n",
+                 "f in os.listdir(root):\n        result.append(f)\n    return result\n\n\nprint(files('.'))\n",
+                 "f in os.listdir(root):\n        result.append(f)", marks=DEFECT, id="mid-line-cursor"),
+    # the first line again, but the answer leaves out the blank line above it
+    pytest.param("def f(xs):\n    ", "\n\n    return total\n", "total = sum(xs)\n    return total\n",
+                 "total = sum(xs)", marks=DEFECT, id="blank-lines-differ"),
+    # the repeat starts at a line too plain to prove anything (`}`) that the next line confirms: cut at the `}`
+    pytest.param(COUNT_PREFIX, COUNT_SUFFIX, "count++;\n  }\n  return count;\n}\n", "count++;", marks=DEFECT,
+                 id="run-from-a-closing-brace"),
+]
+# Lines a real continuation writes on its own: kept whole.
+KEPT_ALTHOUGH_LATER_IN_THE_SUFFIX = [
+    pytest.param("if (a) {\n  ", "\n  f();\n}\ng();\n", "x();\n}\n", "x();\n}\n", id="lone-closing-brace"),
+    pytest.param("def get(key):\n    ", "\n    value = cache.get(key)\n    if value is None:\n        return None\n"
+                 "    return value\n", "if key not in cache:\n        return None\n    log.debug(key)\n",
+                 "if key not in cache:\n        return None\n    log.debug(key)\n", id="keyword-and-one-name"),
+    pytest.param("def f(a, b, c):\n    ", "\n    a = 1\n    b = 2\n    c = 3\n    total = a + b + c\n",
+                 "x = 0\n    total = a + b + c\n", "x = 0\n    total = a + b + c\n",
+                 id="fourth-line-is-past-the-bound"),
+    pytest.param("while i < n:\n    if c:\n        ", "\n        continue\n    i += 1\n", "i += 1\n",
+                 "i += 1\n", id="same-code-other-indentation"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "completion", "expected"),
+                         RUNS_INTO_LATER_LINES + KEPT_ALTHOUGH_LATER_IN_THE_SUFFIX)
+def test_an_answer_is_cut_where_it_repeats_one_of_the_suffixs_first_lines(prefix: str, suffix: str, completion: str,
+                                                                          expected: str) -> None:
+    context = InfillContext(prefix, suffix)
+    reason = "suffix" if expected != completion else None
+    assert clean(context, completion) == expected
+    for at in range(len(completion) + 1):  # streamed in two chunks, cut at every position
+        text, _, cleaner = _stream(context, [completion[:at], completion[at:]])
+        assert (text, cleaner.reason) == (expected, reason), at
+    text, _, cleaner = _stream(context, list(completion))  # one character at a time
+    assert (text, cleaner.reason) == (expected, reason)
+
+
+@pytest.mark.xfail(strict=True, reason="the suffix cut checks only the suffix's first line")
+def test_a_line_that_could_still_repeat_a_suffix_line_is_held_and_only_that() -> None:
+    cleaner = InfillCleaner(InfillContext(CONFIG_PREFIX, CONFIG_SUFFIX))
+    assert cleaner.feed("config = load(path)") == "config = load(path)"
+    assert cleaner.feed("\n") == ""  # the next line may be one of the suffix's
+    assert cleaner.feed("    if not") == ""  # it may still be `    if not config:`
+    assert cleaner.feed(" cfg:") == "\n    if not cfg:"  # it is not
+    assert cleaner.feed("\n        raise KeyError(path)") == "\n        raise KeyError(path)"
+    assert cleaner.feed("\n    if not config:") == ""  # in full, but the line may still go on
+    assert cleaner.feed("\n") == "" and cleaner.reason == "suffix"
+
+
 @pytest.mark.parametrize(("suffix", "length"), [
     ("", 0), ("\n\n", 0), (")", 0), (")\n  foo()", 9), ("\n    return x\n", 13), ("})\n", 2),
 ])
