@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from server.generation.infill import InfillCleaner, InfillContext, clean, suffix_head_length
+from server.generation.infill import InfillCleaner, InfillContext, clean
+from server.generation.suffix import suffix_head_length
 
 # Real code to cut holes in: the standard library's json package (present wherever Python is).
 SOURCES = [p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py"))
