@@ -19,7 +19,7 @@ from functools import cached_property
 
 from ..fim import HOLE_MARKER
 from .stage import Stage
-from .suffix import SuffixCut
+from .suffix import SuffixCut, SuffixLines
 
 # Openers after which the next lines form a new, deeper block (Python's ":", C-family braces, open calls).
 BLOCK_OPENERS = (":", "{", "(", "[", "=>")
@@ -286,8 +286,9 @@ class CodeStops(Stage):
 
 class InfillCleaner:
     """The stages in order, for one choice: markers, a chat model's lead lines and closing fence, a restated
-    prefix, the run into the suffix, then the code-aware stops. `reason` says why the cleaner ended the completion (None
-    while it has not); `actions` lists every rule that changed the text, for the metrics."""
+    prefix, the run into the suffix (from its start, then from a few lines down), then the code-aware stops.
+    `reason` says why the cleaner ended the completion (None while it has not); `actions` lists every rule that
+    changed the text, for the metrics."""
 
     def __init__(self, context: InfillContext):
         self.lead = LeadLines() if context.chat else None
@@ -296,7 +297,7 @@ class InfillCleaner:
         if self.lead is not None:
             stages += [self.lead, CutAtMarkers((CLOSING_FENCE,), reason="fence"),
                        CutAtMarkers((HOLE_MARKER,))]  # a second marker: it restates the prompt
-        stages += [self.repeat, SuffixCut(context.suffix)]
+        stages += [self.repeat, SuffixCut(context.suffix), SuffixLines(context.prefix, context.suffix)]
         if context.code_stops:
             stages.append(CodeStops(context))
         self.stages = stages
@@ -308,10 +309,10 @@ class InfillCleaner:
         out, closing = text, final
         for stage in self.stages:
             out = stage.feed(out)
-            if stage.reason is not None:
-                self.reason, closing = stage.reason, True  # the completion ends here: later stages flush
-            if closing:
+            if closing or stage.reason is not None:
                 out += stage.close()
+            if stage.reason is not None:  # decided on this text, or on what it held at the end
+                self.reason, closing = stage.reason, True  # the completion ends here: later stages flush
         return out
 
     @property
