@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .stage import Stage
+from .suffix import SuffixCut, SuffixLines
 from .templates import HOLE_MARKER
 
 # Openers after which the next lines form a new, deeper block (Python's ":", C-family braces, open calls).
@@ -43,18 +45,7 @@ class InfillContext:
         return [0] + [i + 1 for i, c in enumerate(self.prefix) if c == "\n"]
 
 
-class _Stage:
-    reason: str | None = None  # set when the stage decided the completion ends here
-
-    def feed(self, text: str) -> str:
-        raise NotImplementedError
-
-    def close(self) -> str:
-        """What is still held, at the natural end of the completion."""
-        return ""
-
-
-class CutAtMarkers(_Stage):
+class CutAtMarkers(Stage):
     """Ends the completion at the first template token that leaked as text (`<|fim_middle|>`,
     `<|im_start|>`, `<file_sep>`): no code contains them, and what follows is not the middle."""
 
@@ -85,7 +76,7 @@ _LEAD_LINE = re.compile(r"[ \t]*(```[\w+#.-]*|(<\|)?(assistant|Assistant|ASSISTA
 _LEAD_FORMS = ("```", "assistant:", "Assistant:", "ASSISTANT:", "<|assistant|>")
 
 
-class _AtStart(_Stage):
+class _AtStart(Stage):
     """A stage that decides once, about how the completion starts, and then lets everything through."""
 
     def __init__(self) -> None:
@@ -173,61 +164,6 @@ class RepeatedPrefix(_AtStart):
         return "" if self._done else self._decide()
 
 
-def suffix_head_length(suffix: str) -> int:
-    """How much of the suffix a completion must reproduce before it is cut there: through the last visible
-    character of the suffix's first non-blank line, and of the next one too when that line holds a single
-    visible character (a lone `}` or `)` in the completion is too common to prove anything). 0: never cut."""
-    offset, visible = 0, 0
-    for line in suffix.splitlines(keepends=True):
-        shown = len(line.strip())
-        if shown:
-            visible += shown
-            if visible >= 2:
-                return offset + len(line.rstrip())
-        offset += len(line)
-    return 0
-
-
-class SuffixCut(_Stage):
-    """Cuts the completion where it runs into the code after the cursor: at the first point from which the
-    completion reproduces the suffix's head (see suffix_head_length). Holds text only while it agrees with
-    the start of the suffix and is not yet long enough to decide."""
-
-    def __init__(self, suffix: str):
-        self.suffix = suffix
-        self.required = suffix_head_length(suffix)
-        self._held = ""
-
-    def feed(self, text: str) -> str:
-        if self.reason:
-            return ""
-        if not self.required:
-            return text
-        seen = self._held + text
-        for at in range(len(seen)):
-            agree = _common_prefix(seen, at, self.suffix)
-            if agree >= self.required:
-                self.reason, self._held = "suffix", ""
-                return seen[:at]
-            if agree == len(seen) - at:  # everything from here matches the suffix so far: undecided
-                self._held = seen[at:]
-                return seen[:at]
-        self._held = ""
-        return seen
-
-    def close(self) -> str:
-        held, self._held = self._held, ""
-        return held
-
-
-def _common_prefix(text: str, start: int, other: str) -> int:
-    n = 0
-    limit = min(len(text) - start, len(other))
-    while n < limit and text[start + n] == other[n]:
-        n += 1
-    return n
-
-
 def _width(whitespace: str) -> int:
     return len(whitespace.expandtabs(TAB_WIDTH))
 
@@ -252,7 +188,7 @@ class _Scan:
     stack: list[str] = field(default_factory=list)
 
 
-class CodeStops(_Stage):
+class CodeStops(Stage):
     """Ends a completion where an editor would: with the cursor mid-line (text after it on the line), at the
     end of that line; otherwise when a line is indented less than the cursor's block (llama.cpp's n_indent
     rule, with the block found from the cursor line), or after the line that closes a bracket opened before
@@ -350,17 +286,18 @@ class CodeStops(_Stage):
 
 class InfillCleaner:
     """The stages in order, for one choice: markers, a chat model's lead lines and closing fence, a restated
-    prefix, the run into the suffix, then the code-aware stops. `reason` says why the cleaner ended the completion (None
-    while it has not); `actions` lists every rule that changed the text, for the metrics."""
+    prefix, the run into the suffix (from its start, then from a few lines down), then the code-aware stops.
+    `reason` says why the cleaner ended the completion (None while it has not); `actions` lists every rule that
+    changed the text, for the metrics."""
 
     def __init__(self, context: InfillContext):
         self.lead = LeadLines() if context.chat else None
         self.repeat = RepeatedPrefix(context)
-        stages: list[_Stage] = [CutAtMarkers(context.markers)]
+        stages: list[Stage] = [CutAtMarkers(context.markers)]
         if self.lead is not None:
             stages += [self.lead, CutAtMarkers((CLOSING_FENCE,), reason="fence"),
                        CutAtMarkers((HOLE_MARKER,))]  # a second marker: it restates the prompt
-        stages += [self.repeat, SuffixCut(context.suffix)]
+        stages += [self.repeat, SuffixCut(context.suffix), SuffixLines(context.prefix, context.suffix)]
         if context.code_stops:
             stages.append(CodeStops(context))
         self.stages = stages
@@ -372,10 +309,10 @@ class InfillCleaner:
         out, closing = text, final
         for stage in self.stages:
             out = stage.feed(out)
-            if stage.reason is not None:
-                self.reason, closing = stage.reason, True  # the completion ends here: later stages flush
-            if closing:
+            if closing or stage.reason is not None:
                 out += stage.close()
+            if stage.reason is not None:  # decided on this text, or on what it held at the end
+                self.reason, closing = stage.reason, True  # the completion ends here: later stages flush
         return out
 
     @property

@@ -77,7 +77,7 @@ HOLE_INSTRUCTION = (
 )
 
 
-# Chat models answer in Markdown: generation/infill.py drops an opening fence line or a role name before the
+# Chat models answer in Markdown: fim/clean.py drops an opening fence line or a role name before the
 # code and ends the answer at the closing fence (not a stop string: one would also fire on an opening fence
 # after a preamble line), so only code reaches the editor.
 

@@ -68,9 +68,29 @@ def test_v1_completions_cleans_but_leaves_stopping_to_the_client_by_default(serv
     served = serve_fake(engine=FakeEngine(reply=RESTATED))
     body = {"prompt": PREFIX, "suffix": " # files\n    return result\n", "max_tokens": 200}
     text = httpx.post(served.url + "/v1/completions", json=body).json()["choices"][0]["text"]
-    assert text == MIDDLE + "\n    return result\n\n\nprint(list_python_files('.'))\n"  # restatement dropped only
+    # the restatement dropped and the run into the suffix's second line cut, but no stop at the cursor line's end
+    assert text == MIDDLE
     body["code_stops"] = True
     assert httpx.post(served.url + "/v1/completions", json=body).json()["choices"][0]["text"] == MIDDLE.split("\n")[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_v1_completions_cuts_where_the_answer_repeats_a_later_suffix_line(serve_fake, stream: bool) -> None:
+    """Code stops are off here by default, so the answer runs on; where it reproduces the suffix's second
+    non-blank line (it skipped the first, a comment) the editor would get that code twice."""
+    suffix = ("\n    # an empty file is a mistake\n    if not config:\n        raise ValueError(path)\n"
+              "    return config\n")
+    middle = "config = json.loads(Path(path).read_text())"
+    served = serve_fake(engine=FakeEngine(reply=middle + "\n" + suffix.split("\n", 2)[2]))
+    body = {"prompt": "def read_config(path):\n    ", "suffix": suffix, "max_tokens": 200, "stream": stream}
+    with httpx.stream("POST", served.url + "/v1/completions", json=body) as response:
+        if stream:
+            text = "".join(c["choices"][0]["text"] for c in _sse(response) if c["choices"])
+        else:
+            response.read()
+            text = response.json()["choices"][0]["text"]
+    assert text == middle
+    assert _cleanups(served, "completions", "suffix") == 1
 
 
 def test_the_setting_turns_code_stops_on_for_v1_completions(serve_fake) -> None:

@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from server.fim.clean import InfillCleaner, InfillContext, clean, suffix_head_length
+from server.fim.clean import InfillCleaner, InfillContext, clean
+from server.fim.suffix import (
+    FIRST_LINE_EVIDENCE,
+    LATER_LINE_EVIDENCE,
+    SUFFIX_LINES,
+    evidence,
+    suffix_head_length,
+)
 
 # Real code to cut holes in: the standard library's json package (present wherever Python is).
 SOURCES = [p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py"))
@@ -125,6 +132,72 @@ def test_text_after_the_end_is_ignored() -> None:
     assert cleaner.feed("and more", final=True) == ""
 
 
+# Holes whose answer runs into the suffix below its first line (code stops off, as /v1/completions has them by
+# default): the answer must end where it starts repeating the suffix, never leaving the editor a duplicate.
+CONFIG_PREFIX = "def read_config(path):\n    "
+CONFIG_SUFFIX = ("\n    # an empty file is a mistake\n    if not config:\n        raise ValueError(path)\n"
+                 "    return config\n")
+C_PREFIX = "int total(const int *xs, int n) {\n  int sum = 0;\n  "
+C_SUFFIX = "\n  /* a negative total is clamped */\n  // see issue 12\n  if (sum < 0) sum = 0;\n  return sum;\n}\n"
+COUNT_PREFIX = "  for (int i = 0; i < n; i++) {\n    "
+COUNT_SUFFIX = "\n    log(i);\n  }\n  return count;\n}\n"
+RUNS_INTO_LATER_LINES = [
+    pytest.param(CONFIG_PREFIX, CONFIG_SUFFIX,
+                 "config = json.loads(Path(path).read_text())\n    if not config:\n        raise ValueError(path)\n"
+                 "    return config\n", "config = json.loads(Path(path).read_text())",
+                 id="second-line"),
+    pytest.param(C_PREFIX, C_SUFFIX, "for (int i = 0; i < n; i++) sum += xs[i];\n  if (sum < 0) sum = 0;\n"
+                 "  return sum;\n}\n", "for (int i = 0; i < n; i++) sum += xs[i];", id="third-line"),
+    # the cursor is mid-line: the suffix's first line is the rest of the cursor's line, not reproduced
+    pytest.param(ISSUE_PREFIX, " # files\n    return result\n",
+                 "f in os.listdir(root):\n        result.append(f)\n    return result\n\n\nprint(files('.'))\n",
+                 "f in os.listdir(root):\n        result.append(f)", id="mid-line-cursor"),
+    # the first line again, but the answer leaves out the blank line above it
+    pytest.param("def f(xs):\n    ", "\n\n    return total\n", "total = sum(xs)\n    return total\n",
+                 "total = sum(xs)", id="blank-lines-differ"),
+    # the repeat starts at a line too plain to prove anything (`}`) that the next line confirms: cut at the `}`
+    pytest.param(COUNT_PREFIX, COUNT_SUFFIX, "count++;\n  }\n  return count;\n}\n", "count++;",
+                 id="run-from-a-closing-brace"),
+]
+# Lines a real continuation writes on its own: kept whole.
+KEPT_ALTHOUGH_LATER_IN_THE_SUFFIX = [
+    pytest.param("if (a) {\n  ", "\n  f();\n}\ng();\n", "x();\n}\n", "x();\n}\n", id="lone-closing-brace"),
+    pytest.param("def get(key):\n    ", "\n    value = cache.get(key)\n    if value is None:\n        return None\n"
+                 "    return value\n", "if key not in cache:\n        return None\n    log.debug(key)\n",
+                 "if key not in cache:\n        return None\n    log.debug(key)\n", id="keyword-and-one-name"),
+    pytest.param("def f(a, b, c):\n    ", "\n    a = 1\n    b = 2\n    c = 3\n    total = a + b + c\n",
+                 "x = 0\n    total = a + b + c\n", "x = 0\n    total = a + b + c\n",
+                 id="fourth-line-is-past-the-bound"),
+    pytest.param("while i < n:\n    if c:\n        ", "\n        continue\n    i += 1\n", "i += 1\n",
+                 "i += 1\n", id="same-code-other-indentation"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "completion", "expected"),
+                         RUNS_INTO_LATER_LINES + KEPT_ALTHOUGH_LATER_IN_THE_SUFFIX)
+def test_an_answer_is_cut_where_it_repeats_one_of_the_suffixs_first_lines(prefix: str, suffix: str, completion: str,
+                                                                          expected: str) -> None:
+    context = InfillContext(prefix, suffix)
+    reason = "suffix" if expected != completion else None
+    assert clean(context, completion) == expected
+    for at in range(len(completion) + 1):  # streamed in two chunks, cut at every position
+        text, _, cleaner = _stream(context, [completion[:at], completion[at:]])
+        assert (text, cleaner.reason) == (expected, reason), at
+    text, _, cleaner = _stream(context, list(completion))  # one character at a time
+    assert (text, cleaner.reason) == (expected, reason)
+
+
+def test_a_line_that_could_still_repeat_a_suffix_line_is_held_and_only_that() -> None:
+    cleaner = InfillCleaner(InfillContext(CONFIG_PREFIX, CONFIG_SUFFIX))
+    assert cleaner.feed("config = load(path)") == "config = load(path)"
+    assert cleaner.feed("\n") == ""  # the next line may be one of the suffix's
+    assert cleaner.feed("    if not") == ""  # it may still be `    if not config:`
+    assert cleaner.feed(" cfg:") == "\n    if not cfg:"  # it is not
+    assert cleaner.feed("\n        raise KeyError(path)") == "\n        raise KeyError(path)"
+    assert cleaner.feed("\n    if not config:") == ""  # in full, but the line may still go on
+    assert cleaner.feed("\n        raise") == "" and cleaner.reason == "suffix"
+
+
 @pytest.mark.parametrize(("suffix", "length"), [
     ("", 0), ("\n\n", 0), (")", 0), (")\n  foo()", 9), ("\n    return x\n", 13), ("})\n", 2),
 ])
@@ -155,6 +228,28 @@ def _first_run_into(text: str, suffix: str) -> int | None:
     return None
 
 
+def _repeated_lines_from(prefix: str, suffix: str, text: str) -> int | None:
+    """By definition: where a run of the completion's lines (the first one after the cursor line's text, blank
+    ones skipped, trailing whitespace aside) repeats the suffix's non-blank lines below the cursor's line from
+    one of the first SUFFIX_LINES, showing enough: the line break before the run (None: no such run)."""
+    below = [line.rstrip() for line in suffix.split("\n")[1:] if line.strip()]
+    starts = _line_starts(text)
+    lines = text.split("\n")
+    lines[0] = prefix[prefix.rfind("\n") + 1:] + lines[0]
+    shown = [(start, line.rstrip()) for start, line in zip(starts, lines, strict=True) if line.strip()]
+    for i, (start, _) in enumerate(shown):
+        for k in range(min(SUFFIX_LINES, len(below))):
+            need, total = FIRST_LINE_EVIDENCE if k == 0 else LATER_LINE_EVIDENCE, -1
+            for (_, line), target in zip(shown[i:], below[k:], strict=False):
+                if line != target:
+                    break
+                total += evidence(line) + 1
+                if total >= need:
+                    cut = max(start - 1, 0)
+                    return cut - 1 if cut and text[cut - 1] == "\r" else cut
+    return None
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(data=st.data())
 def test_restated_tail_plus_middle_plus_suffix_head_comes_back_as_the_middle(data: st.DataObject) -> None:
@@ -172,6 +267,7 @@ def test_restated_tail_plus_middle_plus_suffix_head_comes_back_as_the_middle(dat
     # Ambiguous by construction (another answer is as consistent with the text): skip those.
     assume(_longest_restated_tail(prefix, completion) == len(tail))
     assume(_first_run_into(middle + head, suffix) == len(middle))
+    assume(_repeated_lines_from(prefix, suffix, middle) is None)  # a line of the middle recurs a few lines down
     cuts = sorted(data.draw(st.lists(st.integers(0, len(completion)), max_size=8), label="chunking"))
     chunks = [completion[a:b] for a, b in zip([0, *cuts], [*cuts, len(completion)], strict=True)]
     text, _, cleaner = _stream(InfillContext(prefix, suffix), chunks)
@@ -206,3 +302,54 @@ def test_code_that_continues_the_file_loses_nothing_before_its_first_stop(data: 
     assert completion.startswith(text)
     rest = completion[len(text):]
     assert not rest or rest.startswith("\n") or rest[:1].isspace() or text == ""
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(data=st.data())
+def test_an_answer_ends_where_its_lines_repeat_the_suffixs_as_defined(data: st.DataObject) -> None:
+    """Holes in real code (after a line's indentation, 1 to 4 whole lines, as evaluation/samples.py cuts them),
+    answered with the middle alone or with the middle running on into the suffix from its 1st, 2nd, 3rd or 4th
+    non-blank line: streamed in any chunks, the answer ends exactly where _repeated_lines_from says."""
+    lines = SOURCES[data.draw(st.integers(0, len(SOURCES) - 1), label="source")].splitlines(keepends=True)
+    at = data.draw(st.integers(0, len(lines) - 6), label="hole line")
+    size = data.draw(st.integers(1, 4), label="middle lines")
+    indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+    prefix = "".join(lines[:at]) + indent
+    middle = "".join(lines[at:at + size])[len(indent):].rstrip("\n")
+    suffix = "\n" + "".join(lines[at + size:])
+    assume(middle.strip())
+    below = [j for j in _line_starts(suffix)[1:] if suffix[j:].split("\n", 1)[0].strip()]  # non-blank lines
+    k = data.draw(st.sampled_from([None, 0, 1, 2, 3]), label="runs on from the suffix's non-blank line")
+    completion = middle if k is None or k >= len(below) else "\n".join([middle, suffix[below[k]:below[k] + 300]])
+    assume(_first_run_into(completion, suffix) is None)  # the first-line rule has no part in it
+    cut = _repeated_lines_from(prefix, suffix, completion)
+    if k is not None and k < SUFFIX_LINES:
+        assume(cut is not None and cut >= len(middle))  # the run-on shows enough before the middle ends
+    event("cut in the middle" if cut is not None and cut < len(middle) else "cut" if cut is not None else "kept")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(completion)), max_size=8), label="chunking"))
+    chunks = [completion[a:b] for a, b in zip([0, *cuts], [*cuts, len(completion)], strict=True)]
+    text, _, cleaner = _stream(InfillContext(prefix, suffix), chunks)
+    assert (text, cleaner.reason) == ((completion[:cut], "suffix") if cut is not None else (completion, None))
+
+
+LINES = ["  }", "}", "    x = 1", "    x = 1  ", "  return sum;", "    if a:", "  y = f(x)", "foo()", "x", "", "   ",
+         "\t"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_repeated_lines_end_the_answer_where_defined_whatever_the_line_breaks_and_chunks(data: st.DataObject) -> None:
+    """Few distinct lines, so answers often repeat the suffix's: CRLF breaks, blank and whitespace lines, text
+    before the cursor on its line, an answer ending mid-break; the stream ends where the definition says."""
+    newline = data.draw(st.sampled_from(["\n", "\r\n"]))
+    prefix = "def f():\n" + data.draw(st.sampled_from(["", "    ", "x = "]))
+    below = data.draw(st.lists(st.sampled_from(LINES), max_size=6))
+    suffix = newline.join([data.draw(st.sampled_from(["", " # c", ")"])), *below])
+    completion = newline.join(data.draw(st.lists(st.sampled_from(LINES + below), max_size=7)))
+    completion += data.draw(st.sampled_from(["", newline, "\r"]))
+    assume(_first_run_into(completion, suffix) is None)  # the first-line rule has no part in it
+    cut = _repeated_lines_from(prefix, suffix, completion)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(completion)), max_size=8)))
+    chunks = [completion[a:b] for a, b in zip([0, *cuts], [*cuts, len(completion)], strict=True)]
+    text, _, cleaner = _stream(InfillContext(prefix, suffix), chunks)
+    assert (text, cleaner.reason) == ((completion[:cut], "suffix") if cut is not None else (completion, None))
