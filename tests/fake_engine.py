@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.base import Delta, SamplingSettings, TokenLogprob
+from server.engine.structured import check_structured
 from server.errors import EngineFailure, EngineUnavailable
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
@@ -51,6 +52,10 @@ class FakeEngine:
     def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
         turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return turns + "<|assistant|>"
+
+    def check(self, sampling: SamplingSettings) -> None:
+        if sampling.structured is not None:  # the real check: a bad grammar is refused here as on vLLM
+            check_structured(sampling.structured)
 
     def num_unfinished_requests(self) -> int:
         return len(self._running)

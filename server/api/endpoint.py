@@ -49,9 +49,12 @@ class Job(Generic[Body]):
     id: str
     body: Body
     target: Target
-    prepared: Prepared
-    sampling: SamplingSettings
+    prepared: Prepared  # the prompts and the sampling, checked
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return self.prepared.sampling
 
     @property
     def sequences(self) -> int:

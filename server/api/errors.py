@@ -117,6 +117,9 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
         return InvalidRequest(f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}")
     field = _field(tuple(first.get("loc", ())))
     more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    if first.get("type") == "extra_forbidden":
+        return InvalidRequest(f"'{field}' is not supported by this server; remove it (codeserve refuses a field "
+                              f"rather than ignore it){more}", param=field, code="unsupported_field")
     return InvalidRequest(f"invalid value for '{field}': {first['msg']}{more}", param=field)
 
 

@@ -10,10 +10,12 @@ from .endpoint import Job
 from .protocol import Usage, _Sampling
 
 
-def sampling(body: _Sampling, target: Target, max_tokens: int, logprobs: int | None) -> SamplingSettings:
-    return SamplingSettings(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, n=body.n,
-                            stop=tuple(body.stop), seed=body.seed, presence_penalty=body.presence_penalty,
-                            frequency_penalty=body.frequency_penalty, logprobs=logprobs, adapter=target.adapter)
+def sampling(body: _Sampling, target: Target, logprobs: int | None) -> SamplingSettings:
+    """The request's sampling; generation clamps max_tokens to the context (GenerationCore.prepare)."""
+    return SamplingSettings(temperature=body.temperature, top_p=body.top_p, n=body.n, stop=tuple(body.stop),
+                            seed=body.seed, presence_penalty=body.presence_penalty,
+                            frequency_penalty=body.frequency_penalty, logprobs=logprobs, adapter=target.adapter,
+                            **body.extra_sampling())
 
 
 def usage(job: Job[Any], completion_tokens: int) -> Usage:

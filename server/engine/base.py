@@ -19,10 +19,22 @@ class EngineStartError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    """Engine-agnostic sampling parameters, already validated by the protocol layer."""
+class StructuredOutput:
+    """A constraint on the output (vLLM's StructuredOutputsParams): exactly one of these is set."""
 
-    max_tokens: int
+    json_schema: dict[str, Any] | None = None  # the output is JSON valid against this schema
+    json_object: bool = False  # the output is a JSON object, any
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None  # the output is one of these strings
+    grammar: str | None = None  # an EBNF (GBNF-style) grammar the output follows
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Engine-agnostic sampling parameters, already validated by the protocol layer. The defaults change nothing:
+    a field away from its default is something the engine must honour (or refuse: Engine.unsupported)."""
+
+    max_tokens: int = 16  # the request's limit until generation clamps it to what the context leaves
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
@@ -33,6 +45,29 @@ class SamplingSettings:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     adapter: str | None = None  # the LoRA adapter (by its served name) that generates, or the base model
+    # vLLM's extra sampling parameters (its SamplingParams' names and meanings)
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    allowed_token_ids: tuple[int, ...] | None = None
+    bad_words: tuple[str, ...] = ()
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    structured: StructuredOutput | None = None
+
+    def changed(self) -> list[str]:
+        """The extra parameters set away from their defaults (what an engine may not implement)."""
+        default = SamplingSettings()
+        return [name for name in EXTRA_PARAMETERS if getattr(self, name) != getattr(default, name)]
+
+
+EXTRA_PARAMETERS = ("top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "logit_bias",
+                    "allowed_token_ids", "bad_words", "skip_special_tokens", "spaces_between_special_tokens",
+                    "include_stop_str_in_output", "structured")
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,12 @@ class Engine(Protocol):
         ...
 
     def num_unfinished_requests(self) -> int: ...
+
+    def check(self, sampling: SamplingSettings) -> None:
+        """Raise InvalidRequest (server.errors) naming the parameter this engine cannot honour, or whose value it
+        refuses (a grammar it cannot compile): before the request runs, so the client hears a 400, never a
+        failure mid-stream and never a parameter silently ignored."""
+        ...
 
     def dead(self) -> str | None:
         """Why the engine can no longer serve (its process exited), or None while it can."""

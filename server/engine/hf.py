@@ -22,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..errors import EngineFailure, EngineUnavailable
+from ..errors import EngineFailure, EngineUnavailable, InvalidRequest
 from ..planner.launch import Launch
 from .base import Delta, SamplingSettings, TokenLogprob
 from .chat import render_chat
@@ -31,6 +31,8 @@ from .hf_load import load
 from .tokenizer import tokenizer_facts
 
 log = logging.getLogger(__name__)
+# vLLM's extra sampling parameters this engine takes (generate()'s own): the others are refused (check()).
+HONOURED = ("top_k", "min_p", "repetition_penalty")
 T5_FIRST_SENTINEL = "<extra_id_0>"
 # Steps a decoder-only batch runs before it yields to waiting requests (a longer slice re-prefills less often).
 PREEMPT_AFTER_STEPS = 32
@@ -117,6 +119,13 @@ class TransformersEngine:
 
     def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
         return render_chat(self._tokenizer, messages, template)
+
+    def check(self, sampling: SamplingSettings) -> None:
+        unsupported = [name for name in sampling.changed() if name not in HONOURED]
+        if unsupported:
+            raise InvalidRequest(f"'{unsupported[0]}' is not supported by the Transformers engine, which serves "
+                                 f"{self.model_id} (vLLM cannot load its architecture); leave it unset",
+                                 param=unsupported[0])
 
     def num_unfinished_requests(self) -> int:
         return len(self._running)
@@ -212,7 +221,10 @@ class TransformersEngine:
             "logits_processor": [p for p in (scorer, penalties) if p is not None] or None,
         }
         if sampling.temperature > 0:
-            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                       "min_p": sampling.min_p or None}
+        if sampling.repetition_penalty != 1.0:  # Transformers' and vLLM's: logits of seen tokens divided by it
+            kwargs["repetition_penalty"] = sampling.repetition_penalty
         start = self._decoder_start(batch[0])
         if start == "sentinel":
             first = self._model.config.decoder_start_token_id

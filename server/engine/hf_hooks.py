@@ -34,7 +34,8 @@ class Request:
         s = self.sampling
         # rows of one generate() share sampling settings and decoder start; a seeded request runs alone (one
         # generator per call)
-        return (s.temperature == 0, s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed,
+        return (s.temperature == 0, s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty,
+                s.presence_penalty, s.frequency_penalty, s.seed,
                 self.rid if s.seed is not None else None, decoder_start)
 
     def pending(self) -> int:

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
-from .base import Delta, EngineStartError, SamplingSettings, TokenLogprob
+from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
 from .chat import render_chat
+from .structured import check_structured
 from .tokenizer import tokenizer_facts
 from .vllm_args import engine_args, engine_env
 
@@ -102,7 +103,15 @@ class VllmEngine:
                 top_p=sampling.top_p, stop=list(sampling.stop), seed=sampling.seed,
                 stop_token_ids=list(sampling.stop_token_ids),
                 presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
-                logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA,
+                logprobs=sampling.logprobs, output_kind=RequestOutputKind.DELTA, top_k=sampling.top_k,
+                min_p=sampling.min_p, repetition_penalty=sampling.repetition_penalty, min_tokens=sampling.min_tokens,
+                ignore_eos=sampling.ignore_eos, logit_bias=dict(sampling.logit_bias) or None,
+                allowed_token_ids=list(sampling.allowed_token_ids) if sampling.allowed_token_ids is not None
+                else None, bad_words=list(sampling.bad_words) or None,
+                skip_special_tokens=sampling.skip_special_tokens,
+                spaces_between_special_tokens=sampling.spaces_between_special_tokens,
+                include_stop_str_in_output=sampling.include_stop_str_in_output,
+                structured_outputs=_structured(sampling.structured),
             )
             lora = self.adapters[sampling.adapter] if sampling.adapter is not None else None
             async for output in self._llm.generate(engine_prompt, params, request_id, lora_request=lora):
@@ -116,6 +125,12 @@ class VllmEngine:
             if type(exc).__name__ == "CancelledError":
                 raise
             raise EngineFailure(f"the engine failed on request {request_id}: {exc}") from exc
+
+    def check(self, sampling: SamplingSettings) -> None:
+        """vLLM takes every parameter; a grammar is compiled when the request runs, so one it cannot compile is
+        found here first, with the library vLLM's default structured-output backend uses."""
+        if sampling.structured is not None:
+            check_structured(sampling.structured)
 
     def _logprobs(self, seq: Any) -> tuple[TokenLogprob, ...]:
         if not seq.logprobs:
@@ -151,3 +166,14 @@ class VllmEngine:
     async def shutdown(self) -> None:
         self._llm.shutdown()
         self._llm.shutdown = lambda *a, **k: None  # AsyncLLM.__del__ calls it again at interpreter exit
+
+
+def _structured(structured: StructuredOutput | None) -> Any:
+    """vLLM's StructuredOutputsParams (vllm/sampling_params.py, 0.32): one constraint, its backend chosen by vLLM."""
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=structured.json_schema, json_object=structured.json_object or None,
+                                   regex=structured.regex, grammar=structured.grammar,
+                                   choice=list(structured.choice) if structured.choice is not None else None)

@@ -46,11 +46,15 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request's prompts with the token budget the context leaves them: everything that can fail with a 400
-    has been checked."""
+    """A request's prompts and sampling, its max_tokens clamped to what the context leaves the longest prompt:
+    everything that can fail with a 400 has been checked."""
 
     prompts: tuple[Prompt, ...]
-    max_tokens: int  # the request's limit, clamped to what the context leaves the longest prompt
+    sampling: SamplingSettings
+
+    @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_tokens
 
     @property
     def prompt_tokens(self) -> int:
@@ -118,11 +122,26 @@ class GenerationCore:
         self.marker_ids = tuple(sorted({i for m in self.markers if (i := self.codec.single_token(m)) is not None}))
 
     # ---- prompts -------------------------------------------------------------------------------
-    def prepare(self, sources: Sequence[Source], max_tokens: int | None) -> Prepared:
-        """Every source as an engine prompt, and `max_tokens` clamped to what the context leaves (400 when a
-        prompt alone is too long). The one call the HTTP layer makes to prepare a request."""
+    def prepare(self, sources: Sequence[Source], max_tokens: int | None,
+                sampling: SamplingSettings | None = None) -> Prepared:
+        """Every source as an engine prompt, and `sampling` with `max_tokens` clamped to what the context leaves
+        (400 when a prompt alone is too long), checked against the vocabulary and the engine (400 naming a
+        parameter it cannot honour). The one call the HTTP layer makes to prepare a request."""
         prompts = tuple(self._prompt(source) for source in sources)
-        return Prepared(prompts, min(self._budget(p, max_tokens) for p in prompts))
+        sampling = replace(sampling or SamplingSettings(), max_tokens=min(self._budget(p, max_tokens) for p in prompts))
+        self._check_token_ids(sampling)
+        self.engine.check(sampling)
+        return Prepared(prompts, sampling)
+
+    def _check_token_ids(self, sampling: SamplingSettings) -> None:
+        vocab = self.engine.vocab_size
+        for param, ids in (("logit_bias", [token for token, _ in sampling.logit_bias]),
+                           ("stop_token_ids", sampling.stop_token_ids),
+                           ("allowed_token_ids", sampling.allowed_token_ids or ())):
+            outside = [token for token in ids if not 0 <= token < vocab]
+            if outside:
+                raise InvalidRequest(f"'{param}' names token {outside[0]}, outside this model's vocabulary "
+                                     f"(0..{vocab - 1})", param=param)
 
     def _prompt(self, source: Source) -> Prompt:
         if isinstance(source, Hole):

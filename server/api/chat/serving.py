@@ -40,9 +40,9 @@ class Chat(Endpoint[ChatRequest]):
         if body.messages[-1].role == "assistant" and not body.messages[-1].text():
             raise InvalidRequest("the last message is an empty assistant turn", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prepared = target.core.prepare([ChatSource(messages)], body.token_limit)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        return Job(new_id("chatcmpl"), body, target, prepared, sampling(body, target, prepared.max_tokens, logprobs))
+        prepared = target.core.prepare([ChatSource(messages)], body.token_limit, sampling(body, target, logprobs))
+        return Job(new_id("chatcmpl"), body, target, prepared)
 
     async def respond(self, job: Job[ChatRequest], observer: RequestObserver) -> ChatCompletionResponse:
         choices = await job.target.core.collect(job.prepared.prompts, job.sampling, job.id, observer)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from ...fim.fit import Truncation
-from ..protocol import MAX_N, FinishReason, Text, Usage, _Infill, _OmitsNone, _Sampling
+from ..protocol import MAX_N, FinishReason, Text, Usage, _Infill, _OmitsNone, _Sampling, accepted
 
 
 class CompletionRequest(_Sampling, _Infill):
@@ -18,6 +18,10 @@ class CompletionRequest(_Sampling, _Infill):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=MAX_N)
+    # What GitHub Copilot sends beside the prompt (its language, the repository's name, annotations wanted)
+    extra: Any = accepted("Copilot's language and indentation hints; the cleaner reads the code itself")
+    nwo: Any = accepted("Copilot's repository name (owner/name); `repo_name` is this server's field for it")
+    code_annotations: Any = accepted("Copilot's request for code-reference annotations, which it computes itself")
 
     @model_validator(mode="after")
     def _checks(self) -> CompletionRequest:

@@ -40,8 +40,9 @@ class Completions(Endpoint[CompletionRequest]):
         texts = body.prompts()
         if body.echo and any(isinstance(t, list) for t in texts):
             raise InvalidRequest("'echo' needs a text prompt, not token ids", param="echo")
-        prepared = target.core.prepare([self._source(body, t) for t in texts], body.max_tokens)
-        return Job(new_id("cmpl"), body, target, prepared, sampling(body, target, prepared.max_tokens, body.logprobs))
+        prepared = target.core.prepare([self._source(body, t) for t in texts], body.max_tokens,
+                                       sampling(body, target, body.logprobs))
+        return Job(new_id("cmpl"), body, target, prepared)
 
     def _source(self, body: CompletionRequest, text: str | list[int]) -> Source:
         if not (body.suffix or body.input_extra):

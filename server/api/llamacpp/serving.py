@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from ...engine.base import SamplingSettings
+from ...engine.base import SamplingSettings, StructuredOutput
 from ...fim.defaults import HOLE_DEFAULTS
 from ...fim.prompt import Hole, extra_files
 from ...generation.core import Source, new_id
@@ -35,10 +35,6 @@ class LlamaCppCompletion(Endpoint[LlamaCppRequest]):
     foreign_model_names = True
     response_doc = RESPONSE_DOC
 
-    def model_name(self, body: LlamaCppRequest) -> str | None:
-        named = (body.model_extra or {}).get("model")
-        return named if isinstance(named, str) else None
-
     def owner(self, body: LlamaCppRequest) -> tuple[str | None, int | None]:
         return None, body.id_slot
 
@@ -46,10 +42,15 @@ class LlamaCppCompletion(Endpoint[LlamaCppRequest]):
         return body.prompt
 
     def convert(self, target: Target, body: LlamaCppRequest) -> Job[LlamaCppRequest]:
-        prepared = target.core.prepare([self.source(body)], None if body.n_predict < 0 else body.n_predict)
-        sampling = SamplingSettings(max_tokens=prepared.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                    n=body.n_cmpl, stop=tuple(body.stop), seed=body.seed, adapter=target.adapter)
-        return Job(new_id("infill"), body, target, prepared, sampling)
+        structured = (StructuredOutput(grammar=body.grammar) if body.grammar is not None else
+                      StructuredOutput(json_schema=body.json_schema) if body.json_schema is not None else None)
+        sampling = SamplingSettings(temperature=body.temperature, top_p=body.top_p, n=body.n_cmpl,
+                                    stop=tuple(body.stop), seed=body.seed, adapter=target.adapter, top_k=body.top_k,
+                                    min_p=body.min_p, repetition_penalty=body.repeat_penalty,
+                                    presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                                    ignore_eos=body.ignore_eos, structured=structured)
+        prepared = target.core.prepare([self.source(body)], None if body.n_predict < 0 else body.n_predict, sampling)
+        return Job(new_id("infill"), body, target, prepared)
 
     async def respond(self, job: Job[LlamaCppRequest], observer: RequestObserver) -> dict[str, Any] | list[Any]:
         choices = await job.target.core.collect(job.prepared.prompts, job.sampling, job.id, observer)
