@@ -133,15 +133,18 @@ def check_json_schema(schema: dict[str, Any]) -> None:
 def structured_output(response_format: ResponseFormat | None,
                       structured: StructuredOutputs | None) -> StructuredOutput | None:
     if structured is not None:
+        kind = next(name for name in ("json", "regex", "choice", "grammar", "json_object")
+                    if getattr(structured, "json_" if name == "json" else name) not in (None, False))
         return StructuredOutput(json_schema=structured.json_, json_object=bool(structured.json_object),
                                 regex=structured.regex, grammar=structured.grammar,
-                                choice=tuple(structured.choice) if structured.choice is not None else None)
+                                choice=tuple(structured.choice) if structured.choice is not None else None,
+                                param=f"structured_outputs.{kind}")
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
-        return StructuredOutput(json_object=True)
+        return StructuredOutput(json_object=True, param="response_format")
     assert response_format.json_schema is not None
-    return StructuredOutput(json_schema=response_format.json_schema.schema_)
+    return StructuredOutput(json_schema=response_format.json_schema.schema_, param="response_format.json_schema")
 
 
 class StreamOptions(BaseModel):

@@ -27,6 +27,7 @@ class StructuredOutput:
     regex: str | None = None
     choice: tuple[str, ...] | None = None  # the output is one of these strings
     grammar: str | None = None  # an EBNF (GBNF-style) grammar the output follows
+    param: str = ""  # the request field it came in, for the client's 400 when it cannot be compiled
 
 
 @dataclass(frozen=True)

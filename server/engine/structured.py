@@ -13,9 +13,6 @@ import re
 from ..errors import InvalidRequest
 from .base import StructuredOutput
 
-# The request field each constraint came in (OpenAI's response_format, vLLM's structured_outputs).
-FIELDS = {"json_schema": "response_format.json_schema", "regex": "structured_outputs.regex",
-          "grammar": "structured_outputs.grammar"}
 _SOURCE = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: " before the reason
 
 
@@ -24,14 +21,12 @@ def check_structured(structured: StructuredOutput) -> None:
 
     try:
         if structured.json_schema is not None:
-            field = FIELDS["json_schema"]
             xgrammar.Grammar.from_json_schema(json.dumps(structured.json_schema))
         elif structured.regex is not None:
-            field = FIELDS["regex"]
             xgrammar.Grammar.from_regex(structured.regex)
         elif structured.grammar is not None:
-            field = FIELDS["grammar"]
             xgrammar.Grammar.from_ebnf(structured.grammar)
     except Exception as exc:  # xgrammar raises RuntimeError / ValueError with the position of the problem
         reason = _SOURCE.sub("", str(exc).strip())[:500]
+        field = structured.param or "structured_outputs"
         raise InvalidRequest(f"'{field}' cannot be compiled into a grammar: {reason}", param=field) from exc

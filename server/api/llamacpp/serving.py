@@ -42,8 +42,9 @@ class LlamaCppCompletion(Endpoint[LlamaCppRequest]):
         return body.prompt
 
     def convert(self, target: Target, body: LlamaCppRequest) -> Job[LlamaCppRequest]:
-        structured = (StructuredOutput(grammar=body.grammar) if body.grammar is not None else
-                      StructuredOutput(json_schema=body.json_schema) if body.json_schema is not None else None)
+        structured = (StructuredOutput(grammar=body.grammar, param="grammar") if body.grammar is not None else
+                      StructuredOutput(json_schema=body.json_schema, param="json_schema")
+                      if body.json_schema is not None else None)
         sampling = SamplingSettings(temperature=body.temperature, top_p=body.top_p, n=body.n_cmpl,
                                     stop=tuple(body.stop), seed=body.seed, adapter=target.adapter, top_k=body.top_k,
                                     min_p=body.min_p, repetition_penalty=body.repeat_penalty,
