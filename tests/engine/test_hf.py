@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from server.engine.base import SamplingSettings
+from server.engine.base import SamplingSettings, StructuredOutput
 from server.engine.hf import TransformersEngine
+from server.errors import InvalidRequest
 from server.planner.catalog import Catalog
 from server.planner.launch import Launch
 from server.prepare import prepare_bundled
@@ -160,6 +162,31 @@ def test_seeded_sampling_repeats_and_penalties_change_greedy_output(engine: Tran
     words = plain[0].split()
     if len(words) != len(set(words)):  # greedy repeated itself: the penalties must steer it elsewhere
         assert penalized[0] != plain[0]
+
+
+def test_top_k_and_repetition_penalty_are_honoured(engine: TransformersEngine) -> None:
+    """top_k 1 samples only the most likely token: the same text as greedy, at any temperature and seed."""
+    greedy = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(12), "g")))
+    top1 = SamplingSettings(max_tokens=12, temperature=1.5, top_k=1, seed=3)
+    assert asyncio.run(_collect(engine.generate(PROMPTS[0], top1, "k")))[0] == greedy[0]
+    engine.check(replace(top1, min_p=0.1, repetition_penalty=1.3))  # honoured: no refusal
+    penalized = asyncio.run(_collect(engine.generate(PROMPTS[2], _greedy(24, repetition_penalty=2.0), "r")))
+    assert penalized[1] == 24
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("ignore_eos", True), ("min_tokens", 2), ("logit_bias", ((1, 5.0),)), ("allowed_token_ids", (1, 2)),
+    ("bad_words", ("x",)), ("include_stop_str_in_output", True), ("skip_special_tokens", False),
+    ("structured", StructuredOutput(json_object=True)),
+])
+def test_parameters_it_cannot_honour_are_refused_by_name(tiny_dirs: dict[str, Path], field: str, value: object) -> None:
+    engine = TransformersEngine.start(launch_for(tiny_dirs["codegen"]))
+    try:
+        with pytest.raises(InvalidRequest, match="Transformers engine") as refused:
+            engine.check(replace(_greedy(4), **{field: value}))
+        assert refused.value.param == field
+    finally:
+        asyncio.run(engine.shutdown())
 
 
 def test_logprobs_are_the_raw_distributions(engine: TransformersEngine) -> None:
