@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine.base import Delta, Engine, SamplingSettings, TokenLogprob
+from ..engine.base import Delta, Engine, SamplingSettings, StructuredOutput, TokenLogprob
 from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest
 from ..fim.clean import InfillCleaner, InfillContext
 from ..fim.fit import DEFAULT_RESERVE_TOKENS, Truncation, bounded, fit
@@ -128,6 +128,21 @@ class GenerationCore:
             markers = {t for t in engine.special_tokens if t in template}
         self.markers = tuple(sorted(markers))
         self.marker_ids = tuple(sorted({i for m in self.markers if (i := self.codec.single_token(m)) is not None}))
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this model does, as /v1/models reports it."""
+        fim = self.served.fim
+        return {"fill_in_the_middle": fim.id if fim else ("by continuing" if self.served.fills_holes_without_fim
+                                                          else None),
+                "chat": self.served.entry.role == "instruct", **self.toolbox.describe(),
+                "structured_output": self._takes(SamplingSettings(structured=StructuredOutput(json_object=True)))}
+
+    def _takes(self, sampling: SamplingSettings) -> bool:
+        try:
+            self.engine.check(sampling)
+        except InvalidRequest:
+            return False
+        return True
 
     # ---- prompts -------------------------------------------------------------------------------
     def prepare(self, sources: Sequence[Source], max_tokens: int | None,

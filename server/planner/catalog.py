@@ -157,6 +157,14 @@ class ModelEntry(_Frozen):
                                   "checked where the engine starts")
     bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
 
+    @property
+    def tool_calling(self) -> str:
+        """How chat requests with tools reach it (generation/tool_prompt.py decides the same from the running
+        template): its template and vLLM's parser for its format, or codeserve's generic prompt."""
+        if self.role != "instruct":
+            return "none (a base model has no chat)"
+        return f"native ({self.tool_parser} parser)" if self.tool_parser else "generic prompt (Hermes format)"
+
 
 class Catalog(_Frozen):
     models: tuple[ModelEntry, ...]
