@@ -1,12 +1,12 @@
 """End to end on the real engine: `codeserve serve` (vLLM's CPU build + the bundled SmolLM2-135M), driven
-by the `openai` SDK. The server starts once for the module (~50 s); the last test stops it with SIGTERM.
+by the `openai` SDK. The server (tests/e2e/conftest.py's `live`) starts once for the session (~50 s), shared with the
+agent tests (test_agents.py, which sorts first); the last test here stops it with SIGTERM.
 It runs both roles (CODESERVE_ROLE=completion,chat): on the CPU one engine serves them, so every other test here
 is unchanged by that, and the two-role start is tested end to end at no extra engine start."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -16,66 +16,19 @@ import sysconfig
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from server.planner.catalog import load_catalog
-from server.prepare import prepare_bundled
-from server.settings import DEFAULT_CATALOG_PATH, Settings
-from tests.e2e.conftest import isolated_env, wait_ready
+from tests.e2e.conftest import MODEL, Live
 from tests.serverutil import free_port
 
 pytestmark = pytest.mark.e2e
-MODEL = "smollm2-135m-instruct"
-START_TIMEOUT_S = 400
 
 
-@dataclass
-class Live:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    model_dir: Path
-
-    def metric(self, name: str, labels: str = "") -> float:
-        text = httpx.get(self.url + "/metrics").text
-        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?") + r" (\S+)"
-        values = [float(m.group(m.lastindex or 1)) for m in re.finditer(r"^" + pattern + "$", text, re.M)]
-        assert values, f"no sample of {name}{{{labels}}} on /metrics: renamed or not exported?"
-        return sum(values)
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    model_dir = prepare_bundled(settings.cache_dir, load_catalog(DEFAULT_CATALOG_PATH).bundled())
-    port = free_port()
-    work = tmp_path_factory.mktemp("serve")
-    log = work / "serve.log"
-    env = isolated_env(work, CODESERVE_HOST="127.0.0.1", CODESERVE_PORT=str(port),
-                       CODESERVE_MAX_CONCURRENT_SEQUENCES="4", CODESERVE_SHUTDOWN_TIMEOUT_S="60",
-                       CODESERVE_ROLE="completion,chat")
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(process, url, log, START_TIMEOUT_S)
-    yield Live(url, process, log, model_dir)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-@pytest.fixture(scope="module")
-def client(live: Live) -> openai.OpenAI:
-    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tokenizer(live: Live):
     from transformers import AutoTokenizer
 
