@@ -70,6 +70,7 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
           f"license {chosen.model.license}, context {result.max_model_len} x "
           f"{result.max_concurrent_sequences} sequences")
+    print(f"tools     {chosen.model.tool_calling}")
     if quality is not None:
         if quality["measured"]:
             verdict = "over the limit" if quality["loss"] > quality["max_loss"] else "within the limit"

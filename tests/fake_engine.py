@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from server.engine.base import Delta, SamplingSettings, TokenLogprob
 from server.engine.structured import check_structured
+from server.engine.tool_parsing import ToolParserSession
 from server.errors import EngineFailure, EngineUnavailable
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
@@ -35,6 +37,7 @@ class FakeEngine:
     vocab_size: int = VOCAB_SIZE
     max_token_chars: int = MAX_TOKEN_CHARS
     special_tokens: frozenset[str] = frozenset({"<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"})
+    tool_template: bool = False  # its chat template renders tools (else the generic prompt describes them)
     reply: str | None = None  # when set, every sequence 'generates' this text, token by token, then stops
     death: str | None = None  # set by kill(): the engine core is gone
     tokenized_on_loop: list[bool] = field(default_factory=list)  # per tokenize call: on the event loop?
@@ -49,9 +52,17 @@ class FakeEngine:
         text.encode("utf-8")  # a lone surrogate fails here, as it does in a real tokenizer (TypeError there)
         return [int(hashlib.blake2b(t.encode(), digest_size=3).hexdigest(), 16) for t in _TOKEN.findall(text)]
 
-    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
         turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
-        return turns + "<|assistant|>"
+        offered = "".join(f"<|tool|>{json.dumps(tool)}\n" for tool in tools or ())
+        return offered + turns + "<|assistant|>"
+
+    def template_takes_tools(self, template: str | None = None) -> bool:
+        return self.tool_template
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
+        return ToolParserSession(name, _Vocabulary(), tools)
 
     def check(self, sampling: SamplingSettings) -> None:
         if sampling.structured is not None:  # the real check: a bad grammar is refused here as on vLLM
@@ -166,3 +177,10 @@ def _on_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class _Vocabulary:
+    """What vLLM's text-based tool parsers read of a tokenizer: its vocabulary (the fake's tags are plain text)."""
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .tool_parsing import ToolParserSession
 
 
 class EngineStartError(RuntimeError):
@@ -109,9 +112,19 @@ class Engine(Protocol):
         """Token ids as the engine would make them (BOS included where the model adds one)."""
         ...
 
-    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
-        """The model's chat template (or `template` over it) applied, ready for generation; ChatTemplateError
-        (engine/chat.py) where the model has none or the template refuses the messages."""
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        """The model's chat template (or `template` over it) applied, ready for generation, with `tools` (OpenAI
+        chat tools) where given; ChatTemplateError (engine/chat.py) where the model has none or the template
+        refuses the messages."""
+        ...
+
+    def template_takes_tools(self, template: str | None = None) -> bool:
+        """Whether the chat template renders tools (else generation writes them into a generic prompt)."""
+        ...
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
+        """vLLM's tool parser `name` over this engine's tokenizer, for one answer (engine/tool_parsing.py)."""
         ...
 
     def num_unfinished_requests(self) -> int: ...

@@ -7,6 +7,7 @@ template (a base model, a fine-tune saved without one), or its template refused 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -18,16 +19,27 @@ class ChatTemplateError(ValueError):
         self.missing = missing
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]], template: str | None = None) -> str:
-    """`messages` as the prompt text, through `template` when given (vLLM's --chat-template), else the model's."""
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str | None = None,
+                tools: list[dict[str, Any]] | None = None) -> str:
+    """`messages` as the prompt text, through `template` when given (vLLM's --chat-template), else the model's;
+    `tools` (OpenAI chat tools) go to the template as Transformers passes them (`tools=`)."""
     from jinja2.exceptions import TemplateError
 
     if template is None and not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError("the model has no chat template", missing=True)
     try:
-        return str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True))
+        return str(tokenizer.apply_chat_template(messages, chat_template=template, tools=tools or None,
+                                                 tokenize=False, add_generation_prompt=True))
     except TemplateError as exc:
         if type(exc) is not TemplateError:  # TemplateSyntaxError, UndefinedError: the template is broken
             raise
         raise ChatTemplateError(str(exc), missing=False) from exc
+
+
+def template_takes_tools(tokenizer: Any, template: str | None = None) -> bool:
+    """Whether the chat template (the given one, else the model's) renders a `tools` list: templates written for
+    tool calling read the variable (Qwen2.5's, Llama 3.1's, Hermes'); others would drop the tools silently."""
+    source = template if template is not None else getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):  # a tokenizer with several named templates
+        source = source.get("tool_use") or source.get("default")
+    return isinstance(source, str) and re.search(r"\btools\b", source) is not None

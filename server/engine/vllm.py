@@ -15,9 +15,10 @@ from typing import Any
 from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
-from .chat import render_chat
+from .chat import render_chat, template_takes_tools
 from .structured import check_structured
 from .tokenizer import tokenizer_facts
+from .tool_parsing import ToolParserSession
 from .vllm_args import engine_args, engine_env
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,15 @@ class VllmEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
-        return render_chat(self._tokenizer, messages, template)
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self._tokenizer, messages, template, tools)
+
+    def template_takes_tools(self, template: str | None = None) -> bool:
+        return template_takes_tools(self._tokenizer, template)
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
+        return ToolParserSession(name, self._tokenizer, tools)
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())

@@ -24,9 +24,9 @@ class Codec:
         ids = self.engine.tokenize(text, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
 
-    def chat_text(self, messages: list[dict[str, Any]]) -> str:
+    def chat_text(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         try:
-            return self.engine.chat_prompt(messages, self.chat_template)
+            return self.engine.chat_prompt(messages, self.chat_template, tools)
         except ChatTemplateError as exc:
             if exc.missing:
                 raise InvalidRequest(
@@ -35,3 +35,6 @@ class Codec:
                     "CODESERVE_CHAT_TEMPLATE (a Jinja file, as vLLM's --chat-template)", param="model") from exc
             raise InvalidRequest(f"the chat template of model '{self.model_id}' refused the messages: {exc}",
                                  param="messages") from exc
+
+    def template_takes_tools(self) -> bool:
+        return self.engine.template_takes_tools(self.chat_template)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine.base import Delta, Engine, SamplingSettings, TokenLogprob
+from ..engine.base import Delta, Engine, SamplingSettings, StructuredOutput, TokenLogprob
 from ..errors import ContextLengthExceeded, EngineFailure, EngineUnavailable, InvalidRequest
 from ..fim.clean import InfillCleaner, InfillContext
 from ..fim.fit import DEFAULT_RESERVE_TOKENS, Truncation, bounded, fit
@@ -20,15 +20,21 @@ from ..fim.templates import FimTemplate
 from ..metrics import RequestObserver
 from .codec import Codec
 from .served import ServedModel
+from .tool_prompt import Toolbox
+from .tool_reader import ToolCalling
+from .tools import Tool, ToolChoice
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Chat:
-    """Chat messages, formatted by the served model's chat template."""
+    """Chat messages (OpenAI's chat shape: assistant `tool_calls`, `tool` results), formatted by the served model's
+    chat template, with the tools it may call (generation/tools.py)."""
 
     messages: list[dict[str, Any]]
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
 
 
 # What a request asks to continue: text or token ids as they are, a hole to fill, or a chat.
@@ -51,6 +57,7 @@ class Prepared:
 
     prompts: tuple[Prompt, ...]
     sampling: SamplingSettings
+    tools: ToolCalling | None = None  # how each answer is read for tool calls; None: no tools offered
 
     @property
     def max_tokens(self) -> int:
@@ -107,6 +114,7 @@ class GenerationCore:
         self.engine = engine
         self.served = served
         self.codec = Codec(engine, served.id, chat_template)
+        self.toolbox = Toolbox(self.codec, served.entry.tool_parser)
         by_chat = served.fills_holes_without_fim and hole_fill == "chat"
         self.holes = HoleFormat.for_model(served.fim, self.codec, by_chat)
         # Template tokens are special: vLLM hides them from the text, so stop strings never see them. They
@@ -121,6 +129,21 @@ class GenerationCore:
         self.markers = tuple(sorted(markers))
         self.marker_ids = tuple(sorted({i for m in self.markers if (i := self.codec.single_token(m)) is not None}))
 
+    def capabilities(self) -> dict[str, Any]:
+        """What this model does, as /v1/models reports it."""
+        fim = self.served.fim
+        return {"fill_in_the_middle": fim.id if fim else ("by continuing" if self.served.fills_holes_without_fim
+                                                          else None),
+                "chat": self.served.entry.role == "instruct", **self.toolbox.describe(),
+                "structured_output": self._takes(SamplingSettings(structured=StructuredOutput(json_object=True)))}
+
+    def _takes(self, sampling: SamplingSettings) -> bool:
+        try:
+            self.engine.check(sampling)
+        except InvalidRequest:
+            return False
+        return True
+
     # ---- prompts -------------------------------------------------------------------------------
     def prepare(self, sources: Sequence[Source], max_tokens: int | None,
                 sampling: SamplingSettings | None = None) -> Prepared:
@@ -129,9 +152,14 @@ class GenerationCore:
         parameter it cannot honour). The one call the HTTP layer makes to prepare a request."""
         prompts = tuple(self._prompt(source) for source in sources)
         sampling = replace(sampling or SamplingSettings(), max_tokens=min(self._budget(p, max_tokens) for p in prompts))
+        chat = next((s for s in sources if isinstance(s, Chat) and s.tool_choice.mode != "none"
+                     and (s.tools or s.tool_choice.mode != "auto")), None)
+        tools = None if chat is None else self.toolbox.calling(chat)
+        if tools is not None:
+            sampling = self.toolbox.sampling(tools, sampling)
         self._check_token_ids(sampling)
         self.engine.check(sampling)
-        return Prepared(prompts, sampling)
+        return Prepared(prompts, sampling, tools)
 
     def _check_token_ids(self, sampling: SamplingSettings) -> None:
         vocab = self.engine.vocab_size
@@ -149,7 +177,7 @@ class GenerationCore:
         if isinstance(source, Chat):
             self._check_length(sum(len(str(m.get("content") or "")) for m in source.messages))
             # The template already writes the special tokens (BOS included where the model has one).
-            return Prompt(self.codec.tokenize(self.codec.chat_text(source.messages), add_special_tokens=False))
+            return Prompt(self.codec.tokenize(self.toolbox.chat_text(source), add_special_tokens=False))
         if isinstance(source, list):
             vocab = self.engine.vocab_size
             if any(not 0 <= t < vocab for t in source):

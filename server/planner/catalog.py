@@ -142,7 +142,10 @@ class ModelEntry(_Frozen):
     params_source: str = Field(description="where the official count comes from")
     context_length: int = Field(gt=0, description="context the model was trained for")
     license: str
-    fim: str | None = Field(None, description="FIM template id in server/fim.py, or null")
+    fim: str | None = Field(None, description="FIM template id in server/fim/templates.py, or null")
+    tool_parser: str | None = Field(None, description="vLLM's tool parser for the calls its chat template asks "
+                                                      "for (vllm/tool_parsers/), or null: tools go through "
+                                                      "codeserve's generic prompt")
     humaneval: float | None = Field(None, ge=0, le=100, description="HumanEval pass@1 from the model card")
     prequantized: Prequantized = Field(default_factory=lambda: Prequantized.model_validate({}))
     vllm: VllmSupport
@@ -153,6 +156,14 @@ class ModelEntry(_Frozen):
         default=None, description="the Transformers versions that code runs on (a PEP 440 specifier such as '<4.50'), "
                                   "checked where the engine starts")
     bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
+
+    @property
+    def tool_calling(self) -> str:
+        """How chat requests with tools reach it (generation/tool_prompt.py decides the same from the running
+        template): its template and vLLM's parser for its format, or codeserve's generic prompt."""
+        if self.role != "instruct":
+            return "none (a base model has no chat)"
+        return f"native ({self.tool_parser} parser)" if self.tool_parser else "generic prompt (Hermes format)"
 
 
 class Catalog(_Frozen):

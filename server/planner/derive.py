@@ -175,6 +175,15 @@ def model_id(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-") or "model"
 
 
+# A chat template that writes tool calls in a format vLLM has a parser for: the parser's name (vllm/tool_parsers/).
+# Hermes' <tool_call> tags are Qwen2.5's, Hermes' and many fine-tunes'; others get the generic prompt.
+TOOL_CALL_FORMATS = (("<tool_call>", "hermes"),)
+
+
+def tool_parser(chat_template: str | None) -> str | None:
+    return next((parser for tag, parser in TOOL_CALL_FORMATS if chat_template and tag in chat_template), None)
+
+
 def derive(name: str, location: str, config: dict[str, Any], special_tokens: set[str],
            chat_template: str | None, vllm_refusal: str | None = None) -> Derived:
     """A catalog entry for the model at `location` (a directory or a repo id), served as `name`; `vllm_refusal`:
@@ -193,7 +202,8 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
     entry = ModelEntry(
         id=model_id(name), repo=location, family=str(config.get("model_type") or "unknown"), role=role,
         architecture=arch, params=param_counts(arch).total, params_source="config.json",
-        context_length=arch.max_position_embeddings, license="unknown", fim=fim, humaneval=None, auto=True,
+        context_length=arch.max_position_embeddings, license="unknown", fim=fim, tool_parser=tool_parser(chat_template),
+        humaneval=None, auto=True,
         superseded_by=None, bundled=None,
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],

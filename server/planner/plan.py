@@ -151,6 +151,7 @@ class Plan:
                 "humaneval": chosen.model.humaneval,
                 "license": chosen.model.license,
                 "fim": chosen.model.fim,
+                "tool_calling": chosen.model.tool_calling,
             },
             "precision": chosen.precision,
             "tensor_parallel_size": chosen.tensor_parallel_size,

@@ -26,6 +26,15 @@ def test_models_lists_the_served_model(fake: Served) -> None:
     assert [m.id for m in models.data] == ["qwen2.5-coder-7b"]
     raw = httpx.get(fake.url + "/v1/models").json()
     assert raw["data"][0]["max_model_len"] == fake.engine.max_model_len  # Continue's vllm provider reads it
+    # a base model with FIM: its format, no chat, tools (were it asked) through the generic prompt
+    assert raw["data"][0]["capabilities"] == {"fill_in_the_middle": "qwen", "chat": False, "tool_calls": "generic",
+                                              "tool_parser": "hermes", "structured_output": True}
+
+
+def test_models_says_how_an_instruct_model_calls_tools(serve_fake) -> None:
+    native = serve_fake(engine=FakeEngine(tool_template=True), model_id="qwen2.5-coder-7b-instruct")
+    card = httpx.get(native.url + "/v1/models").json()["data"][0]
+    assert (card["capabilities"]["chat"], card["capabilities"]["tool_calls"]) == (True, "native")
 
 
 def test_completion_with_usage(fake: Served) -> None:

@@ -1,24 +1,55 @@
-"""OpenAI's /v1/chat/completions request and response."""
+"""OpenAI's /v1/chat/completions request and response, tool calls included (the history shapes agent clients send:
+assistant `tool_calls` with content "", " " or null, `tool` results, `reasoning_content`, text-part arrays)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..protocol import FinishReason, Text, Usage, _OmitsNone, _Sampling
+from ..protocol import FinishReason, Text, Usage, _OmitsNone, _Sampling, accepted, check_json_schema
+
+TOOL_NAME = r"^[a-zA-Z0-9_.:-]{1,128}$"  # OpenAI's [a-zA-Z0-9_-]{1,64}, plus MCP's namespacing (Copilot, Cline)
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True)
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(_Strict):
     type: Literal["text"]
     text: Text
+    cache_control: Any = accepted("prompt caching is automatic (the engine's prefix cache)")
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+class FunctionCallIn(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: Any = accepted("a reasoning model's thoughts of an earlier turn: not part of the prompt, "
+                                      "as vLLM renders history")
+    reasoning: Any = accepted("the same, under the name newer clients use")
+
+    @model_validator(mode="after")
+    def _tool_result_names_its_call(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -27,9 +58,55 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def as_message(self) -> dict[str, Any]:
+        """The engine-neutral chat message (generation/tools.py's shape)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.function.name, "arguments": c.function.arguments}} for c in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(pattern=TOOL_NAME)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = Field(None, description="arguments always follow the schema under tool_choice required "
+                                                  "or a named function (constrained); under auto the model writes "
+                                                  "them and the parser reads what it wrote")
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            check_json_schema(schema)
+        return schema
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
 
 class ChatRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
+        None, description="default: auto when tools are sent (what Continue, Cline and Zed mean by leaving it out)")
+    parallel_tool_calls: bool | None = None
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
@@ -54,9 +131,38 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprobOut]
 
 
-class AssistantMessage(BaseModel):
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class AssistantMessage(_OmitsNone):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+    _omit_if_none = ("tool_calls",)
+
+
+class FunctionDelta(_OmitsNone):
+    name: str | None = None
+    arguments: str | None = None
+    _omit_if_none = ("name",)
+
+
+class ToolCallDelta(_OmitsNone):
+    """A streamed call: the first delta of each carries its id, type and name; the rest only argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+    _omit_if_none = ("id", "type")
 
 
 class ChatChoice(BaseModel):
@@ -76,9 +182,10 @@ class ChatCompletionResponse(BaseModel):
 
 
 class ChatDelta(_OmitsNone):
-    _omit_if_none = ("role", "content")
+    _omit_if_none = ("role", "content", "tool_calls")
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
