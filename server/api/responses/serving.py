@@ -14,11 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ...engine.base import SamplingSettings
+from ...engine.base import Delta, SamplingSettings
 from ...errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ServeError
 from ...generation.core import Chat
 from ...generation.served import Target
-from ...generation.tools import TextPiece
+from ...generation.tool_reader import ToolReader
+from ...generation.tools import ReaderEvent, TextPiece, unmatched_tool_result
 from ...metrics import RequestObserver
 from .. import sse
 from ..endpoint import Endpoint, Job
@@ -52,13 +53,9 @@ class Responses(Endpoint[ResponsesRequest]):
 
     # ---- the request -----------------------------------------------------------------------------
     def convert(self, target: Target, body: ResponsesRequest) -> ResponseJob:
-        new, _ = conversation.messages(protocol.items(body))
+        new, origins = conversation.messages(protocol.items(body))
         tools = protocol.tools(body)
         offered, choice = conversation.tool_set(body, tools)
-        if offered and choice.mode != "none":
-            # TODO(issue 24): pass tools and choice to Chat once tool calling lands in the generation core.
-            raise InvalidRequest("function tools are not served yet: tool calling is still being added to the "
-                                 "generation core (issue 24)", param="tools")
         history: tuple[dict[str, Any], ...] = ()
         if body.previous_response_id is not None:
             previous = self.store.get(body.previous_response_id)
@@ -70,11 +67,16 @@ class Responses(Endpoint[ResponsesRequest]):
                     "conversation as input instead", param="previous_response_id", code="previous_response_not_found")
             history = previous.conversation
         turns = (*history, *new)
+        unmatched = unmatched_tool_result(list(turns))
+        if unmatched is not None:  # the history was checked when it was new: this is one of the new items
+            item = origins[unmatched - len(history)]
+            raise InvalidRequest(f"input item {item} answers call '{turns[unmatched]['tool_call_id']}', which no "
+                                 "earlier function_call made", param=f"input.{item}.call_id")
         system = [{"role": "system", "content": body.instructions}] if body.instructions else []
         sampling = SamplingSettings(temperature=body.temperature, top_p=body.top_p, adapter=target.adapter,
                                     structured=conversation.structured(body))
         # The template may rewrite the messages it is given; the stored ones are shared between turns.
-        chat = Chat(copy.deepcopy([*system, *turns]))
+        chat = Chat(copy.deepcopy([*system, *turns]), offered, choice)
         try:
             prepared = target.core.prepare([chat], body.max_output_tokens, sampling)
         except ContextLengthExceeded as exc:
@@ -85,15 +87,17 @@ class Responses(Endpoint[ResponsesRequest]):
     # ---- the answer ------------------------------------------------------------------------------
     async def respond(self, job: Job[ResponsesRequest], observer: RequestObserver) -> ResponseObject:
         answer, tokens, finish = Answer(), 0, None
+        reader = _reader(job)
         async for _, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
             tokens += delta.token_count
             finish = delta.finish_reason or finish
-            answer.feed([TextPiece(delta.text)])
+            answer.feed(_read(reader, delta))
         answer.close(incomplete=finish == "length")
         return self._finish(_job(job), answer, tokens, finish)
 
     async def events(self, job: Job[ResponsesRequest], observer: RequestObserver) -> AsyncIterator[dict[str, Any]]:
         answer, tokens, finish = Answer(), 0, None
+        reader = _reader(job)
         start = self._snapshot(_job(job), "in_progress")
         yield answer.event("response.created", response=start)
         yield answer.event("response.in_progress", response=start)
@@ -101,7 +105,7 @@ class Responses(Endpoint[ResponsesRequest]):
             async for _, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
-                for event in answer.feed([TextPiece(delta.text)]):
+                for event in answer.feed(_read(reader, delta)):
                     yield event
         except Exception as exc:
             # Reported here, with the response so far, as OpenAI does (Codex reads error.code, e.g.
@@ -189,6 +193,17 @@ class Deleted(BaseModel):
 def _missing(response_id: str) -> NotFound:
     return NotFound(f"no stored response '{response_id}' on this server (never stored, deleted, evicted or expired)",
                     param="response_id", code="not_found")
+
+
+def _reader(job: Job[ResponsesRequest]) -> ToolReader | None:
+    """How the answer is read for function calls (generation/tool_reader.py); None when no tools were offered."""
+    return job.prepared.tools.reader() if job.prepared.tools is not None else None
+
+
+def _read(reader: ToolReader | None, delta: Delta) -> list[ReaderEvent]:
+    if reader is None:
+        return [TextPiece(delta.text)]
+    return reader.feed(delta.text) + (reader.close() if delta.finish_reason is not None else [])
 
 
 def _job(job: Job[ResponsesRequest]) -> ResponseJob:
