@@ -266,6 +266,8 @@ BAD = [
     ({"input": "x", "tools": [{"type": "function", "name": "bad name", "parameters": {}}]}, "tools.0.name"),
     ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": 3}}]}, "tools.0.parameters"),
     ({"input": "x", "tool_choice": "required"}, "tool_choice"),
+    ({"input": "x", "tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
+    ({"input": "x", "tool_choice": "sometimes"}, "tool_choice"),
     ({"input": "x", "tool_choice": {"type": "function", "name": "f"}}, "tool_choice.name"),
     ({"input": "x", "include": ["message.output_text.logprobs"]}, "include"),
     ({"input": "x", "truncation": "auto"}, "truncation"),

@@ -100,6 +100,22 @@ class ResponsesRequest(_Request):
     def _null_is_default(cls, value: Any, info: Any) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value
 
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> Any:
+        """One message naming `tool_choice` (a union's own errors would name its branches)."""
+        if isinstance(value, dict) and value.get("type") == "function":
+            try:
+                return FunctionChoice.model_validate(value)
+            except ValidationError:
+                raise ValueError("a function is chosen as {\"type\": \"function\", \"name\": NAME}") from None
+        if isinstance(value, dict):
+            raise ValueError(f"{value.get('type')!r}: hosted tools run on OpenAI's servers; choose 'auto', 'none', "
+                             "'required' or a function ({\"type\": \"function\", \"name\": NAME})")
+        if value not in ("auto", "none", "required"):
+            raise ValueError("'auto', 'none', 'required' or {\"type\": \"function\", \"name\": NAME}")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
