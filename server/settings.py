@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     supersede: bool = Field(
         True, description="a completion from the same API key and `user` (llama.cpp: `id_slot`) ends that owner's "
                           "in-flight completion (409 request_superseded) and aborts its engine request")
+    # Each stored response holds its whole conversation (sharing the text with the response it continued), so the
+    # memory is at most about responses_store_max x the context in characters, and far less in practice.
+    responses_store_max: int = Field(
+        256, ge=1, description="stored Responses (/v1/responses with store, the default) kept in this server's memory "
+                               "for previous_response_id and GET; beyond it the oldest is evicted")
+    responses_store_ttl_s: float = Field(
+        3600.0, gt=0.0, description="seconds a stored Response stays usable as previous_response_id; then 404")
     failure_exit_s: float = Field(
         5.0, ge=0.0, description="after the engine died or failed to load: seconds /ready shows why, then exit 3")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

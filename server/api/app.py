@@ -12,12 +12,15 @@ from .completions.serving import Completions, CopilotCompletions
 from .endpoint import Endpoint
 from .llamacpp.serving import Infill, LlamaCppCompletion
 from .middleware import BodyLimit, ResponseAccounting
+from .responses.serving import Responses
+from .responses.store import ResponseStore
 from .runtime import Runtime
 
 
 def endpoints(settings: Settings) -> tuple[Endpoint, ...]:
     """The generation endpoints, one object each."""
-    return (Completions(settings), CopilotCompletions(settings), Chat(), Infill(), LlamaCppCompletion())
+    return (Completions(settings), CopilotCompletions(settings), Chat(), Infill(), LlamaCppCompletion(),
+            Responses(ResponseStore(settings.responses_store_max, settings.responses_store_ttl_s)))
 
 
 def build_app(runtime: Runtime, settings: Settings) -> FastAPI:

@@ -103,6 +103,14 @@ class Endpoint(Generic[Body]):
     def events(self, job: Job[Body], observer: RequestObserver) -> AsyncIterator[Payload]:
         raise InvalidRequest(f"{self.paths[0]} does not stream", param="stream")
 
+    def frame(self, payload: Payload) -> str:
+        """One streamed payload as SSE text: a `data:` line (OpenAI's chat and completions)."""
+        return sse.event(payload)
+
+    def stream_error(self, error: ServeError) -> str:
+        """What reports an error once the stream's 200 is out: OpenAI's error body as a `data:` line."""
+        return sse.error_event(error)
+
     # ---- the same for every endpoint -------------------------------------------------------------
     def mount(self, router: APIRouter) -> None:
         async def route(request: Request, body: Any, **_: str) -> Response:
@@ -147,7 +155,7 @@ class Endpoint(Generic[Body]):
             observer.begin()
             if self.streams(body):
                 payloads = _until_superseded(self.events(job, observer), claim)
-                response = StreamingResponse(_stream(observer, payloads, self.done_event, release),
+                response = StreamingResponse(_stream(self, observer, payloads, release),
                                              media_type="text/event-stream", background=BackgroundTask(release),
                                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 release = None  # the stream owns the slot now
@@ -253,24 +261,27 @@ async def _until_superseded(payloads: AsyncIterator[Payload], claim: Claim | Non
             await payloads.aclose()
 
 
-async def _stream(observer: RequestObserver, payloads: AsyncIterator[Payload], done_event: str | None,
+async def _stream(endpoint: Endpoint[Any], observer: RequestObserver, payloads: AsyncIterator[Payload],
                   release: Callable[[], None]) -> AsyncIterator[str]:
     """Starlette cancels this generator when the client disconnects; the engine request is aborted then.
     The slot is released here, or by the response's background task if the stream never started."""
     status, cancelled, superseded = 200, True, False
     try:
         async for payload in payloads:
-            yield sse.event(payload)
-        if done_event is not None:
-            yield done_event
+            yield endpoint.frame(payload)
+        if endpoint.done_event is not None:
+            yield endpoint.done_event
         cancelled = False
     except ServeError as error:  # mid-stream: the 200 is out, so the error goes as an event
         status, cancelled, superseded = status_of(error), False, isinstance(error, Superseded)
-        yield sse.error_event(error)
+        if report := endpoint.stream_error(error):
+            yield report
     except Exception:
         log.exception("a stream failed")
         status, cancelled = 500, False
-        yield sse.error_event(EngineFailure("internal error while streaming; the server log has the details"))
+        if report := endpoint.stream_error(EngineFailure("internal error while streaming; the server log has the "
+                                                         "details")):
+            yield report
     finally:
         release()
         observer.end(CLIENT_CLOSED if cancelled else status, cancelled=cancelled, superseded=superseded)

@@ -17,9 +17,10 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["data"],
                                     "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 
 
-def event(payload: BaseModel | dict[str, Any]) -> str:
+def event(payload: BaseModel | dict[str, Any], name: str | None = None) -> str:
+    """One event: `data: JSON`, after `event: NAME` where the API names its events (OpenAI's Responses, Anthropic's)."""
     data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
+    return (f"event: {name}\n" if name else "") + f"data: {data}\n\n"
 
 
 def error_event(error: ServeError) -> str:

@@ -246,6 +246,20 @@ def test_session_affinity_keeps_a_client_on_one_replica() -> None:
     assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 3600
 
 
+def test_ingress_affinity_header_keeps_an_api_key_on_one_replica() -> None:
+    """Responses' previous_response_id needs turn two on turn one's replica (its store is in memory)."""
+    annotations = by_kind(render(None, "ingress.enabled=true", "ingress.affinityHeader=Authorization"),
+                          "Ingress")[0]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_authorization"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"  # the others stay
+    header = by_kind(render(None, "ingress.enabled=true", "ingress.affinityHeader=X-Session-Id"), "Ingress")[0]
+    assert header["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"
+    plain = by_kind(render(None, "ingress.enabled=true"), "Ingress")[0]["metadata"]["annotations"]
+    assert "nginx.ingress.kubernetes.io/upstream-hash-by" not in plain
+    with pytest.raises(subprocess.CalledProcessError):  # not a header name: the schema refuses it
+        render(None, "ingress.enabled=true", "ingress.affinityHeader=$http_x")
+
+
 def test_router_mode_puts_production_stacks_router_in_front() -> None:
     docs = render("router.yaml")
     server, router = (next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == name)
