@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.api.conftest import Served
+from tests.fake_engine import FakeEngine
 
 
 def test_infill_builds_the_fim_prompt_with_extra_context(fake: Served) -> None:
@@ -81,3 +83,24 @@ def test_streamed_warm_up_answers_one_final_event(fake) -> None:
     assert response.status_code == 200 and len(events) == 1
     assert events[0]["stop"] is True and events[0]["content"] == "" and events[0]["tokens_predicted"] == 0
     assert fake.engine.prompts == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_t_max_predict_ms_ends_the_answer_at_a_newline_once_the_time_is_up(serve_fake, stream: bool) -> None:
+    """llama.vscode's time budget: past t_max_predict_ms of generating, the answer ends at the next newline
+    (stop_type "limit"), and the engine's request is aborted; without it the whole answer comes."""
+    reply = "".join(f"line{i}\n" for i in range(40))  # 80 tokens at 20 ms: 1.6 s
+    served = serve_fake(engine=FakeEngine(reply=reply, token_delay_s=0.02))
+    body = {"prompt": "x", "n_predict": 200, "stream": stream, "t_max_predict_ms": 300}
+    response = httpx.post(served.url + "/completion", json=body, timeout=30)
+    if stream:
+        events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        content, last = "".join(e.get("content", "") for e in events[:-1]), events[-1]
+    else:
+        last = response.json()
+        content = last["content"]
+    assert last["stop_type"] == "limit" and content.endswith("\n") and 3 <= content.count("\n") < 40
+    assert content == reply[:len(content)]
+    assert served.engine.aborted  # the rest was never generated
+    whole = httpx.post(served.url + "/completion", json={**body, "t_max_predict_ms": 0, "stream": False}, timeout=30)
+    assert whole.json()["content"] == reply

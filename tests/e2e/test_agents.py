@@ -90,3 +90,20 @@ def test_an_uncompilable_grammar_is_a_400_before_the_engine(live: Live) -> None:
     response = httpx.post(live.url + "/v1/chat/completions", json={
         "model": MODEL, "messages": ASK, "structured_outputs": {"regex": "[a-"}, "stream": True})
     assert response.status_code == 400 and response.json()["error"]["param"] == "structured_outputs.regex"
+
+
+def test_responses_with_a_forced_function_through_the_sdk(client: openai.OpenAI) -> None:
+    """Codex CLI's API on the real engine: a forced function call comes back as a function_call item whose arguments
+    validate, and turn two continues from the stored turn one."""
+    tools = [{"type": "function", "name": "open_file", "description": "Open a file at a line", "parameters": OPEN,
+              "strict": True}]
+    first = client.responses.create(model=MODEL, input="Open the parser.", tools=tools,  # type: ignore[arg-type]
+                                    tool_choice={"type": "function", "name": "open_file"}, max_output_tokens=96,
+                                    temperature=0)
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    Draft202012Validator(OPEN).validate(json.loads(call.arguments))
+    second = client.responses.create(model=MODEL, previous_response_id=first.id, max_output_tokens=16,
+                                     input=[{"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "def parse(): ..."}])
+    assert second.status in ("completed", "incomplete") and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]

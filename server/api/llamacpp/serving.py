@@ -9,13 +9,13 @@ Response fields follow llama.cpp's server README: `content`, `stop`, `tokens_pre
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
-from ...engine.base import SamplingSettings, StructuredOutput
+from ...engine.base import Delta, SamplingSettings, StructuredOutput
 from ...fim.defaults import HOLE_DEFAULTS
 from ...fim.prompt import Hole, extra_files
-from ...generation.core import Source, new_id
+from ...generation.core import Choice, Source, new_id
 from ...generation.served import Target
 from ...metrics import RequestObserver
 from ..endpoint import Endpoint, Job
@@ -54,14 +54,16 @@ class LlamaCppCompletion(Endpoint[LlamaCppRequest]):
         return Job(new_id("infill"), body, target, prepared)
 
     async def respond(self, job: Job[LlamaCppRequest], observer: RequestObserver) -> dict[str, Any] | list[Any]:
-        choices = await job.target.core.collect(job.prepared.prompts, job.sampling, job.id, observer)
+        choices = [Choice() for _ in range(job.sequences)]
+        async for index, delta in _run(job, observer):
+            choices[index].add(delta)
         results = [_result(job, c.text, c.tokens, observer, c.finish_reason) for c in choices]
         return results[0] if len(results) == 1 else results
 
     async def events(self, job: Job[LlamaCppRequest], observer: RequestObserver) -> AsyncIterator[dict[str, Any]]:
         """llama.cpp's stream: `{"content": ..., "stop": false}` payloads, then one result with `stop: true`."""
         predicted, finish = 0, None
-        async for index, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
+        async for index, delta in _run(job, observer):
             predicted += delta.token_count
             finish = finish or (delta.finish_reason if index == 0 else None)
             if delta.text:
@@ -83,6 +85,25 @@ class Infill(LlamaCppCompletion):
                     body.repo_name, code_stops=code_stops, min_indent=body.n_indent or None, fit=fit,
                     reserve_tokens=None if body.n_predict < 0 else body.n_predict, prefix_field="input_prefix",
                     typed=body.prompt)
+
+
+async def _run(job: Job[LlamaCppRequest], observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
+    """The job's deltas, each choice ended as llama.cpp's t_max_predict_ms ends it: once generating has taken that
+    long, at the next newline (llama.cpp's server.cpp: "if we have seen a new line, we stop after a certain time
+    limit, but only upon another new line"). Leaving the engine's stream early aborts its request."""
+    limit_s = job.body.t_max_predict_ms / 1000
+    ended: set[int] = set()
+    async for index, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
+        if index in ended:
+            continue
+        if limit_s and delta.finish_reason is None and "\n" in delta.text and observer.first_token_at is not None \
+                and observer.clock() - observer.first_token_at > limit_s:
+            cut = delta.text.index("\n") + 1
+            delta = replace(delta, text=delta.text[:cut], finish_reason="length")
+            ended.add(index)
+        yield index, delta
+        if len(ended) == job.sequences:
+            return
 
 
 def _result(job: Job[LlamaCppRequest], content: str, predicted: int, observer: RequestObserver,
