@@ -73,14 +73,8 @@ class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(strict=True, populate_by_name=True)
     name: str = "response"
     description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: JsonSchema = Field(default_factory=dict, alias="schema")
     strict: bool | None = Field(None, description="honoured always: the output is constrained to the schema")
-
-    @field_validator("schema_")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        check_json_schema(schema)
-        return schema
 
 
 class ResponseFormat(BaseModel):
@@ -101,7 +95,7 @@ class StructuredOutputs(BaseModel):
     """vLLM's structured_outputs extension: exactly one constraint."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    json_: dict[str, Any] | None = Field(None, alias="json")
+    json_: JsonSchema | None = Field(None, alias="json")
     regex: str | None = None
     choice: Annotated[list[str], Field(min_length=1)] | None = None
     grammar: str | None = None
@@ -113,8 +107,6 @@ class StructuredOutputs(BaseModel):
                  if getattr(self, name) not in (None, False)]
         if len(given) != 1:
             raise ValueError("give exactly one of json, regex, choice, grammar, json_object")
-        if self.json_ is not None:
-            check_json_schema(self.json_)
         return self
 
 
@@ -128,6 +120,28 @@ def check_json_schema(schema: dict[str, Any]) -> None:
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "the root"
         raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+
+
+def _checked_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    check_json_schema(schema)
+    return schema
+
+
+# A JSON Schema a request sends (a tool's parameters, a response format): valid, or a 400 naming where it is not.
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_checked_schema)]
+TOOL_NAME = r"^[a-zA-Z0-9_.:-]{1,128}$"  # OpenAI's [a-zA-Z0-9_-]{1,64}, plus MCP's namespacing (Copilot, Cline)
+
+
+class FunctionSpec(BaseModel):
+    """A function tool as OpenAI's APIs declare it (chat nests it under `function`, Responses flattens it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[str, Field(pattern=TOOL_NAME)]
+    description: Text | None = None
+    parameters: JsonSchema | None = None
+    strict: bool | None = Field(None, description="arguments always follow the schema under tool_choice required "
+                                                  "or a named function (constrained); under auto the model writes "
+                                                  "them and the parser reads what it wrote")
 
 
 def structured_output(response_format: ResponseFormat | None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .tool_parsing import ToolParserSession
+
 
 class ChatTemplateError(ValueError):
     """The messages cannot be formatted for this model; `missing`: it has no chat template at all."""
@@ -43,3 +45,20 @@ def template_takes_tools(tokenizer: Any, template: str | None = None) -> bool:
     if isinstance(source, dict):  # a tokenizer with several named templates
         source = source.get("tool_use") or source.get("default")
     return isinstance(source, str) and re.search(r"\btools\b", source) is not None
+
+
+class TokenizerChat:
+    """The Engine protocol's chat and tool methods for an engine that holds a Transformers tokenizer (`_tokenizer`):
+    vLLM's and the Transformers engine alike."""
+
+    _tokenizer: Any
+
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self._tokenizer, messages, template, tools)
+
+    def template_takes_tools(self, template: str | None = None) -> bool:
+        return template_takes_tools(self._tokenizer, template)
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
+        return ToolParserSession(name, self._tokenizer, tools)

@@ -25,11 +25,10 @@ from typing import Any
 from ..errors import EngineFailure, EngineUnavailable, InvalidRequest
 from ..planner.launch import Launch
 from .base import Delta, SamplingSettings, TokenLogprob
-from .chat import render_chat, template_takes_tools
+from .chat import TokenizerChat
 from .hf_hooks import Logprobs, Penalties, Request, Row, StopRows
 from .hf_load import load
 from .tokenizer import tokenizer_facts
-from .tool_parsing import ToolParserSession
 
 log = logging.getLogger(__name__)
 # vLLM's extra sampling parameters this engine takes (generate()'s own): the others are refused (check()).
@@ -42,7 +41,7 @@ PREEMPT_AFTER_STEPS = 32
 DECODER_CONTINUES_PROMPT = {"codet5p"}
 
 
-class TransformersEngine:
+class TransformersEngine(TokenizerChat):
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, launch: Launch, model_id: str):
@@ -117,16 +116,6 @@ class TransformersEngine:
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
-        return render_chat(self._tokenizer, messages, template, tools)
-
-    def template_takes_tools(self, template: str | None = None) -> bool:
-        return template_takes_tools(self._tokenizer, template)
-
-    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
-        return ToolParserSession(name, self._tokenizer, tools)
 
     def check(self, sampling: SamplingSettings) -> None:
         unsupported = [name for name in sampling.changed() if name not in HONOURED]

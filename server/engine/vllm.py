@@ -15,10 +15,9 @@ from typing import Any
 from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
-from .chat import render_chat, template_takes_tools
+from .chat import TokenizerChat
 from .structured import check_structured
 from .tokenizer import tokenizer_facts
-from .tool_parsing import ToolParserSession
 from .vllm_args import engine_args, engine_env
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def is_out_of_memory(message: str) -> bool:
     return any(marker.lower() in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
-class VllmEngine:
+class VllmEngine(TokenizerChat):
     def __init__(self, llm: Any, model_id: str, max_model_len: int, args: dict[str, Any], name: str):
         self._llm = llm
         self.model_id = model_id
@@ -148,16 +147,6 @@ class VllmEngine:
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
-        return render_chat(self._tokenizer, messages, template, tools)
-
-    def template_takes_tools(self, template: str | None = None) -> bool:
-        return template_takes_tools(self._tokenizer, template)
-
-    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolParserSession:
-        return ToolParserSession(name, self._tokenizer, tools)
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())

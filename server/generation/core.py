@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -242,7 +243,7 @@ class GenerationCore:
         return choices
 
     async def run(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
-                  observer: RequestObserver) -> AsyncIterator[tuple[int, Delta]]:
+                  observer: RequestObserver) -> AsyncGenerator[tuple[int, Delta], None]:
         """(choice index, delta) for every prompt x n choice, as the deltas arrive."""
         if sampling.max_tokens == 0:  # nothing to generate (OpenAI allows it, e.g. with echo; engines refuse it)
             for index in range(len(prompts) * sampling.n):
@@ -250,14 +251,17 @@ class GenerationCore:
             return
         streams = [self._one(p, sampling, f"{request_id}-{i}", observer) for i, p in enumerate(prompts)]
         if len(streams) == 1:
-            async for delta in streams[0]:
-                yield delta.index, delta
+            # closed with this generator: a caller that stops reading (aclose) aborts the engine request at once,
+            # not when the garbage collector finalizes the inner generator
+            async with aclosing(streams[0]) as stream:
+                async for delta in stream:
+                    yield delta.index, delta
             return
         async for prompt_index, delta in _merge(streams):
             yield prompt_index * sampling.n + delta.index, delta
 
     async def _one(self, prompt: Prompt, sampling: SamplingSettings, request_id: str,
-                   observer: RequestObserver) -> AsyncIterator[Delta]:
+                   observer: RequestObserver) -> AsyncGenerator[Delta, None]:
         sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop,
                            stop_token_ids=tuple(sampling.stop_token_ids) + prompt.stop_token_ids)
         finished = False
@@ -294,7 +298,7 @@ class GenerationCore:
                 await asyncio.shield(self.engine.abort(request_id))
 
 
-async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merge(streams: Sequence[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
     """Interleave several engine streams as their deltas arrive; cancel all if the consumer stops."""
     queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
 

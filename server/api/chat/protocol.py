@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..protocol import FinishReason, Text, Usage, _OmitsNone, _Sampling, accepted, check_json_schema
-
-TOOL_NAME = r"^[a-zA-Z0-9_.:-]{1,128}$"  # OpenAI's [a-zA-Z0-9_-]{1,64}, plus MCP's namespacing (Copilot, Cline)
+from ..protocol import FinishReason, FunctionSpec, Text, Usage, _OmitsNone, _Sampling, accepted
 
 
 class _Strict(BaseModel):
@@ -71,25 +69,9 @@ class ChatMessage(_Strict):
         return message
 
 
-class FunctionDef(_Strict):
-    name: Annotated[str, Field(pattern=TOOL_NAME)]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = Field(None, description="arguments always follow the schema under tool_choice required "
-                                                  "or a named function (constrained); under auto the model writes "
-                                                  "them and the parser reads what it wrote")
-
-    @field_validator("parameters")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            check_json_schema(schema)
-        return schema
-
-
 class ChatTool(_Strict):
     type: Literal["function"]
-    function: FunctionDef
+    function: FunctionSpec
 
 
 class FunctionName(_Strict):

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ..protocol import INT64, MAX_N, Stop, Text, _Infill, _Request, accepted, check_json_schema
+from ..protocol import INT64, MAX_N, JsonSchema, Stop, Text, _Infill, _Request, accepted
 
 
 class LlamaCppRequest(_Request, _Infill):
@@ -35,7 +35,7 @@ class LlamaCppRequest(_Request, _Infill):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     ignore_eos: bool = False
     grammar: str | None = Field(None, description="a GBNF grammar the output follows")
-    json_schema: dict[str, Any] | None = Field(None, description="the output is JSON valid against this schema")
+    json_schema: JsonSchema | None = Field(None, description="the output is JSON valid against this schema")
     t_max_predict_ms: int = Field(0, ge=0, description="after the first newline, stop once generating has taken "
                                                        "this long (llama.cpp's; 0: no limit)")
     # Parameters whose llama.cpp default is "off": accepted at that value, refused otherwise (not implemented)
@@ -59,13 +59,6 @@ class LlamaCppRequest(_Request, _Infill):
         if value != off:
             raise ValueError(f"not implemented here: leave it at {off} (off)")
         return value
-
-    @field_validator("json_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            check_json_schema(schema)
-        return schema
 
     @model_validator(mode="after")
     def _one_constraint(self) -> LlamaCppRequest:

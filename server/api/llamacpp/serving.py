@@ -9,6 +9,7 @@ Response fields follow llama.cpp's server README: `content`, `stop`, `tokens_pre
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -93,17 +94,19 @@ async def _run(job: Job[LlamaCppRequest], observer: RequestObserver) -> AsyncIte
     limit, but only upon another new line"). Leaving the engine's stream early aborts its request."""
     limit_s = job.body.t_max_predict_ms / 1000
     ended: set[int] = set()
-    async for index, delta in job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer):
-        if index in ended:
-            continue
-        if limit_s and delta.finish_reason is None and "\n" in delta.text and observer.first_token_at is not None \
-                and observer.clock() - observer.first_token_at > limit_s:
-            cut = delta.text.index("\n") + 1
-            delta = replace(delta, text=delta.text[:cut], finish_reason="length")
-            ended.add(index)
-        yield index, delta
-        if len(ended) == job.sequences:
-            return
+    # closed on leaving, not whenever the collector gets to it: that is what aborts the engine's request now
+    async with aclosing(job.target.core.run(job.prepared.prompts, job.sampling, job.id, observer)) as deltas:
+        async for index, delta in deltas:
+            if index in ended:
+                continue
+            if limit_s and delta.finish_reason is None and "\n" in delta.text and observer.first_token_at is not None \
+                    and observer.clock() - observer.first_token_at > limit_s:
+                cut = delta.text.index("\n") + 1
+                delta = replace(delta, text=delta.text[:cut], finish_reason="length")
+                ended.add(index)
+            yield index, delta
+            if len(ended) == job.sequences:
+                return
 
 
 def _result(job: Job[LlamaCppRequest], content: str, predicted: int, observer: RequestObserver,

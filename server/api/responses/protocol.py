@@ -17,8 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...errors import InvalidRequest
-from ..chat.protocol import TOOL_NAME
-from ..protocol import Text, _nullable_number, _Request, accepted, check_json_schema
+from ..protocol import FunctionSpec, Text, _nullable_number, _Request, accepted, check_json_schema
 
 # What `include` may ask for: only what changes nothing here. No reasoning model is served, so a response has no
 # reasoning item whose encrypted content could be included (Codex CLI asks for it on every request).
@@ -235,22 +234,8 @@ def text_of(content: str | list[dict[str, Any]], param: str) -> str:
 
 
 # ---- tools ---------------------------------------------------------------------------------------------
-class FunctionTool(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class FunctionTool(FunctionSpec):
     type: Literal["function"]
-    name: Annotated[str, Field(pattern=TOOL_NAME)]
-    description: Text | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = Field(None, description="arguments always follow the schema under tool_choice required "
-                                                  "or a named function (constrained); under auto the model writes "
-                                                  "them and the parser reads what it wrote")
-
-    @field_validator("parameters")
-    @classmethod
-    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            check_json_schema(value)
-        return value
 
 
 def tools(body: ResponsesRequest) -> list[FunctionTool]:
