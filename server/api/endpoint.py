@@ -30,7 +30,7 @@ from ..generation.served import Target
 from ..metrics import RequestObserver
 from ..roles import Role, role_of_endpoint
 from . import sse
-from .errors import ERROR_RESPONSES, Superseded, status_of
+from .errors import OPENAI, SHAPE_ATTRIBUTE, ErrorShape, Superseded, status_of
 from .runtime import Runtime
 from .supersession import Claim
 
@@ -76,6 +76,8 @@ class Endpoint(Generic[Body]):
     # The 200 in the OpenAPI document: its JSON (a model, or a "content" schema) and the event stream beside it.
     response_model: ClassVar[type[BaseModel] | None] = None
     response_doc: ClassVar[dict[str, Any]] = {}
+    # Every error answered on its paths, before a stream and in one, takes its API's shape (api/errors.py).
+    error_shape: ClassVar[ErrorShape] = OPENAI
 
     # ---- what each endpoint says -----------------------------------------------------------------
     @property
@@ -108,8 +110,9 @@ class Endpoint(Generic[Body]):
         return sse.event(payload)
 
     def stream_error(self, error: ServeError) -> str:
-        """What reports an error once the stream's 200 is out: OpenAI's error body as a `data:` line."""
-        return sse.error_event(error)
+        """What reports an error once the stream's 200 is out: its error shape's body as an event (OpenAI's: a
+        `data:` line)."""
+        return sse.error_event(error, self.error_shape)
 
     # ---- the same for every endpoint -------------------------------------------------------------
     def mount(self, router: APIRouter) -> None:
@@ -122,11 +125,12 @@ class Endpoint(Generic[Body]):
              inspect.Parameter("body", kind, annotation=self.request),
              *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str) for name in self.path_params)],
             return_annotation=Response)
+        setattr(route, SHAPE_ATTRIBUTE, self.error_shape)  # how the error handlers find this API's shape
         ok = {"description": "the result, or its event stream with \"stream\": true", **self.response_doc}
         if self.response_model is not None:
             ok["model"] = self.response_model
         ok["content"] = {**ok.get("content", {}), "text/event-stream": {"schema": sse.SSE_EVENT_SCHEMA}}
-        responses: dict[int | str, dict[str, Any]] = {200: ok, **ERROR_RESPONSES}
+        responses: dict[int | str, dict[str, Any]] = {200: ok, **self.error_shape.responses()}
         for path in self.paths:
             router.add_api_route(path, route, methods=["POST"], name=self.name, responses=responses,
                                  description=inspect.getdoc(self) or "", response_class=Response)
