@@ -78,6 +78,7 @@ class Endpoint(Generic[Body]):
     response_doc: ClassVar[dict[str, Any]] = {}
     # Every error answered on its paths, before a stream and in one, takes its API's shape (api/errors.py).
     error_shape: ClassVar[ErrorShape] = OPENAI
+    generates: ClassVar[bool] = True  # False: answered from the prepared prompt alone, without an engine slot
 
     # ---- what each endpoint says -----------------------------------------------------------------
     @property
@@ -146,13 +147,14 @@ class Endpoint(Generic[Body]):
             observer.model = target.model
             # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
             job = await asyncio.to_thread(self.convert, target, body)
-            sequences = job.sequences
+            sequences = job.sequences if self.generates else 0
             if runtime.supersession is not None:  # only a valid request takes its owner's place
                 claim = runtime.supersession.claim(request, *self.owner(body))
             release = _once(lambda: _release(runtime, claim))
             # The slot is taken before any 200 goes out (a full server answers 429, also to streams); a client
             # that leaves while queued gives up its place, as does one superseded while queued.
-            if await _unless_disconnected(request, runtime.limiter.acquire(sequences), claim) is _DISCONNECTED:
+            if sequences and await _unless_disconnected(request, runtime.limiter.acquire(sequences),
+                                                         claim) is _DISCONNECTED:
                 observer.end(CLIENT_CLOSED, cancelled=True)
                 return Response(status_code=CLIENT_CLOSED)
             release = _once(lambda: _release(runtime, claim, sequences))
