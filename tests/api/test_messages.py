@@ -311,6 +311,13 @@ def test_bad_input_is_a_400_naming_the_field(fake: Served, case: str) -> None:
     assert fake.value("in_flight", "messages") == 0 and fake.engine.prompts == []
 
 
+def test_a_prompt_over_the_context_is_too_long_in_anthropics_words(fake: Served) -> None:
+    long = [{"role": "user", "content": "word " * fake.engine.max_model_len}]  # two tokens a word
+    for path, extra in (("/v1/messages", {"max_tokens": 10}), ("/v1/messages/count_tokens", {})):
+        message = anthropic_error(httpx.post(fake.url + path, json={"model": MODEL, "messages": long, **extra}), 400)
+        assert message.startswith("prompt is too long: ") and str(fake.engine.max_model_len) in message
+
+
 def test_errors_before_the_stream_are_anthropic_shaped_and_openais_routes_keep_theirs(serve_fake) -> None:
     served = serve_fake(max_request_body_bytes=4096)
     body = {"model": MODEL, "max_tokens": 5, "stream": True, "messages": USER}

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ...errors import ServeError
+from ...errors import ContextLengthExceeded, ServeError
 from ..errors import ErrorShape
 from ..protocol import MAX_STOP, Text, accepted, check_json_schema
 
@@ -342,4 +342,7 @@ class AnthropicErrors(ErrorShape):
 
     def body(self, error: ServeError, status: int) -> dict[str, Any]:
         kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": error.message}}
+        message = error.message
+        if isinstance(error, ContextLengthExceeded):  # Anthropic's words ("prompt is too long: N tokens > M
+            message = f"prompt is too long: {message}"  # maximum"), which its clients look for to compact
+        return {"type": "error", "error": {"type": kind, "message": message}}
