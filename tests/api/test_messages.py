@@ -334,6 +334,21 @@ def test_errors_before_the_stream_are_anthropic_shaped_and_openais_routes_keep_t
     assert "loading" in anthropic_error(loading, 503, "overloaded_error") and loading.headers["retry-after"]
 
 
+class _Explodes(FakeEngine):
+    def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        raise RuntimeError("a bug in a chat template")
+
+
+def test_an_unexpected_error_is_a_500_in_anthropics_shape(serve_fake) -> None:
+    served = serve_fake(engine=_Explodes())
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        response = httpx.post(served.url + path, json={"model": MODEL, "max_tokens": 5, "messages": USER}
+                              if path == "/v1/messages" else {"model": MODEL, "messages": USER})
+        assert "server log" in anthropic_error(response, 500, "api_error")
+    assert served.value("in_flight", "messages") == 0 and served.value("in_flight", "messages_count_tokens") == 0
+
+
 def test_an_error_mid_stream_is_an_error_event(serve_fake) -> None:
     served = serve_fake(engine=FakeEngine(fail_after=2))
     body = {"model": MODEL, "max_tokens": 10, "stream": True, "messages": USER}
