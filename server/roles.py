@@ -83,7 +83,7 @@ ROLES: tuple[RoleSpec, ...] = (
         fleet_objective="largest", follows_objective=False,
         max_share=1.0, start_order=1, model_setting="chat_model", lora_adapters=False,
         prompt_lookup=False,  # chat answers copy less from their prompt
-        endpoints=("chat", "responses"),
+        endpoints=("chat", "responses", "messages", "messages_count_tokens"),
     ),
 )
 ROLE_NAMES: tuple[Role, ...] = tuple(r.name for r in ROLES)

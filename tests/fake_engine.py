@@ -128,13 +128,13 @@ class FakeEngine:
                         continue
                     word, finish = self._next(prompt, sampling, i, step)
                     full[i] += word
-                    text, finish = _visible(full[i], emitted[i], sampling.stop, finish)
+                    text, finish, stop = _visible(full[i], emitted[i], sampling.stop, finish)
                     emitted[i] += len(text)
                     finished[i] = finish is not None
                     logprobs: tuple[TokenLogprob, ...] = ()
                     if sampling.logprobs is not None and word:
                         logprobs = (TokenLogprob(word, -0.5, {word: -0.5, " y": -1.5}),)
-                    yield Delta(i, text, 1, finish, logprobs)
+                    yield Delta(i, text, 1, finish, logprobs, stop_string=stop)
                 if all(finished):
                     self._completed.add(request_id)
                     return
@@ -158,17 +158,18 @@ class FakeEngine:
         return word, "length" if step + 1 == sampling.max_tokens else None
 
 
-def _visible(full: str, emitted: int, stops: Sequence[str], finish: str | None) -> tuple[str, str | None]:
-    """What may be sent now, as vLLM's detokenizer decides it: text up to a stop string (excluded), and
-    nothing that could still turn out to begin one until the request ends."""
+def _visible(full: str, emitted: int, stops: Sequence[str],
+             finish: str | None) -> tuple[str, str | None, str | None]:
+    """What may be sent now, as vLLM's detokenizer decides it: text up to a stop string (excluded, and named as
+    vLLM's stop_reason names it), and nothing that could still turn out to begin one until the request ends."""
     for stop in stops:
         at = full.find(stop)
         if at >= 0:
-            return full[emitted:at] if at > emitted else "", "stop"
+            return full[emitted:at] if at > emitted else "", "stop", stop
     if finish is not None:
-        return full[emitted:], finish
+        return full[emitted:], finish, None
     hold = max((k for stop in stops for k in range(1, len(stop)) if full.endswith(stop[:k])), default=0)
-    return full[emitted:len(full) - hold], None
+    return full[emitted:len(full) - hold], None, None
 
 
 def _on_event_loop() -> bool:

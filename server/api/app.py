@@ -11,6 +11,7 @@ from .chat.serving import Chat
 from .completions.serving import Completions, CopilotCompletions
 from .endpoint import Endpoint
 from .llamacpp.serving import Infill, LlamaCppCompletion
+from .messages.serving import CountTokens, Messages
 from .middleware import BodyLimit, ResponseAccounting
 from .responses.serving import Responses
 from .responses.store import ResponseStore
@@ -20,7 +21,8 @@ from .runtime import Runtime
 def endpoints(settings: Settings) -> tuple[Endpoint, ...]:
     """The generation endpoints, one object each."""
     return (Completions(settings), CopilotCompletions(settings), Chat(), Infill(), LlamaCppCompletion(),
-            Responses(ResponseStore(settings.responses_store_max, settings.responses_store_ttl_s)))
+            Responses(ResponseStore(settings.responses_store_max, settings.responses_store_ttl_s)), Messages(),
+            CountTokens())
 
 
 def build_app(runtime: Runtime, settings: Settings) -> FastAPI:

@@ -1,5 +1,5 @@
-"""API keys: `Authorization: Bearer <key>` (or `api-key`, as Azure-style clients send), compared in
-constant time. Keys are never logged."""
+"""API keys: `Authorization: Bearer <key>`, else `api-key` (as Azure-style clients send it), else `x-api-key` (as
+Anthropic's clients send it: Claude Code with ANTHROPIC_API_KEY), compared in constant time. Keys are never logged."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from fastapi import Request
 
 from .errors import Unauthorized
 
+KEY_HEADERS = ("api-key", "x-api-key")  # where a key is looked for when no Bearer token carries one, in order
+
 
 def presented_key(request: Request) -> str:
-    """The key the request carries ('' for none): `Authorization: Bearer <key>`, else the `api-key` header."""
+    """The key the request carries ('' for none): the Bearer token, else the first key header that has one."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else request.headers.get("api-key", "")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return next((key for name in KEY_HEADERS if (key := request.headers.get(name, ""))), "")
 
 
 class KeyCheck:
@@ -26,7 +30,7 @@ class KeyCheck:
             return
         presented = presented_key(request)
         if not presented:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (or an 'x-api-key' header)")
         # HTTP headers arrive as bytes that Starlette decodes as latin-1: encode back to those bytes, which
         # are the key's UTF-8 when the client sent a non-ASCII key.
         candidate = presented.encode("latin-1", errors="replace")

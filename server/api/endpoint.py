@@ -30,7 +30,7 @@ from ..generation.served import Target
 from ..metrics import RequestObserver
 from ..roles import Role, role_of_endpoint
 from . import sse
-from .errors import ERROR_RESPONSES, Superseded, status_of
+from .errors import OPENAI, SHAPE_ATTRIBUTE, ErrorShape, Superseded, status_of
 from .runtime import Runtime
 from .supersession import Claim
 
@@ -76,6 +76,9 @@ class Endpoint(Generic[Body]):
     # The 200 in the OpenAPI document: its JSON (a model, or a "content" schema) and the event stream beside it.
     response_model: ClassVar[type[BaseModel] | None] = None
     response_doc: ClassVar[dict[str, Any]] = {}
+    # Every error answered on its paths, before a stream and in one, takes its API's shape (api/errors.py).
+    error_shape: ClassVar[ErrorShape] = OPENAI
+    generates: ClassVar[bool] = True  # False: answered from the prepared prompt alone, without an engine slot
 
     # ---- what each endpoint says -----------------------------------------------------------------
     @property
@@ -108,8 +111,9 @@ class Endpoint(Generic[Body]):
         return sse.event(payload)
 
     def stream_error(self, error: ServeError) -> str:
-        """What reports an error once the stream's 200 is out: OpenAI's error body as a `data:` line."""
-        return sse.error_event(error)
+        """What reports an error once the stream's 200 is out: its error shape's body as an event (OpenAI's: a
+        `data:` line)."""
+        return sse.error_event(error, self.error_shape)
 
     # ---- the same for every endpoint -------------------------------------------------------------
     def mount(self, router: APIRouter) -> None:
@@ -122,11 +126,12 @@ class Endpoint(Generic[Body]):
              inspect.Parameter("body", kind, annotation=self.request),
              *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str) for name in self.path_params)],
             return_annotation=Response)
+        setattr(route, SHAPE_ATTRIBUTE, self.error_shape)  # how the error handlers find this API's shape
         ok = {"description": "the result, or its event stream with \"stream\": true", **self.response_doc}
         if self.response_model is not None:
             ok["model"] = self.response_model
         ok["content"] = {**ok.get("content", {}), "text/event-stream": {"schema": sse.SSE_EVENT_SCHEMA}}
-        responses: dict[int | str, dict[str, Any]] = {200: ok, **ERROR_RESPONSES}
+        responses: dict[int | str, dict[str, Any]] = {200: ok, **self.error_shape.responses()}
         for path in self.paths:
             router.add_api_route(path, route, methods=["POST"], name=self.name, responses=responses,
                                  description=inspect.getdoc(self) or "", response_class=Response)
@@ -142,13 +147,14 @@ class Endpoint(Generic[Body]):
             observer.model = target.model
             # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
             job = await asyncio.to_thread(self.convert, target, body)
-            sequences = job.sequences
+            sequences = job.sequences if self.generates else 0
             if runtime.supersession is not None:  # only a valid request takes its owner's place
                 claim = runtime.supersession.claim(request, *self.owner(body))
             release = _once(lambda: _release(runtime, claim))
             # The slot is taken before any 200 goes out (a full server answers 429, also to streams); a client
             # that leaves while queued gives up its place, as does one superseded while queued.
-            if await _unless_disconnected(request, runtime.limiter.acquire(sequences), claim) is _DISCONNECTED:
+            if sequences and await _unless_disconnected(request, runtime.limiter.acquire(sequences),
+                                                         claim) is _DISCONNECTED:
                 observer.end(CLIENT_CLOSED, cancelled=True)
                 return Response(status_code=CLIENT_CLOSED)
             release = _once(lambda: _release(runtime, claim, sequences))

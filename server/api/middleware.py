@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import EngineFailure
 from ..metrics import Metrics, RequestObserver
 from .endpoint import OBSERVER_STATE
-from .errors import PayloadTooLarge, error_response
+from .errors import PayloadTooLarge, error_response, route_of, shape_of
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +25,7 @@ def endpoint_of(scope: Scope, counted: frozenset[str]) -> str | None:
     """The endpoint a response counts under: the name of the route that matched (the endpoint objects name
     theirs), "other" where none did (a 404). Probes, scrapes and docs are not counted: a 503 from /ready while
     the model loads is not a failed request, and scrapes would drown the request rate."""
-    route = scope.get("route")  # set by the router; absent where a middleware answered first (the body cap)
-    if route is None:
-        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
-        route = next((r for r in routes if r.matches(scope)[0] != Match.NONE), None)
+    route = route_of(scope)
     if route is None:
         return "other"
     name = getattr(route, "name", None)
@@ -53,7 +49,8 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self.error())(scope, receive, send)  # the unread body is discarded, unparsed
+            # the unread body is discarded, unparsed
+            await error_response(self.error(), shape_of(scope))(scope, receive, send)
             return
         received = 0
 
@@ -64,7 +61,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI lets an HTTPException from the body read through (anything else becomes a 400);
-                    # the app's handler answers it in OpenAI's shape with this status.
+                    # the app's handler answers it in the route's error shape with this status.
                     raise HTTPException(413, self.error().message)
             return message
 
@@ -100,8 +97,8 @@ class ResponseAccounting:
             # re-raise, and uvicorn would then close the client's keep-alive connection.
             log.exception("unhandled error on %s", scope.get("path"))
             if sent is None:
-                await error_response(EngineFailure("internal error; the server log has the details"))(
-                    scope, receive, tracked)
+                await error_response(EngineFailure("internal error; the server log has the details"),
+                                     shape_of(scope))(scope, receive, tracked)
         observer = scope["state"].get(OBSERVER_STATE)
         final = observer.status if isinstance(observer, RequestObserver) and observer.status else sent
         endpoint = endpoint_of(scope, self.counted)

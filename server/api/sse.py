@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import ServeError
-from .errors import error_body
+from .errors import ErrorShape, status_of
 
 DONE = "data: [DONE]\n\n"
 # One event as the OpenAPI document describes a text/event-stream body: its `data` is a JSON payload
@@ -23,6 +23,6 @@ def event(payload: BaseModel | dict[str, Any], name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {data}\n\n"
 
 
-def error_event(error: ServeError) -> str:
-    """An error after the stream's 200 went out: an event with the error body, after which the stream ends."""
-    return event(error_body(error))
+def error_event(error: ServeError, shape: ErrorShape) -> str:
+    """An error after the stream's 200 went out, in its API's shape: one event, after which the stream ends."""
+    return event(shape.body(error, status_of(error)), shape.event_name)

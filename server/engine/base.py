@@ -93,6 +93,9 @@ class Delta:
     # A copy of another choice's tokens, made by the adapter rather than generated (greedy n > 1): usage
     # counts it, as OpenAI counts every returned choice; metrics of the engine's work do not.
     copied: bool = False
+    # The stop string that ended the sequence (finish_reason "stop"; vLLM's CompletionOutput.stop_reason when a
+    # string): None for EOS, a stop token, or while running. Anthropic's API answers with it (`stop_sequence`).
+    stop_string: str | None = None
 
 
 class Engine(Protocol):

@@ -270,7 +270,8 @@ class TransformersEngine(TokenizerChat):
             return
         cut = _first_stop(text, sampling.stop, len(row.emitted))
         if cut is not None:
-            self._send(request, row, text[:cut], "stop", scored)
+            stop = next(s for s in sampling.stop if s and text.startswith(s, cut))  # the one found at the cut
+            self._send(request, row, text[:cut], "stop", scored, stop)
             return
         if done:
             self._send(request, row, text, "length", scored)
@@ -279,11 +280,11 @@ class TransformersEngine(TokenizerChat):
         self._send(request, row, text[:len(text) - _held(text, sampling.stop)], None, scored)
 
     def _send(self, request: Request, row: Row, text: str, finish: str | None,
-              scored: tuple[TokenLogprob, ...] = ()) -> None:
+              scored: tuple[TokenLogprob, ...] = (), stop: str | None = None) -> None:
         new = text[len(row.emitted):] if len(text) >= len(row.emitted) else ""
         row.emitted = max(text, row.emitted, key=len)
         row.finish = finish
-        request.send(Delta(row.index, new, 1, finish, scored))
+        request.send(Delta(row.index, new, 1, finish, scored, stop_string=stop))
 
     def _finish(self, request: Request, row: Row, reason: str, tokens: int = 0) -> None:
         row.finish = reason

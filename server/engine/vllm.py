@@ -116,7 +116,9 @@ class VllmEngine(TokenizerChat):
             lora = self.adapters[sampling.adapter] if sampling.adapter is not None else None
             async for output in self._llm.generate(engine_prompt, params, request_id, lora_request=lora):
                 for seq in output.outputs:
-                    yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq))
+                    stop = seq.stop_reason if isinstance(seq.stop_reason, str) else None  # else a token id
+                    yield Delta(seq.index, seq.text, len(seq.token_ids), seq.finish_reason, self._logprobs(seq),
+                                stop_string=stop)
         except EngineDeadError as exc:
             raise EngineUnavailable(self.dead() or "vLLM's engine core died") from exc
         except (GeneratorExit, KeyboardInterrupt):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.base import SamplingSettings, StructuredOutput
+from server.engine.base import Delta, SamplingSettings, StructuredOutput
 from server.engine.hf import TransformersEngine
 from server.errors import InvalidRequest
 from server.planner.catalog import Catalog
@@ -146,8 +146,14 @@ def test_stop_strings_and_max_tokens(engine: TransformersEngine, tiny_dirs: dict
     if len(full.strip()) < 6:
         pytest.skip("this random model decodes to special tokens only: no text to stop in")
     stop = full[3:6]
-    cut = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(16, stop=(stop,)), "cut")))
+    cut = asyncio.run(_collect(engine.generate(PROMPTS[0], _greedy(16, stop=("never seen", stop)), "cut")))
     assert cut[0] == full[:full.index(stop)] and cut[2] == "stop"
+
+    async def last(deltas: AsyncIterator[Delta]) -> Delta:
+        return [delta async for delta in deltas][-1]
+
+    ended = asyncio.run(last(engine.generate(PROMPTS[0], _greedy(16, stop=("never seen", stop)), "named")))
+    assert ended.stop_string == stop  # the stop that matched, as vLLM's stop_reason names it
 
 
 def test_seeded_sampling_repeats_and_penalties_change_greedy_output(engine: TransformersEngine) -> None:
