@@ -1,0 +1,180 @@
+"""Agent clients replayed against /v1/chat/completions on the fake engine: the exact request each sends with tools
+(turn one, and turn two's history), read from the client's source, and the client's own parsing of the answer,
+encoded below as a small function per client that does with the SSE chunks what the client does.
+
+A request field a client really sends that the server refuses is a finding: its test is written as it should pass and
+marked xfail(strict=True) naming the field, so fixing the server turns it into a failure to remove the mark.
+
+Sources (read 2026-12; newest snapshot of each repository):
+- Continue: continuedev/continue core/llm/openaiTypeConverters.ts (toChatBody, toChatMessage, fromChatCompletionChunk,
+  fromChatResponse), core/llm/llms/OpenAI.ts (modifyChatBody), core/llm/index.ts (streamChat via the adapter),
+  packages/openai-adapters/src/apis/OpenAI.ts (modifyChatBody, chatCompletionStream), gui/src/redux/slices/
+  sessionSlice.ts (applyToolCallDelta), gui/src/util/toolCallState.ts (addToolCallDeltaToState).
+- Copilot Chat BYOK: microsoft/vscode-copilot-chat src/extension/byok/node/openAIEndpoint.ts (interceptBody,
+  getExtraHeaders), src/platform/networking/common/networking.ts (createCapiRequestBody, networkRequest headers),
+  src/extension/prompt/node/chatMLFetcher.ts (preparePostOptions), src/extension/conversation/vscode-node/
+  languageModelAccess.ts (tools, tool_choice), src/platform/networking/node/stream.ts (StreamingToolCalls, the SSE
+  processor); microsoft/vscode-prompt-tsx src/base/output/openaiConvert.ts (message shapes).
+- Cline: cline/cline sdk/packages/llms/src/providers/vendors/openai-compatible.ts (createOpenAICompatible with
+  includeUsage), sdk/packages/llms/src/providers/ai-sdk.ts (streamText), .../routing/portable-reasoning.ts; through
+  vercel/ai packages/openai-compatible/src/chat/openai-compatible-chat-language-model.ts (3.0.35: getArgs, doStream,
+  chunk schema), openai-compatible-prepare-tools.ts, convert-to-openai-compatible-chat-messages.ts,
+  packages/provider-utils/src/streaming-tool-call-tracker.ts, packages/ai/src/prompt/prepare-tool-choice.ts.
+- Roo Code: RooCodeInc/Roo-Code src/api/providers/openai.ts (createMessage, processToolCalls), base-provider.ts
+  (convertToolsForOpenAI), src/api/transform/openai-format.ts, src/api/transform/reasoning.ts (getOpenAiReasoning),
+  src/core/assistant-message/NativeToolCallParser.ts (processRawChunk), src/core/task/Task.ts (tool_choice "auto").
+- Zed: zed-industries/zed crates/open_ai/src/open_ai.rs (Request, RequestMessage, ResponseStreamEvent, ChoiceDelta,
+  ToolCallChunk, stream_completion), crates/language_models/src/provider/open_ai.rs (into_open_ai,
+  OpenAiEventMapper), crates/language_models/src/provider/open_ai_compatible.rs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import Served
+from tests.fake_engine import FakeEngine
+
+MODEL = "smollm2-135m-instruct"
+TEXT = "Let me look."
+SYSTEM = "You are a coding agent."
+ASK = "Read src/main.py"
+
+
+def _call(name: str, arguments: dict[str, Any]) -> str:
+    """What the model writes for a call under the generic prompt (Hermes' format, parsed by vLLM's hermes parser)."""
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+
+
+def _serve(serve_fake, reply: str) -> Served:
+    return serve_fake(engine=FakeEngine(reply=reply), model_id=MODEL)
+
+
+def _post(served: Served, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(served.url + "/v1/chat/completions", json=body, headers=headers or {}, timeout=30)
+
+
+def _lines(served: Served, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[str]:
+    """The raw lines of a streamed answer (every client here checks the status and reads text/event-stream)."""
+    response = _post(served, body, headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return response.text.splitlines()
+
+
+def _data(lines: list[str]) -> list[str]:
+    """SSE `data:` payloads as eventsource parsers read them (the openai SDKs, the AI SDK, Copilot's splitter)."""
+    return [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+
+
+def _parsable(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---- Continue (agent mode, provider "openai") ---------------------------------------------------------------------
+# core/llm/index.ts streamChat -> toChatBody (openaiTypeConverters.ts) -> OpenAI.modifyChatBody (core/llm/llms/
+# OpenAI.ts: parallel_tool_calls false when tools are sent, for models not starting with "o3") -> the openai-adapters'
+# modifyChatBody (stream_options include_usage when streaming) -> the openai node SDK. Fields left undefined
+# (top_p, penalties, stop, prediction, tool_choice, strict) vanish in JSON.stringify.
+CONTINUE_TOOL = {"type": "function", "function": {
+    "name": "read_file", "description": "Use this tool if you need to view the contents of an existing file.",
+    "parameters": {"type": "object", "required": ["filepath"], "properties": {
+        "filepath": {"type": "string", "description": "The path of the file to read"}}}}}
+CONTINUE_ARGS = {"filepath": "src/main.py"}
+
+
+def continue_body(messages: list[Any], stream: bool = True) -> dict[str, Any]:
+    body = {"messages": messages, "model": MODEL, "max_tokens": 4096, "stream": stream, "tools": [CONTINUE_TOOL],
+            "parallel_tool_calls": False}
+    return {**body, "stream_options": {"include_usage": True}} if stream else body
+
+
+CONTINUE_HEADERS = {"Authorization": "Bearer sk-local", "Content-Type": "application/json",
+                    "Accept": "application/json"}
+
+
+def continue_parse(payloads: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """fromChatCompletionChunk: a delta with content yields only the text (its tool_calls are lost), else its calls
+    of type function (or none); sessionSlice.applyToolCallDelta finds the call by id, else takes the last one, and
+    addToolCallDeltaToState merges names and appends arguments until they parse as JSON."""
+    text, calls = "", list[dict[str, Any]]()
+    for payload in payloads:
+        if payload == "[DONE]":  # the openai SDK ends the stream there
+            break
+        chunk = json.loads(payload)
+        choices = chunk.get("choices") or [{}]
+        delta = choices[0].get("delta")
+        if not delta:
+            continue
+        if delta.get("content"):
+            text += delta["content"]
+        elif delta.get("tool_calls"):
+            for delta_call in delta["tool_calls"]:
+                if delta_call.get("type") in (None, "function"):
+                    _continue_apply(delta_call, calls)
+    return text, calls
+
+
+def _continue_apply(delta: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    if delta.get("id"):
+        at = next((i for i, call in enumerate(calls) if call["id"] == delta["id"]), -1)
+    else:
+        at = len(calls) - 1
+    current = calls[at] if at >= 0 else {"id": "", "name": "", "arguments": ""}
+    name, arguments = (delta.get("function") or {}).get("name") or "", (delta.get("function") or {}).get(
+        "arguments") or ""
+    merged_name = current["name"]
+    if name.startswith(current["name"]):
+        merged_name = name
+    elif not current["name"].startswith(name):
+        merged_name = current["name"] + name
+    merged_arguments = current["arguments"] if _parsable(current["arguments"]) else current["arguments"] + arguments
+    merged = {"id": current["id"] or delta.get("id") or "", "name": merged_name, "arguments": merged_arguments}
+    if at >= 0:
+        calls[at] = merged
+    else:
+        calls.append(merged)
+
+
+def test_continue_agent_turn_one_streams_a_call_continue_keeps(serve_fake) -> None:
+    served = _serve(serve_fake, TEXT + _call("read_file", CONTINUE_ARGS))
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
+    text, calls = continue_parse(_data(_lines(served, continue_body(messages), CONTINUE_HEADERS)))
+    assert text == TEXT
+    (call,) = calls
+    assert call["id"] and call["name"] == "read_file" and json.loads(call["arguments"]) == CONTINUE_ARGS
+
+
+def test_continue_turn_two_history_is_accepted(serve_fake) -> None:
+    served = _serve(serve_fake, "It prints hello.")
+    # toChatMessage: an assistant turn's empty content becomes " " (LM Studio refuses ""), arguments default "{}";
+    # tool results are strings with tool_call_id; text-only part lists are joined into one string
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": " ", "tool_calls": [{"id": "call_abc", "type": "function", "function": {
+            "name": "read_file", "arguments": json.dumps(CONTINUE_ARGS)}}]},
+        {"role": "tool", "content": "print('hello')", "tool_call_id": "call_abc"},
+        {"role": "user", "content": "What does it do?"},
+    ]
+    text, calls = continue_parse(_data(_lines(served, continue_body(messages), CONTINUE_HEADERS)))
+    assert (text, calls) == ("It prints hello.", [])
+
+
+def test_continue_non_streamed_call(serve_fake) -> None:
+    """A model configured with `stream: false` goes through chatCompletionNonStream; fromChatResponse keeps the
+    calls (content "") when message.tool_calls has one."""
+    served = _serve(serve_fake, TEXT + _call("read_file", CONTINUE_ARGS))
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
+    response = _post(served, continue_body(messages, stream=False), CONTINUE_HEADERS)
+    assert response.status_code == 200, response.text
+    message = response.json()["choices"][0]["message"]
+    (call,) = [c for c in message["tool_calls"] if c.get("type") in (None, "function")]
+    assert call["function"]["name"] == "read_file" and json.loads(call["function"]["arguments"]) == CONTINUE_ARGS
