@@ -178,3 +178,102 @@ def test_continue_non_streamed_call(serve_fake) -> None:
     message = response.json()["choices"][0]["message"]
     (call,) = [c for c in message["tool_calls"] if c.get("type") in (None, "function")]
     assert call["function"]["name"] == "read_file" and json.loads(call["function"]["arguments"]) == CONTINUE_ARGS
+
+
+# ---- GitHub Copilot Chat, BYOK custom OpenAI-compatible endpoint, apiType chatCompletions ---------------------------
+# createCapiRequestBody: messages (prompt-tsx's OpenAI conversion: strings, assistant content "" beside tool_calls) and
+# model, plus postOptions from chatMLFetcher.preparePostOptions (temperature, top_p, n 1, stream true) and the LM
+# API wrapper's tools / tool_choice; OpenAIEndpoint.interceptBody deletes max_tokens, fills missing parameters with an
+# empty object schema and adds stream_options include_usage. Tool choice is named only in the LM API's Required mode.
+COPILOT_TOOLS = [
+    {"type": "function", "function": {
+        "name": "read_file", "description": "Read the contents of a file.",
+        "parameters": {"type": "object", "properties": {
+            "filePath": {"type": "string", "description": "The absolute path of the file to read."},
+            "startLine": {"type": "number"}, "endLine": {"type": "number"}},
+            "required": ["filePath", "startLine", "endLine"]}}},
+    {"type": "function", "function": {"name": "get_changed_files", "description": "Get git diffs.",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]
+COPILOT_ARGS = {"filePath": "/repo/src/main.py", "startLine": 1, "endLine": 40}
+COPILOT_HEADERS = {"Authorization": "Bearer sk-local", "Content-Type": "application/json",
+                   "X-Request-Id": "0b5e7a0e-2d1f-4f7e-9a51-3c1f0e6b9d11", "X-GitHub-Api-Version": "2025-05-01",
+                   "X-Interaction-Type": "conversation-agent", "x-onbehalf-extension-id": "GitHub.copilot-chat/0.33.0"}
+
+
+def copilot_body(messages: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"messages": messages, "model": MODEL, "temperature": 0.1, "top_p": 1, "n": 1, "stream": True,
+            "tools": COPILOT_TOOLS, "stream_options": {"include_usage": True}, **extra}
+
+
+def copilot_parse(payloads: list[str]) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """The SSE processor: usage is taken from any chunk; a chunk whose choices is null or missing is an error
+    (logged); StreamingToolCalls.update finds a call by id, else continues the last one, and starts a new one when
+    the delta's id differs; the calls complete on finish_reason tool_calls or stop."""
+    text, errors = "", list[str]()
+    calls: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] | None = None
+    for payload in payloads:
+        if payload == "[DONE]":
+            break
+        chunk = json.loads(payload)
+        if chunk.get("choices") is None:
+            errors.append(payload)
+            continue
+        for choice in chunk["choices"]:
+            delta = choice.get("delta") or {}
+            text += delta.get("content") or ""
+            for delta_call in delta.get("tool_calls") or ():
+                _copilot_update(delta_call, calls)
+            if choice.get("finish_reason") in ("tool_calls", "stop") and calls:
+                done = [{"id": c["id"], "name": c["name"], "arguments": c["arguments"]} for c in calls]
+    return text, done or [], errors
+
+
+def _copilot_update(delta: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    current = next((c for c in calls if delta.get("id") and c["id"] == delta["id"]), None) or (
+        calls[-1] if calls else None)
+    if current is None or (delta.get("id") and current["id"] and current["id"] != delta["id"]):
+        current = {"id": None, "name": None, "arguments": ""}
+        calls.append(current)
+    function = delta.get("function") or {}
+    current["id"] = delta.get("id") or current["id"]
+    current["name"] = function.get("name") or current["name"]
+    current["arguments"] += function.get("arguments") or ""
+
+
+def test_copilot_agent_turn_one_streams_a_call_copilot_completes(serve_fake) -> None:
+    served = _serve(serve_fake, TEXT + _call("read_file", COPILOT_ARGS))
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
+    text, calls, errors = copilot_parse(_data(_lines(served, copilot_body(messages), COPILOT_HEADERS)))
+    assert errors == [] and text == TEXT
+    (call,) = calls
+    assert call["id"] and call["name"] == "read_file" and json.loads(call["arguments"]) == COPILOT_ARGS
+
+
+def test_copilot_required_tool_mode_names_the_tool(serve_fake) -> None:
+    """languageModelAccess: LanguageModelChatToolMode.Required with one tool -> tool_choice names it."""
+    served = _serve(serve_fake, json.dumps(COPILOT_ARGS))
+    body = copilot_body([{"role": "user", "content": ASK}], tools=COPILOT_TOOLS[:1],
+                        tool_choice={"type": "function", "function": {"name": "read_file"}})
+    text, calls, errors = copilot_parse(_data(_lines(served, body, COPILOT_HEADERS)))
+    assert errors == [] and text == "" and [c["name"] for c in calls] == ["read_file"]
+    assert json.loads(calls[0]["arguments"]) == COPILOT_ARGS
+
+
+def test_copilot_turn_two_history_and_thinking_model_fields_are_accepted(serve_fake) -> None:
+    served = _serve(serve_fake, "Done.")
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "function": {
+            "name": "read_file", "arguments": json.dumps(COPILOT_ARGS)}, "type": "function"}]},
+        {"role": "tool", "content": "print('hello')", "tool_call_id": "call_1"},
+        {"role": "user", "content": "Explain it."},
+    ]
+    # a BYOK model marked thinking-capable: temperature deleted, max_completion_tokens = max_tokens (then undefined)
+    body = copilot_body(messages)
+    del body["temperature"]
+    text, calls, errors = copilot_parse(_data(_lines(served, {**body, "max_completion_tokens": 8192},
+                                                     COPILOT_HEADERS)))
+    assert (text, calls, errors) == ("Done.", [], [])
