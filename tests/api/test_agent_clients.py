@@ -633,3 +633,25 @@ def test_zed_model_with_reasoning_effort_setting(serve_fake) -> None:
     body = zed_body([{"role": "user", "content": ASK}], reasoning_effort="medium")
     text, uses, stop = zed_parse(_lines(served, body, ZED_HEADERS))
     assert (text, stop) == (TEXT, "tool_use") and [u["name"] for u in uses] == ["read_file"]
+
+
+# ---- the replayed parsers themselves: as strict as their clients, on hand-made chunks --------------------------------
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def test_the_replayed_parsers_refuse_what_their_clients_refuse() -> None:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    no_index = {k: v for k, v in call.items() if k != "index"}
+    usage_only = '{"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}'
+    assert continue_parse([_chunk({"content": "x", "tool_calls": [call]})]) == ("x", [])  # calls beside content lost
+    with pytest.raises(AssertionError):
+        zed_parse(["data: " + _chunk({"tool_calls": [no_index]})])  # ToolCallChunk.index is required
+    with pytest.raises(AssertionError):
+        zed_parse(["data: " + usage_only])  # ResponseStreamEvent.choices is required
+    assert zed_parse(["data: " + _chunk({"tool_calls": [call]}, "stop")])[1] == []  # only "tool_calls" yields uses
+    assert ai_sdk_parse([usage_only])[2]  # the chunk schema requires choices
+    assert ai_sdk_parse([_chunk({"tool_calls": [{**call, "id": None}]})])[2]  # a new call needs its id
+    assert copilot_parse(['{"choices": null}'])[2]
+    assert copilot_parse([_chunk({"tool_calls": [call]})])[1] == []  # completed only on tool_calls or stop
+    assert roo_parse([_chunk({"tool_calls": [{**call, "id": None}]})])[1] == []  # tracked only from an id
