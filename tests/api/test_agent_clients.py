@@ -281,9 +281,10 @@ def test_copilot_turn_two_history_and_thinking_model_fields_are_accepted(serve_f
 
 
 # ---- Cline (OpenAI Compatible provider): the Vercel AI SDK's @ai-sdk/openai-compatible 3.x --------------------------
-# getArgs + doStream: model, max_tokens (maxOutputTokens), temperature, messages, tools ({type, function: {name,
-# description, parameters}}), tool_choice "auto" (streamText's default when tools are given), stream true and
-# stream_options include_usage (Cline's createOpenAICompatible sets includeUsage). Undefined keys vanish.
+# getArgs + doStream: model, max_tokens (maxOutputTokens: the model's max output), messages, tools ({type, function:
+# {name, description, parameters}}), tool_choice "auto" (streamText's default when tools are given), stream true and
+# stream_options include_usage (Cline's createOpenAICompatible sets includeUsage). Undefined keys (temperature unless
+# configured, user, seed, verbosity) vanish.
 CLINE_TOOL = {"type": "function", "function": {
     "name": "read_file", "description": "Read the contents of a file.",
     "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"],
@@ -294,7 +295,7 @@ AI_SDK_HEADERS = {"Authorization": "Bearer sk-local", "Content-Type": "applicati
 
 
 def cline_body(messages: list[Any], **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "max_tokens": 8192, "temperature": 0, "messages": messages, "tools": [CLINE_TOOL],
+    return {"model": MODEL, "max_tokens": 8192, "messages": messages, "tools": [CLINE_TOOL],
             "tool_choice": "auto", "stream": True, "stream_options": {"include_usage": True}, **extra}
 
 
