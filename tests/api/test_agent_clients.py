@@ -381,8 +381,9 @@ def test_cline_turn_two_history_is_accepted(serve_fake) -> None:
     assert (text, calls, errors) == ("Done.", [], [])
 
 
-@pytest.mark.xfail(strict=True, reason="Cline sends reasoning_effort: the AI SDK's openai-compatible getArgs sets it "
-                                       "from the portable `reasoning` option Cline passes when thinking is on")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Cline sends reasoning_effort: the AI SDK's openai-compatible getArgs sets it from the "
+                          "portable `reasoning` option Cline passes when thinking is on")
 def test_cline_with_reasoning_on_sends_reasoning_effort(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", CLINE_ARGS))
     body = cline_body([{"role": "user", "content": ASK}], reasoning_effort="medium")
@@ -496,9 +497,9 @@ def test_roo_non_streamed_call(serve_fake) -> None:
     assert (message["content"] or "") == TEXT
 
 
-@pytest.mark.xfail(strict=True, reason="Roo Code sends reasoning_effort: getOpenAiReasoning (src/api/transform/"
-                                       "reasoning.ts) spread into the request when the model's reasoning effort "
-                                       "is enabled in its settings")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Roo Code sends reasoning_effort: getOpenAiReasoning (src/api/transform/reasoning.ts) spread "
+                          "into the request when the model's reasoning effort is enabled in its settings")
 def test_roo_with_reasoning_effort_enabled(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", ROO_ARGS))
     text, calls = roo_parse(_data(_lines(served, roo_body(ROO_TURN_ONE, reasoning_effort="medium"), ROO_HEADERS)))
@@ -627,8 +628,9 @@ def test_zed_turn_two_history_is_accepted(serve_fake) -> None:
     assert (text, uses, stop) == ("Done.", [], "end_turn")
 
 
-@pytest.mark.xfail(strict=True, reason="Zed sends reasoning_effort: open_ai::Request.reasoning_effort, from an "
-                                       "openai_compatible model's `reasoning_effort` setting")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Zed sends reasoning_effort: open_ai::Request.reasoning_effort, from an openai_compatible "
+                          "model's `reasoning_effort` setting")
 def test_zed_model_with_reasoning_effort_setting(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", ZED_ARGS))
     body = zed_body([{"role": "user", "content": ASK}], reasoning_effort="medium")
