@@ -53,10 +53,11 @@ class FakeEngine:
         return [int(hashlib.blake2b(t.encode(), digest_size=3).hexdigest(), 16) for t in _TOKEN.findall(text)]
 
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
         turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         offered = "".join(f"<|tool|>{json.dumps(tool)}\n" for tool in tools or ())
-        return offered + turns + "<|assistant|>"
+        given = f"<|variables|>{json.dumps(variables, sort_keys=True)}\n" if variables else ""
+        return given + offered + turns + "<|assistant|>"
 
     def template_takes_tools(self, template: str | None = None) -> bool:
         return self.tool_template

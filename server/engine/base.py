@@ -116,10 +116,11 @@ class Engine(Protocol):
         ...
 
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
         """The model's chat template (or `template` over it) applied, ready for generation, with `tools` (OpenAI
-        chat tools) where given; ChatTemplateError (engine/chat.py) where the model has none or the template
-        refuses the messages."""
+        chat tools) and `variables` (what a request passes the template: `reasoning_effort`, vLLM's
+        `chat_template_kwargs`) where given; ChatTemplateError (engine/chat.py) where the model has none or the
+        template refuses the messages."""
         ...
 
     def template_takes_tools(self, template: str | None = None) -> bool:

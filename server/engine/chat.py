@@ -22,7 +22,7 @@ class ChatTemplateError(ValueError):
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str | None = None,
-                tools: list[dict[str, Any]] | None = None) -> str:
+                tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
     """`messages` as the prompt text, through `template` when given (vLLM's --chat-template), else the model's;
     `tools` (OpenAI chat tools) go to the template as Transformers passes them (`tools=`)."""
     from jinja2.exceptions import TemplateError
@@ -31,7 +31,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str | 
         raise ChatTemplateError("the model has no chat template", missing=True)
     try:
         return str(tokenizer.apply_chat_template(messages, chat_template=template, tools=tools or None,
-                                                 tokenize=False, add_generation_prompt=True))
+                                                 tokenize=False, add_generation_prompt=True, **(variables or {})))
     except TemplateError as exc:
         if type(exc) is not TemplateError:  # TemplateSyntaxError, UndefinedError: the template is broken
             raise
@@ -54,8 +54,8 @@ class TokenizerChat:
     _tokenizer: Any
 
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
-        return render_chat(self._tokenizer, messages, template, tools)
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
+        return render_chat(self._tokenizer, messages, template, tools, variables)
 
     def template_takes_tools(self, template: str | None = None) -> bool:
         return template_takes_tools(self._tokenizer, template)

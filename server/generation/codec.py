@@ -24,9 +24,10 @@ class Codec:
         ids = self.engine.tokenize(text, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
 
-    def chat_text(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def chat_text(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                  variables: dict[str, Any] | None = None) -> str:
         try:
-            return self.engine.chat_prompt(messages, self.chat_template, tools)
+            return self.engine.chat_prompt(messages, self.chat_template, tools, variables)
         except ChatTemplateError as exc:
             if exc.missing:
                 raise InvalidRequest(

@@ -36,6 +36,9 @@ class Chat:
     messages: list[dict[str, Any]]
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    # what the request passes the chat template beyond the messages (reasoning_effort, chat_template_kwargs):
+    # a template that reads them acts on them, as vLLM passes them
+    template_variables: dict[str, Any] = field(default_factory=dict)
 
 
 # What a request asks to continue: text or token ids as they are, a hole to fill, or a chat.

@@ -33,11 +33,12 @@ class Toolbox:
     def chat_text(self, chat: Chat) -> str:
         offered = chat.tools if chat.tool_choice.mode != "none" else ()
         history = any(m.get("tool_calls") or m.get("role") == "tool" for m in chat.messages)
+        variables = chat.template_variables or None
         if not offered and not history:
-            return self.codec.chat_text(chat.messages)
+            return self.codec.chat_text(chat.messages, None, variables)
         if self.native:
-            return self.codec.chat_text(for_template(chat.messages), openai_tools(offered) or None)
-        return self.codec.chat_text(generic(chat.messages, offered))
+            return self.codec.chat_text(for_template(chat.messages), openai_tools(offered) or None, variables)
+        return self.codec.chat_text(generic(chat.messages, offered), None, variables)
 
     def calling(self, chat: Chat) -> ToolCalling:
         tools = openai_tools(chat.tools)

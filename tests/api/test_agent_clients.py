@@ -2,8 +2,8 @@
 (turn one, and turn two's history), read from the client's source, and the client's own parsing of the answer,
 encoded below as a small function per client that does with the SSE chunks what the client does.
 
-A request field a client really sends that the server refuses is a finding: its test is written as it should pass and
-marked xfail(strict=True) naming the field, so fixing the server turns it into a failure to remove the mark.
+A request field a client really sends must be honoured or accepted: `reasoning_effort` (Cline, Roo Code, Zed) was the
+one refused, and now reaches the chat template as vLLM passes it.
 
 Sources (read 2026-12; newest snapshot of each repository):
 - Continue: continuedev/continue core/llm/openaiTypeConverters.ts (toChatBody, toChatMessage, fromChatCompletionChunk,
@@ -381,9 +381,6 @@ def test_cline_turn_two_history_is_accepted(serve_fake) -> None:
     assert (text, calls, errors) == ("Done.", [], [])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Cline sends reasoning_effort: the AI SDK's openai-compatible getArgs sets it from the "
-                          "portable `reasoning` option Cline passes when thinking is on")
 def test_cline_with_reasoning_on_sends_reasoning_effort(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", CLINE_ARGS))
     body = cline_body([{"role": "user", "content": ASK}], reasoning_effort="medium")
@@ -497,9 +494,6 @@ def test_roo_non_streamed_call(serve_fake) -> None:
     assert (message["content"] or "") == TEXT
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Roo Code sends reasoning_effort: getOpenAiReasoning (src/api/transform/reasoning.ts) spread "
-                          "into the request when the model's reasoning effort is enabled in its settings")
 def test_roo_with_reasoning_effort_enabled(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", ROO_ARGS))
     text, calls = roo_parse(_data(_lines(served, roo_body(ROO_TURN_ONE, reasoning_effort="medium"), ROO_HEADERS)))
@@ -628,9 +622,6 @@ def test_zed_turn_two_history_is_accepted(serve_fake) -> None:
     assert (text, uses, stop) == ("Done.", [], "end_turn")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Zed sends reasoning_effort: open_ai::Request.reasoning_effort, from an openai_compatible "
-                          "model's `reasoning_effort` setting")
 def test_zed_model_with_reasoning_effort_setting(serve_fake) -> None:
     served = _serve(serve_fake, TEXT + _call("read_file", ZED_ARGS))
     body = zed_body([{"role": "user", "content": ASK}], reasoning_effort="medium")

@@ -149,7 +149,7 @@ def test_a_burst_of_streams_over_capacity_gets_429_before_any_200(serve_fake) ->
 # ---- 5. every response counted, nothing leaks on an unexpected error -----------------------------------
 class _Explodes(FakeEngine):
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
         raise RuntimeError("a bug in a chat template")
 
 

@@ -34,9 +34,9 @@ class Recording(FakeEngine):
     chats: list[tuple[list[dict[str, Any]], Any]] = field(default_factory=list)
 
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
         self.chats.append((messages, tools))
-        return super().chat_prompt(messages, template, tools)
+        return super().chat_prompt(messages, template, tools, variables)
 
 
 def client(served: Served, **options: Any) -> anthropic.Anthropic:
@@ -336,7 +336,7 @@ def test_errors_before_the_stream_are_anthropic_shaped_and_openais_routes_keep_t
 
 class _Explodes(FakeEngine):
     def chat_prompt(self, messages: list[dict[str, Any]], template: str | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> str:
+                    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None) -> str:
         raise RuntimeError("a bug in a chat template")
 
 

@@ -37,9 +37,10 @@ def _sse(response: httpx.Response) -> list[dict[str, Any]]:
     return events
 
 
-def _prompt(served: Served, messages: list[dict[str, Any]], tools: tuple[Tool, ...] = TOOLS) -> list[int]:
+def _prompt(served: Served, messages: list[dict[str, Any]], tools: tuple[Tool, ...] = TOOLS,
+            variables: dict[str, Any] | None = None) -> list[int]:
     """What the fake engine receives: the history and tools in the generic prompt, through its chat template."""
-    return served.engine.tokenize(served.engine.chat_prompt(generic(messages, tools)))
+    return served.engine.tokenize(served.engine.chat_prompt(generic(messages, tools), None, None, variables))
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_codex_cli_turn_with_tools_and_history(calls: Served) -> None:
     expected = [{"role": "system", "content": "You are Codex."}, {"role": "user", "content": "list the files"},
                 {"role": "assistant", "content": None, "tool_calls": [earlier]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "/repo"}]
-    assert calls.engine.prompts[-1] == _prompt(calls, expected)
+    assert calls.engine.prompts[-1] == _prompt(calls, expected, variables={"reasoning_effort": "medium"})
     assert wait_until(lambda: calls.engine.num_unfinished_requests() == 0)
 
 

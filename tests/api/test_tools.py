@@ -150,3 +150,13 @@ def test_bad_tool_input_is_a_400_naming_the_field(calls: Served, change: dict[st
     assert error["param"] == param, error
     assert calls.engine.samplings == []
     assert calls.value("in_flight", "chat") == 0
+
+
+def test_reasoning_effort_and_template_kwargs_reach_the_chat_template(fake: Served) -> None:
+    """Cline, Roo Code and Zed send reasoning_effort; vLLM passes it (and chat_template_kwargs) to the template."""
+    body = {"messages": ASK, "max_tokens": 2, "reasoning_effort": "xhigh",
+            "chat_template_kwargs": {"enable_thinking": False}}
+    assert httpx.post(fake.url + "/v1/chat/completions", json=body).status_code == 200
+    expected = fake.engine.chat_prompt([{"role": "user", "content": ASK[0]["content"]}], None, None,
+                                       {"enable_thinking": False, "reasoning_effort": "xhigh"})
+    assert fake.engine.prompts[-1] == fake.engine.tokenize(expected, add_special_tokens=False)

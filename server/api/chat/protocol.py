@@ -89,6 +89,15 @@ class ChatRequest(_Sampling):
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
         None, description="default: auto when tools are sent (what Continue, Cline and Zed mean by leaving it out)")
     parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = Field(None, description="passed to the chat template as `reasoning_effort`, as "
+                                                           "vLLM does: a reasoning model's template acts on it, "
+                                                           "others do not read it (Cline, Roo Code and Zed send it)")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM's: more variables for the chat "
+                                                                          "template (e.g. enable_thinking)")
+
+    def template_variables(self) -> dict[str, Any]:
+        given = {"reasoning_effort": self.reasoning_effort} if self.reasoning_effort is not None else {}
+        return {**(self.chat_template_kwargs or {}), **given}
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False

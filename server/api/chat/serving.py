@@ -61,7 +61,7 @@ class Chat(Endpoint[ChatRequest]):
             raise InvalidRequest(f"messages[{unmatched}] answers tool call '{messages[unmatched]['tool_call_id']}', "
                                  "which no earlier assistant message made", param=f"messages.{unmatched}.tool_call_id")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        source = ChatSource(messages, _tools(body), _choice(body))
+        source = ChatSource(messages, _tools(body), _choice(body), body.template_variables())
         prepared = target.core.prepare([source], body.token_limit, sampling(body, target, logprobs))
         return Job(new_id("chatcmpl"), body, target, prepared)
 

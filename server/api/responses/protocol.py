@@ -86,8 +86,14 @@ class ResponsesRequest(_Request):
         None, description=f"only {', '.join(sorted(INCLUDABLE))}: no reasoning model is served, so nothing is added")
     truncation: Literal["disabled"] | None = Field(
         None, description="'disabled' only: a conversation over the context is a 400, never cut")
-    reasoning: Any = accepted("no reasoning model is served: there is no effort to set or reasoning to summarize "
-                              "(Codex CLI sends it on every request)")
+    reasoning: dict[str, Any] | None = Field(
+        None, description="`effort` is passed to the chat template as `reasoning_effort`, as vLLM does (a reasoning "
+                          "model's template acts on it, others do not read it); `summary` adds nothing: no reasoning "
+                          "item is produced (Codex CLI sends both on every request)")
+
+    def template_variables(self) -> dict[str, Any]:
+        effort = (self.reasoning or {}).get("effort")
+        return {"reasoning_effort": effort} if isinstance(effort, str) else {}
     prompt_cache_key: Any = accepted("the prefix cache is automatic")
     service_tier: Any = accepted("one tier")
     safety_identifier: Any = accepted("an end user's id, for OpenAI's abuse monitoring")

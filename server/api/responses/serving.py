@@ -76,7 +76,7 @@ class Responses(Endpoint[ResponsesRequest]):
         sampling = SamplingSettings(temperature=body.temperature, top_p=body.top_p, adapter=target.adapter,
                                     structured=conversation.structured(body))
         # The template may rewrite the messages it is given; the stored ones are shared between turns.
-        chat = Chat(copy.deepcopy([*system, *turns]), offered, choice)
+        chat = Chat(copy.deepcopy([*system, *turns]), offered, choice, body.template_variables())
         try:
             prepared = target.core.prepare([chat], body.max_output_tokens, sampling)
         except ContextLengthExceeded as exc:
