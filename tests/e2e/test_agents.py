@@ -103,7 +103,8 @@ def test_responses_with_a_forced_function_through_the_sdk(client: openai.OpenAI)
     (call,) = [item for item in first.output if item.type == "function_call"]
     Draft202012Validator(OPEN).validate(json.loads(call.arguments))
     second = client.responses.create(model=MODEL, previous_response_id=first.id, max_output_tokens=16,
-                                     input=[{"type": "function_call_output", "call_id": call.call_id,
-                                             "output": "def parse(): ..."}])
+                                     tools=tools, input=[{"type": "function_call_output",  # type: ignore[arg-type]
+                                                          "call_id": call.call_id, "output": "def parse(): ..."}])
     assert second.status in ("completed", "incomplete") and second.usage is not None
+    # turn two's prompt is turn one's (the same tools), its call and the call's output
     assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
