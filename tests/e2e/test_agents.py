@@ -108,3 +108,22 @@ def test_responses_with_a_forced_function_through_the_sdk(client: openai.OpenAI)
     assert second.status in ("completed", "incomplete") and second.usage is not None
     # turn two's prompt is turn one's (the same tools), its call and the call's output
     assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
+
+
+def test_messages_with_a_forced_tool_through_the_anthropic_sdk(live: Live) -> None:
+    """Claude Code's API on the real engine: a forced tool comes back as a tool_use block whose input validates,
+    streamed with named events as the SDK assembles them."""
+    import anthropic
+
+    sdk = anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0)
+    tools = [{"name": "open_file", "description": "Open a file at a line", "input_schema": OPEN}]
+    with sdk.messages.stream(model=MODEL, max_tokens=96, messages=[{"role": "user", "content": "Open the parser."}],
+                             tools=tools, tool_choice={"type": "tool", "name": "open_file"}) as stream:  # type: ignore[arg-type]
+        message = stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    (use,) = [block for block in message.content if block.type == "tool_use"]
+    assert use.name == "open_file"
+    Draft202012Validator(OPEN).validate(use.input)
+    count = sdk.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "Open the parser."}],
+                                      tools=tools)  # type: ignore[arg-type]
+    assert count.input_tokens == message.usage.input_tokens
