@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from .catalog import Architecture, ModelEntry
-from .memory import WeightPrecision, active_params
+from .hardware import Inventory
+from .memory import GIB, WeightPrecision, active_params
+from .plan import Rejection
 
 TP_DEGREES = (1, 2, 4, 8)
 AWQ_GROUP_SIZES = (128, 64, 32)  # largest first: fewer scales, same kernels (vLLM awq_marlin / WNA16)
@@ -136,3 +139,20 @@ def effective_params(entry: ModelEntry) -> float:
     if arch.moe is None:
         return float(entry.params)
     return float((entry.params * active_params(arch)) ** 0.5)
+
+
+def no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rejection]) -> str:
+    if inventory.gpus:
+        have = ", ".join(f"{g.name} ({g.total_bytes / GIB:.1f} GiB)" for g in inventory.gpus)
+    else:
+        have = f"CPU only, {inventory.cpu.ram_total_bytes / GIB:.1f} GiB RAM"
+    # candidate-level reasons (a precision / TP that was tried) say more than model-level exclusions
+    ranked = sorted(rejected, key=lambda r: r.precision is None)
+    reasons = "; ".join(f"{r.model} {r.precision or ''} tp={r.tensor_parallel_size or '-'}: {r.reason}"
+                        for r in ranked[:6])
+    more = f" (+{len(rejected) - 6} more, see `codeserve plan --all`)" if len(rejected) > 6 else ""
+    return (f"no model fits {have} with max_model_len={settings.max_model_len or DEFAULT_MAX_MODEL_LEN} x "
+            f"{settings.max_concurrent_sequences} sequences at gpu_memory_utilization="
+            f"{settings.gpu_memory_utilization}. {reasons}{more}. Lower CODESERVE_MAX_MODEL_LEN or "
+            f"CODESERVE_MAX_CONCURRENT_SEQUENCES, allow more precisions (CODESERVE_PRECISION=auto), "
+            f"or widen CODESERVE_FAMILIES / unpin CODESERVE_MODEL.")
