@@ -94,8 +94,9 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
         if problem is not None:
             return problem
     if not allowed and not entry.auto and not entry.bundled:
-        return (f"not chosen automatically: superseded by {entry.superseded_by}; pin it with CODESERVE_MODEL "
-                f"or allow its family with CODESERVE_FAMILIES={entry.family}")
+        why = f"superseded by {entry.superseded_by}" if entry.superseded_by else "its entry is not fully checked"
+        return (f"not chosen automatically: {why}; pin it with CODESERVE_MODEL or allow its family with "
+                f"CODESERVE_FAMILIES={entry.family}")
     return None
 
 
@@ -175,7 +176,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     engine = rules.engine_for(entry)
     problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine))
+               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine)
+               or (rules.fp8_block_problem(entry, tp) if precision == "fp8" else None))
     if problem:
         return problem
     group = None

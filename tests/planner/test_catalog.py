@@ -11,7 +11,8 @@ from server.planner.catalog import Catalog, CatalogError, load_catalog
 from server.settings import DEFAULT_CATALOG_PATH
 
 REQUIRED_FAMILIES = {"qwen2.5-coder", "deepseek-coder", "starcoder2", "starcoder", "codellama", "wizardcoder",
-                     "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2"}
+                     "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2",
+                     "qwen3-coder"}
 
 
 def test_covers_every_family(catalog: Catalog) -> None:
@@ -24,7 +25,7 @@ def test_covers_every_family(catalog: Catalog) -> None:
     "deepseek-coder-6.7b", "deepseek-coder-33b", "deepseek-coder-v2-lite", "deepseek-coder-v2",
     "codet5p-220m", "codegen-350m-mono", "codegen-16b-mono", "incoder-1b", "incoder-6b", "codegeex-13b",
     "codegeex4-9b", "polycoder-2.7b", "phi-1", "qwen2.5-coder-0.5b", "qwen2.5-coder-32b", "codestral-22b",
-    "smollm2-135m-instruct",
+    "smollm2-135m-instruct", "qwen3-coder-30b-a3b-instruct", "qwen3-coder-480b-a35b-instruct",
 ])
 def test_required_entries_exist(catalog: Catalog, model_id: str) -> None:
     assert catalog.get(model_id) is not None
