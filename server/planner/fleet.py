@@ -55,6 +55,7 @@ class Served:
             "engine": self.engine,
             "memory": {"per_gpu_bytes": chosen.memory.to_dict(),
                        "gpu_memory_fraction": chosen.launch.gpu_memory_fraction},
+            "start": chosen.start.to_dict() if chosen.start else None,
             "latency": chosen.latency.to_dict() if chosen.latency else None,
             "plan": self.plan.to_dict(),
         }
