@@ -18,9 +18,11 @@ from .settings import Settings
 
 
 def local_models(settings: Settings, catalog: Catalog) -> frozenset[str]:
-    """Catalog ids already present as Hugging Face directories under the cache dir."""
+    """Catalog ids already present as Hugging Face directories under the cache dir, and models read from a local
+    directory (CODESERVE_MODEL=/path: nothing to download)."""
     root = settings.cache_dir / "models"
-    return frozenset(e.id for e in catalog.models if (root / e.id / "config.json").is_file())
+    return frozenset(e.id for e in catalog.models
+                     if (root / e.id / "config.json").is_file() or (Path(e.repo) / "config.json").is_file())
 
 
 def quantized_checkpoints(settings: Settings, catalog: Catalog) -> frozenset[tuple[str, int]]:

@@ -22,14 +22,19 @@ def host_for(option: Option, inventory: Inventory) -> Host:
 
 
 def with_starts(options: list[Option], inventory: Inventory, cache: Cache, download_mb_per_s: float,
-                rejected: list[Rejection]) -> list[Option]:
-    """Each option with its start estimate; those this machine cannot start are rejected with the reason."""
+                rejected: list[Rejection], auto_quantize: bool = True) -> list[Option]:
+    """Each option with its start estimate; those this machine cannot start are rejected with the reason (host RAM or
+    disk for calibrating, or calibration switched off)."""
     kept = []
     for option in options:
         host = host_for(option, inventory)
         start = startup.estimate(option.model, option.precision, option.awq_group_size, option.needs_quantization,
                                  cache, host, download_mb_per_s * 1e6)
         problem = startup.host_problem(start, host)
+        if not problem and start.quantize_s and not auto_quantize:
+            problem = (f"no 4-bit checkpoint is published or cached and CODESERVE_AUTO_QUANTIZE=false: run `codeserve "
+                       f"quantize {option.model.id} --group-size {option.awq_group_size} --tp "
+                       f"{option.tensor_parallel_size}` first, or allow auto-quantization")
         if problem:
             rejected.append(Rejection(option.model.id, option.precision, option.tensor_parallel_size, problem))
         else:

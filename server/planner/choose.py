@@ -377,7 +377,7 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
             continue
         options.extend(_candidates(entry, settings, inventory, max_len, rejected, adapters))
     options = budget.with_starts(options, inventory, Cache(local_models, quantized), settings.download_mb_per_s,
-                                 rejected)
+                                 rejected, settings.auto_quantize)
     if not options:
         raise NoFit(rules.no_fit_message(inventory, settings, rejected), rejected)
     options.sort(key=_rank)

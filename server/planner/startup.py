@@ -121,8 +121,11 @@ def estimate(entry: ModelEntry, precision: WeightPrecision, group_size: int | No
         steps.append(f"AWQ calibration g{group_size} on the {'GPU' if host.device == 'cuda' else 'CPU'} "
                      f"(~{describe_minutes(quantize_s)})")
     elif precision == "awq" or (precision == "fp8" and entry.prequantized.fp8):
-        download = load = weight_bytes(arch, precision, 1, group_size or 128)
-        steps.append(f"the published {precision} checkpoint")
+        load = weight_bytes(arch, precision, 1, group_size or 128)
+        checkpoint = entry.prequantized.awq if precision == "awq" else entry.prequantized.fp8
+        own = checkpoint == entry.repo  # a model directory that is itself quantized (derive.py)
+        download = 0 if own and local else load
+        steps.append("the model's own quantized weights" if own else f"the published {precision} checkpoint")
     else:  # 16-bit, fp32 upcast on the CPU, or FP8 made by the engine as it loads (no calibration)
         download = 0 if local else sixteen
         load = sixteen

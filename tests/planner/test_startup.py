@@ -100,6 +100,16 @@ def test_a_cached_checkpoint_unlocks_the_larger_option(no_instruct_32b: Catalog,
     assert start.steps[0] == "the cached 4-bit checkpoint (g128)"
 
 
+def test_without_auto_quantization_only_existing_checkpoints_plan(no_instruct_32b: Catalog) -> None:
+    plan = _plan(no_instruct_32b, "1xL40S", max_start_minutes=1000, auto_quantize=False)
+    assert _chosen(plan) == ("qwen2.5-coder-14b", "fp8", 1)
+    refusal = next(r.reason for r in plan.rejected if (r.model, r.precision) == ("qwen2.5-coder-32b", "awq"))
+    assert "AUTO_QUANTIZE=false: run `codeserve quantize qwen2.5-coder-32b --group-size 128 --tp 1`" in refusal
+    cached = _plan(no_instruct_32b, "1xL40S", frozenset({"qwen2.5-coder-32b"}), frozenset({("qwen2.5-coder-32b", 128)}),
+                   auto_quantize=False)
+    assert _chosen(cached) == ("qwen2.5-coder-32b", "awq", 1)
+
+
 def test_a_published_checkpoint_is_preferred_over_quantizing_the_same_model(catalog: Catalog) -> None:
     """Qwen2.5-Coder-32B-Instruct publishes AWQ: with it, 1 x L40S starts in minutes; the same entry without it
     would download 16-bit weights and calibrate for hours, and the base model of the same size ranks below it."""
@@ -181,3 +191,14 @@ def test_disk_free_reads_the_nearest_existing_parent(tmp_path: Path) -> None:
 
     assert (disk_free(tmp_path / "not" / "yet") or 0) > 0
     assert CpuInfo(1, GIB, GIB).ram_total_bytes == GIB
+
+
+def test_a_quantized_model_directory_downloads_nothing(catalog: Catalog) -> None:
+    """CODESERVE_MODEL=/path to a 4-bit directory (derive.py: the checkpoint is the model itself)."""
+    entry = catalog.get("qwen2.5-coder-7b")
+    assert entry is not None
+    weights = entry.prequantized.model_copy(update={"awq": "/models/my-w4"})
+    own = entry.model_copy(update={"id": "my-w4", "repo": "/models/my-w4", "prequantized": weights})
+    host = startup.Host("cuda", GIB, None)
+    start = startup.estimate(own, "awq", 128, False, startup.Cache(frozenset({"my-w4"})), host, 1e8)
+    assert start.download_bytes == 0 and start.steps[0] == "the model's own quantized weights"
