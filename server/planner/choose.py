@@ -2,9 +2,10 @@
 
 Rule: the largest eligible model that fits with the target context and concurrency (with
 CODESERVE_OBJECTIVE=latency, among the options whose estimated decode time meets the target); for that model
-the highest precision that fits; then the fewest pipeline stages and the smallest tensor-parallel degree. GPUs
-left over become replicas.
-Every candidate that does not fit or is not valid is kept with the reason.
+the highest precision that fits, a checkpoint that exists before one calibrated at start; then the fewest
+pipeline stages and the smallest tensor-parallel degree; all among the options whose estimated time to serve is
+within CODESERVE_MAX_START_MINUTES (planner/budget.py names the larger ones passed over). GPUs left over become
+replicas. Every candidate that does not fit or is not valid is kept with the reason.
 """
 
 from __future__ import annotations
