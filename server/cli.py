@@ -17,7 +17,8 @@ from .planner.catalog import CatalogError, load_catalog
 from .planner.fleet import Fleet
 from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
-from .planner.plan import NoFit, Plan
+from .planner.plan import NoFit, Option, Plan
+from .planner.startup import describe_minutes
 from .planning import detect_and_plan
 from .roles import ROLE_NAMES
 from .settings import Settings
@@ -49,6 +50,14 @@ def _quality(result: Plan, settings: Settings) -> dict[str, Any] | None:
     if quality is None:
         return {**gate, "measured": False}
     return {**gate, "measured": True, **quality.to_dict(), "summary": quality.describe()}
+
+
+def _start(option: Option, steps: bool = True) -> str:
+    """The option's estimated time to serve, in words (and its steps)."""
+    if option.start is None:
+        return "time to serve not estimated"
+    how = f" ({', '.join(option.start.steps)})" if steps else ""
+    return f"~{describe_minutes(option.start.total_s)} to serve{how}"
 
 
 def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = None) -> None:
@@ -91,6 +100,7 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
         est = chosen.latency
         print(f"latency   ~{est.decode_ms_per_token:.1f} ms/token decode, ~{est.ttft_ms:.0f} ms to first token for a "
               f"{est.prompt_tokens}-token prompt (estimate: {est.basis})")
+    print(f"start     {_start(chosen)}")
     for note in result.notes:
         print(f"note      {note}")
     print(f"engine    {_vllm(result)['command']}")
@@ -99,7 +109,14 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
         speed = f"  ~{option.latency.decode_ms_per_token:.1f} ms/token" if option.latency else ""
         pp = f" pp={option.pipeline_parallel_size}" if option.pipeline_parallel_size > 1 else ""
         print(f"          {option.model.id:34s} {option.precision:5s} tp={option.tensor_parallel_size}{pp} "
-              f"{option.memory.total / GIB:6.1f} GiB{speed}")
+              f"{option.memory.total / GIB:6.1f} GiB{speed}  {_start(option, steps=False)}")
+    if result.passed_over:
+        print(f"passed over for time ({len(result.passed_over)})")
+    for passed in result.passed_over:
+        option = passed.option
+        where = f"tp={option.tensor_parallel_size}"
+        print(f"          {option.model.id:34s} {option.precision:5s} {where} {_start(option)}")
+        print(f"          {'':34s} unlock: {passed.unlock}")
     rejected = result.rejected if show_all else [r for r in result.rejected if r.precision is not None]
     limit = None if show_all else 15
     print(f"rejected  ({len(result.rejected)}; --all lists model-level exclusions too)")

@@ -18,6 +18,11 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq"]
 # The per-token latency the completion role aims for under CODESERVE_OBJECTIVE=latency: 50 tokens/s, so a
 # typical 30-60-token suggestion streams in within a second of the first token.
 DEFAULT_TARGET_TOKEN_LATENCY_MS = 20.0
+# The time to serve a plan may take (download, quantization, load): half the chart's startup probe (values.yaml
+# probes.startup: 360 x 10 s = 60 min), so a start that runs twice as long as estimated still passes the probe.
+DEFAULT_MAX_START_MINUTES = 30.0
+# The download rate the estimate assumes (planner/startup.py cites the measurements around it): a 1 Gbit/s link.
+DEFAULT_DOWNLOAD_MB_PER_S = 100.0
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG_PATH = REPO_ROOT / "configs" / "models.yaml"
@@ -103,6 +108,12 @@ class Settings(BaseSettings):
                           "CPU too: about 3 minutes more start-up on 2 cores for ~25% faster decode)")
     speculative: Literal["auto", "ngram", "off"] = Field(
         "auto", description="speculative decoding by prompt lookup: auto (completion role on GPUs), ngram, off")
+    max_start_minutes: float = Field(
+        DEFAULT_MAX_START_MINUTES, gt=0, description="estimated time to serve (download, quantize, load) a plan may "
+                                                     "take: larger options that start slower are passed over, and "
+                                                     "the plan says how to unlock them")
+    download_mb_per_s: float = Field(
+        DEFAULT_DOWNLOAD_MB_PER_S, gt=0, description="the Hugging Face Hub download rate the start estimate assumes")
     auto_quantize: bool = True
     quant_quality_gate: Literal["warn", "refuse", "off"] = Field(
         "warn", description="after quantizing, score 4-bit against the source on FIM holes: warn, or refuse (fall "

@@ -28,14 +28,16 @@ def test_plan_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) 
 def test_plan_table_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--gpus", "1xT4"]) == 0
     out = capsys.readouterr().out
-    assert "chosen    qwen2.5-coder-7b  awq" in out and "rejected" in out and "fallbacks" in out
+    assert "chosen    qwen2.5-coder-7b-instruct  awq" in out and "rejected" in out and "fallbacks" in out
+    assert "start     ~1 min to serve (download 5.6 GB, the published awq checkpoint, load 5.6 GB)" in out
 
 
 def test_plan_runs_in_a_fresh_process_and_reports_its_time() -> None:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "server.cli", "plan", "--gpus", "8xH100"], check=True,
                             capture_output=True, text=True)
-    assert "chosen    deepseek-coder-v2" in result.stdout and "vllm serve" in result.stdout
+    assert "chosen    qwen2.5-coder-32b" in result.stdout and "vllm serve" in result.stdout
+    assert "passed over for time (2)\n          deepseek-coder-v2 " in result.stdout
     print(f"codeserve plan took {time.monotonic() - started:.2f} s")  # a figure, not a timed assertion
 
 

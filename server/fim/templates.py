@@ -8,7 +8,7 @@ paper, cited per template.
 Order: while a developer types, the prefix grows at its end and the suffix stays put. A prompt that ends
 with the prefix (suffix first, "SPM") lets the engine's prefix cache reuse everything up to the cursor on the
 next keystroke; one that puts the suffix after the prefix ("PSM") must prefill the whole suffix again. So
-families trained with SPM (Codestral natively, Code Llama on half its FIM data, CodeGeeX4) use it, and the
+families trained with SPM (Codestral natively, Code Llama on half its FIM data, CodeGeeX4, Seed-Coder) use it, and the
 chat hole-filling prompt, which we write ourselves, puts the code after the hole first. Families trained only
 on PSM (DeepSeek-Coder, Qwen2.5-Coder; StarCoder's cards document PSM alone) keep it: a format the model
 never saw costs quality that no cache hit buys back.
@@ -52,6 +52,9 @@ TEMPLATES: dict[str, FimTemplate] = {t.id: t for t in (
                 "Qwen2.5-Coder README, file-level code completion"),
     FimTemplate("codestral", "[SUFFIX]{suffix}[PREFIX]{prefix}", ("[SUFFIX]", "[PREFIX]"), (),
                 "mistral-common FIMRequest encoding (SPM order: suffix first)"),
+    FimTemplate("seed", "<[fim-suffix]>{suffix}<[fim-prefix]>{prefix}<[fim-middle]>",
+                ("<[fim-suffix]>", "<[fim-prefix]>", "<[fim-middle]>"), (),
+                "Seed-Coder-8B-Base model card, Fill-in-the-Middle example (SPM order: suffix first)"),
     FimTemplate("incoder", "{prefix}<|mask:0|>{suffix}<|mask:1|><|mask:0|>", ("<|mask:0|>", "<|mask:1|>"),
                 ("<|endofmask|>",), "InCoder paper, causal masking; facebookresearch/incoder example"),
     FimTemplate("codegen2", "{prefix}<mask_1>{suffix}<|endoftext|><sep><mask_1>", ("<mask_1>", "<sep>"),

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from .catalog import Architecture, ModelEntry
-from .memory import WeightPrecision, active_params
+from .hardware import Inventory
+from .memory import GIB, WeightPrecision, active_params
+from .plan import Rejection
 
 TP_DEGREES = (1, 2, 4, 8)
 AWQ_GROUP_SIZES = (128, 64, 32)  # largest first: fewer scales, same kernels (vLLM awq_marlin / WNA16)
@@ -61,10 +64,33 @@ def tp_problem(arch: Architecture, tp: int) -> str | None:
     kv = arch.kv_heads
     if arch.mla is None and ((tp >= kv and tp % kv) or (tp < kv and kv % tp)):
         return f"{kv} KV heads can be neither split nor replicated evenly over {tp} GPUs"
-    if arch.intermediate_size % tp:
+    if _dense_mlp(arch) and arch.intermediate_size % tp:
         return f"intermediate size {arch.intermediate_size} does not split over {tp} GPUs"
     if arch.moe is not None and arch.moe.expert_intermediate_size % tp:
         return f"expert intermediate size {arch.moe.expert_intermediate_size} does not split over {tp} GPUs"
+    return None
+
+
+def _dense_mlp(arch: Architecture) -> bool:
+    """Whether any layer has a dense MLP: mixture-of-experts configs such as Qwen3-MoE's still carry an
+    intermediate_size that no layer uses (mlp_only_layers empty, decoder_sparse_step 1)."""
+    return arch.moe is None or arch.moe.dense_layers > 0
+
+
+def fp8_block_problem(entry: ModelEntry, tp: int) -> str | None:
+    """A published block-FP8 checkpoint needs every shard's output rows in whole blocks: vLLM refuses otherwise
+    ("The output_size of gate's and up's weight = 320 is not divisible by weight quantization block_n = 128", the
+    error Qwen3-Coder-480B-A35B-Instruct-FP8 gives at tp=8; its README: "With --tp 8 Loading failure is expected")."""
+    block = entry.prequantized.fp8_block_size
+    if not (entry.prequantized.fp8 and block):
+        return None
+    arch = entry.architecture
+    rows = [arch.moe.expert_intermediate_size // tp] if arch.moe is not None else []
+    rows += [arch.intermediate_size // tp] if _dense_mlp(arch) else []
+    bad = [r for r in rows if r % block]
+    if bad:
+        return (f"the published FP8 checkpoint's {block}x{block} blocks do not split over {tp} GPUs ({bad[0]} rows per "
+                f"GPU); fewer GPUs per copy (CODESERVE_TENSOR_PARALLEL_SIZE) or another precision")
     return None
 
 
@@ -82,7 +108,7 @@ def pp_problem(arch: Architecture, pp: int, engine: str = "vllm") -> str | None:
 def quantized_in_features(arch: Architecture, tp: int) -> list[int]:
     """Input features of every quantized linear layer on one rank (what a group must divide)."""
     o_proj_in = arch.attention_heads * (arch.mla.v_head_dim if arch.mla else arch.head_dim_resolved)
-    features = [arch.hidden_size, o_proj_in // tp, arch.intermediate_size // tp]
+    features = [arch.hidden_size, o_proj_in // tp, *([arch.intermediate_size // tp] if _dense_mlp(arch) else [])]
     if arch.moe is not None:
         features.append(arch.moe.expert_intermediate_size // tp)
     return features
@@ -136,3 +162,20 @@ def effective_params(entry: ModelEntry) -> float:
     if arch.moe is None:
         return float(entry.params)
     return float((entry.params * active_params(arch)) ** 0.5)
+
+
+def no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rejection]) -> str:
+    if inventory.gpus:
+        have = ", ".join(f"{g.name} ({g.total_bytes / GIB:.1f} GiB)" for g in inventory.gpus)
+    else:
+        have = f"CPU only, {inventory.cpu.ram_total_bytes / GIB:.1f} GiB RAM"
+    # candidate-level reasons (a precision / TP that was tried) say more than model-level exclusions
+    ranked = sorted(rejected, key=lambda r: r.precision is None)
+    reasons = "; ".join(f"{r.model} {r.precision or ''} tp={r.tensor_parallel_size or '-'}: {r.reason}"
+                        for r in ranked[:6])
+    more = f" (+{len(rejected) - 6} more, see `codeserve plan --all`)" if len(rejected) > 6 else ""
+    return (f"no model fits {have} with max_model_len={settings.max_model_len or DEFAULT_MAX_MODEL_LEN} x "
+            f"{settings.max_concurrent_sequences} sequences at gpu_memory_utilization="
+            f"{settings.gpu_memory_utilization}. {reasons}{more}. Lower CODESERVE_MAX_MODEL_LEN or "
+            f"CODESERVE_MAX_CONCURRENT_SEQUENCES, allow more precisions (CODESERVE_PRECISION=auto), "
+            f"or widen CODESERVE_FAMILIES / unpin CODESERVE_MODEL.")

@@ -114,6 +114,9 @@ class Prequantized(_Frozen):
     awq: str | None = Field(None, description="repo id of a 4-bit AWQ checkpoint")
     awq_group_size: int = Field(128, description="its group size (AutoAWQ's default, used by every published one)")
     fp8: str | None = Field(None, description="repo id of an FP8 checkpoint")
+    fp8_block_size: int | None = Field(
+        None, gt=0, description="its weight block (quantization_config.weight_block_size), null: per-channel scales. "
+                                "Every tensor-parallel shard's output rows must be a multiple of it")
 
 
 class Bundled(_Frozen):

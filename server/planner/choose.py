@@ -2,9 +2,10 @@
 
 Rule: the largest eligible model that fits with the target context and concurrency (with
 CODESERVE_OBJECTIVE=latency, among the options whose estimated decode time meets the target); for that model
-the highest precision that fits; then the fewest pipeline stages and the smallest tensor-parallel degree. GPUs
-left over become replicas.
-Every candidate that does not fit or is not valid is kept with the reason.
+the highest precision that fits, a checkpoint that exists before one calibrated at start; then the fewest
+pipeline stages and the smallest tensor-parallel degree; all among the options whose estimated time to serve is
+within CODESERVE_MAX_START_MINUTES (planner/budget.py names the larger ones passed over). GPUs left over become
+replicas. Every candidate that does not fit or is not valid is kept with the reason.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Literal
 
 from ..roles import role_spec
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
+from . import budget, latency, memory
 from . import candidates as rules
-from . import latency, memory
 from .adapters import Adapter, max_rank
 from .catalog import Catalog, ModelEntry
 from .cpu_binding import cpu_binding
@@ -27,6 +28,7 @@ from .launch import ComputeDtype, Launch, PromptLookup
 from .memory import GIB, WeightPrecision
 from .objective import meets_target
 from .plan import MemoryBreakdown, NoFit, Option, Plan, Rejection
+from .startup import Cache
 
 # vLLM's default max_num_seqs on GPU: short IDE requests batch far beyond the full-context target.
 GPU_MAX_NUM_SEQS = 256
@@ -93,8 +95,9 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
         if problem is not None:
             return problem
     if not allowed and not entry.auto and not entry.bundled:
-        return (f"not chosen automatically: superseded by {entry.superseded_by}; pin it with CODESERVE_MODEL "
-                f"or allow its family with CODESERVE_FAMILIES={entry.family}")
+        why = f"superseded by {entry.superseded_by}" if entry.superseded_by else "its entry is not fully checked"
+        return (f"not chosen automatically: {why}; pin it with CODESERVE_MODEL or allow its family with "
+                f"CODESERVE_FAMILIES={entry.family}")
     return None
 
 
@@ -174,7 +177,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     engine = rules.engine_for(entry)
     problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
-               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine))
+               or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine)
+               or (rules.fp8_block_problem(entry, tp) if precision == "fp8" else None))
     if problem:
         return problem
     group = None
@@ -349,14 +353,19 @@ def _with_replicas(option: Option, inventory: Inventory, nodes: int = 1) -> Opti
     return replace(option, replicas=replicas)
 
 
-def _rank(option: Option) -> tuple[float, int, int, int, int]:
-    return (-rules.effective_params(option.model), rules.PRECISION_ORDER.index(option.precision),
+def _rank(option: Option) -> tuple[float, int, bool, int, int, int]:
+    # a checkpoint that exists (published, or cached) before one made at start: same model and precision
+    calibrates = option.start is not None and option.start.quantize_s > 0
+    return (-rules.effective_params(option.model), rules.PRECISION_ORDER.index(option.precision), calibrates,
             option.pipeline_parallel_size, option.tensor_parallel_size, -option.memory.budget)
 
 
 def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
-         local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = ()) -> Plan:
-    """Choose the model, precision and TP degree for one role; raise NoFit with every reason when nothing fits."""
+           local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = (),
+           quantized: frozenset[tuple[str, int]] = frozenset()) -> Plan:
+    """Choose the model, precision and TP degree for one role; raise NoFit with every reason when nothing fits.
+    `local_models`: catalog ids whose weights are in the cache dir; `quantized`: (id, group size) of its finished
+    4-bit checkpoints. Both only shorten the estimated time to serve."""
     if len(settings.roles) != 1:
         raise ValueError("choose() plans one role; planner/fleet.py plans several")
     rejected: list[Rejection] = []
@@ -368,32 +377,20 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
             rejected.append(Rejection(entry.id, None, None, problem or "no context"))
             continue
         options.extend(_candidates(entry, settings, inventory, max_len, rejected, adapters))
+    options = budget.with_starts(options, inventory, Cache(local_models, quantized), settings.download_mb_per_s,
+                                 rejected, settings.auto_quantize)
     if not options:
-        raise NoFit(_no_fit_message(inventory, settings, rejected), rejected)
+        raise NoFit(rules.no_fit_message(inventory, settings, rejected), rejected)
+    options.sort(key=_rank)
     notes: tuple[str, ...] = ()
     if settings.objective == "latency":  # 'auto' is resolved per role by planner/fleet.py; alone it means largest
         options, missed = meets_target(options, settings.target_token_latency_ms, rejected)
         notes = (missed,) if missed else ()
-    options.sort(key=_rank)
+    options, passed_over, slow = budget.within(options, settings.max_start_minutes, rejected)
+    notes = (*notes, slow) if slow else notes
     reason = rules.engine_reason(options[0].model)
     notes = (*notes, reason) if reason else notes
     chosen = _with_replicas(options[0], inventory, settings.nodes)
     fallbacks = [_with_replicas(o, inventory, settings.nodes) for o in options[1:MAX_FALLBACKS + 1]]
-    return Plan(chosen, settings.max_concurrent_sequences, inventory, fallbacks, rejected, notes=notes)
-
-
-def _no_fit_message(inventory: Inventory, settings: Settings, rejected: list[Rejection]) -> str:
-    if inventory.gpus:
-        have = ", ".join(f"{g.name} ({g.total_bytes / GIB:.1f} GiB)" for g in inventory.gpus)
-    else:
-        have = f"CPU only, {inventory.cpu.ram_total_bytes / GIB:.1f} GiB RAM"
-    # candidate-level reasons (a precision / TP that was tried) say more than model-level exclusions
-    ranked = sorted(rejected, key=lambda r: r.precision is None)
-    reasons = "; ".join(f"{r.model} {r.precision or ''} tp={r.tensor_parallel_size or '-'}: {r.reason}"
-                        for r in ranked[:6])
-    more = f" (+{len(rejected) - 6} more, see `codeserve plan --all`)" if len(rejected) > 6 else ""
-    return (f"no model fits {have} with max_model_len={settings.max_model_len or DEFAULT_MAX_MODEL_LEN} x "
-            f"{settings.max_concurrent_sequences} sequences at gpu_memory_utilization="
-            f"{settings.gpu_memory_utilization}. {reasons}{more}. Lower CODESERVE_MAX_MODEL_LEN or "
-            f"CODESERVE_MAX_CONCURRENT_SEQUENCES, allow more precisions (CODESERVE_PRECISION=auto), "
-            f"or widen CODESERVE_FAMILIES / unpin CODESERVE_MODEL.")
+    return Plan(chosen, settings.max_concurrent_sequences, inventory, fallbacks, rejected, notes=notes,
+                passed_over=passed_over)

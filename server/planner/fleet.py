@@ -55,6 +55,7 @@ class Served:
             "engine": self.engine,
             "memory": {"per_gpu_bytes": chosen.memory.to_dict(),
                        "gpu_memory_fraction": chosen.launch.gpu_memory_fraction},
+            "start": chosen.start.to_dict() if chosen.start else None,
             "latency": chosen.latency.to_dict() if chosen.latency else None,
             "plan": self.plan.to_dict(),
         }
@@ -161,23 +162,25 @@ def _one_engine(plan: Plan) -> Plan:
 
 
 def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
-               local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = ()) -> Fleet:
+               local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = (),
+               quantized: frozenset[tuple[str, int]] = frozenset()) -> Fleet:
     """Plan every role CODESERVE_ROLE names; one role is choose() alone. LoRA adapters go on the engine of the role
-    whose row takes them (completion), or the single role's. Served roles are listed in table order."""
+    whose row takes them (completion), or the single role's. Served roles are listed in table order. `quantized`: the
+    cache's finished 4-bit checkpoints, (catalog id, group size)."""
     roles = settings.roles
     if len(roles) == 1:
-        plan = choose(inventory, catalog, settings, local_models, adapters)
+        plan = choose(inventory, catalog, settings, local_models, adapters, quantized)
         return Fleet((Served(roles[0], plan, _used(plan, inventory), 0),), inventory, "single")
     small, large = _pair(settings, adapters)
     if not inventory.gpus:  # the role that starts first plans the one engine, which takes the adapters
-        plan = choose(inventory, catalog, small.settings, local_models, adapters)
+        plan = choose(inventory, catalog, small.settings, local_models, adapters, quantized)
         return Fleet(_in_table_order(*(Served(p.spec.name, plan, (), 0) for p in (small, large))), inventory,
                      "one-engine")
     if len(inventory.gpus) >= 2:
-        fleet = _separate(inventory, catalog, small, large, local_models)
+        fleet = _separate(inventory, catalog, small, large, local_models, quantized)
         if fleet is not None:
             return fleet
-    return _shared(inventory, catalog, small, large, local_models)
+    return _shared(inventory, catalog, small, large, local_models, quantized)
 
 
 def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo]]]:
@@ -191,13 +194,14 @@ def _splits(gpus: tuple[GpuInfo, ...]) -> list[tuple[list[GpuInfo], list[GpuInfo
 
 
 def _separate(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Planned,
-              local_models: frozenset[str]) -> Fleet | None:
+              local_models: frozenset[str], quantized: frozenset[tuple[str, int]] = frozenset()) -> Fleet | None:
     best: tuple[tuple[float, ...], Fleet] | None = None
     for mine, theirs in _splits(inventory.gpus):
         try:
-            fast = _one_engine(choose(_subset(inventory, mine), catalog, small.settings, local_models, small.adapters))
+            fast = _one_engine(choose(_subset(inventory, mine), catalog, small.settings, local_models, small.adapters,
+                                        quantized))
             big = _one_engine(choose(_subset(inventory, theirs), catalog, large.settings, local_models,
-                                     large.adapters))
+                                     large.adapters, quantized))
         except NoFit:
             continue
         served = (_served(small, fast, _used(fast, _subset(inventory, mine)), 0),
@@ -231,10 +235,10 @@ def _shrunk(plan: Plan, gpu: GpuInfo) -> Plan:
 
 
 def _shared(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Planned,
-            local_models: frozenset[str]) -> Fleet:
+            local_models: frozenset[str], quantized: frozenset[tuple[str, int]] = frozenset()) -> Fleet:
     utilization = small.settings.gpu_memory_utilization
     capped = small.settings.model_copy(update={"gpu_memory_utilization": utilization * small.spec.max_share})
-    fast = choose(inventory, catalog, capped, local_models, small.adapters)
+    fast = choose(inventory, catalog, capped, local_models, small.adapters, quantized)
     gpus = _used(fast, inventory)[:fast.chosen.tensor_parallel_size]  # one copy: the rest of the GPUs are large's
     first = next(g for g in inventory.gpus if g.index == gpus[0])
     fast = _shrunk(replace(fast, chosen=replace(fast.chosen, replicas=1)), first)
@@ -246,6 +250,6 @@ def _shared(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Pla
         raise NoFit(f"{small.spec.name}'s {fast.chosen.model.id} takes the whole budget; nothing is left for "
                     f"{large.spec.name}", [])
     big = _one_engine(choose(left, catalog, large.settings.model_copy(update={"gpu_memory_utilization": rest}),
-                             local_models, large.adapters))
+                             local_models, large.adapters, quantized))
     return Fleet(_in_table_order(_served(small, fast, gpus, 0), _served(large, big, _used(big, left), 1)), inventory,
                  "shared")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,8 @@ class Inventory:
     cpu: CpuInfo
     source: str  # "nvml", "simulated" or "cpu"
     notes: tuple[str, ...] = field(default=())
+    # Free bytes on the filesystem of the cache dir (downloads and 4-bit checkpoints land there); None: not measured.
+    disk_free_bytes: int | None = None
 
 
 def _read(path: Path) -> str | None:
@@ -218,11 +221,22 @@ def _lookup(name: str) -> GpuModel:
     return GPU_TABLE[canonical]
 
 
-def simulated(spec: str, cpu: CpuInfo | None = None) -> Inventory:
+def disk_free(path: Path) -> int | None:
+    """Free bytes on the filesystem that holds `path` (its nearest existing parent), or None where unreadable."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def simulated(spec: str, cpu: CpuInfo | None = None, disk_free_bytes: int | None = None) -> Inventory:
     """An inventory from a spec such as '2xA100-80GB', '1xT4,1xL4' or 'none'."""
     cpu = cpu or cpu_info()
     if spec.strip().lower() in ("", "none", "cpu", "0"):
-        return Inventory(gpus=(), cpu=cpu, source="simulated")
+        return Inventory(gpus=(), cpu=cpu, source="simulated", disk_free_bytes=disk_free_bytes)
     gpus: list[GpuInfo] = []
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(?:(\d+)\s*[xX]\s*)?([A-Za-z0-9][A-Za-z0-9-]*)\s*", part)
@@ -235,7 +249,7 @@ def simulated(spec: str, cpu: CpuInfo | None = None) -> Inventory:
         for _ in range(count):
             gpus.append(GpuInfo(len(gpus), model.name, model.total_bytes, model.total_bytes,
                                 model.compute_capability, model.bandwidth_gb_s, model.tflops_16bit))
-    return Inventory(gpus=tuple(gpus), cpu=cpu, source="simulated")
+    return Inventory(gpus=tuple(gpus), cpu=cpu, source="simulated", disk_free_bytes=disk_free_bytes)
 
 
 def _visible(nvml: Any, count: int, visible: str | None) -> list[int]:
@@ -323,18 +337,21 @@ def gpu_memory_poller() -> Any:
     return lambda: gpu_memory(pynvml, visible)
 
 
-def detect(spec: str | None = None, nvml: Any = None) -> Inventory:
-    """The inventory: simulated from `spec` if given, else NVML, else the CPU alone."""
+def detect(spec: str | None = None, nvml: Any = None, cache_dir: Path | None = None) -> Inventory:
+    """The inventory: simulated from `spec` if given, else NVML, else the CPU alone; a real one with the free disk of
+    `cache_dir`'s filesystem where given (a simulated machine's disk is not this one's: left unknown, not checked)."""
     cpu = cpu_info()
     if spec is not None:
         return simulated(spec, cpu)
+    disk = disk_free(cache_dir) if cache_dir is not None else None
     if nvml is None:
         try:
             import pynvml  # nvidia-ml-py
         except ImportError:
-            return Inventory(gpus=(), cpu=cpu, source="cpu", notes=("nvidia-ml-py is not installed",))
+            return Inventory(gpus=(), cpu=cpu, source="cpu", notes=("nvidia-ml-py is not installed",),
+                             disk_free_bytes=disk)
         nvml = pynvml
     try:
-        return from_nvml(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"), cpu)
+        return replace(from_nvml(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"), cpu), disk_free_bytes=disk)
     except nvml.NVMLError as exc:
-        return Inventory(gpus=(), cpu=cpu, source="cpu", notes=(f"NVML unavailable: {exc}",))
+        return Inventory(gpus=(), cpu=cpu, source="cpu", notes=(f"NVML unavailable: {exc}",), disk_free_bytes=disk)

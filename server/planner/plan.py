@@ -14,6 +14,7 @@ from .hardware import Inventory
 from .latency import LatencyEstimate
 from .launch import Launch
 from .memory import WeightPrecision
+from .startup import StartEstimate
 
 
 class NoFit(Exception):
@@ -71,6 +72,7 @@ class Option:
     replicas: int
     launch: Launch
     latency: LatencyEstimate | None = None  # None: no datasheet figures (the CPU, a GPU the table lacks)
+    start: StartEstimate | None = None  # time to serve: download, quantization, load
 
     @property
     def pipeline_parallel_size(self) -> int:
@@ -103,7 +105,19 @@ class Option:
             "max_model_len": self.max_model_len,
             "per_gpu_total_bytes": self.memory.total,
             "latency": self.latency.to_dict() if self.latency else None,
+            "start": self.start.to_dict() if self.start else None,
         }
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """A larger option that fits but would not start within CODESERVE_MAX_START_MINUTES, and how to unlock it."""
+
+    option: Option
+    unlock: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.option.summary(), "unlock": self.unlock}
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class Plan:
     failed_to_start: tuple[StartFailure, ...] = ()
     notes: tuple[str, ...] = ()  # what the user should know about the choice (a latency target missed)
     derived: tuple[str, ...] = ()  # for a model outside the catalog: what was read from its files, and where
+    passed_over: tuple[PassedOver, ...] = ()  # larger options that start too slowly, best first
 
     @property
     def max_model_len(self) -> int:
@@ -168,6 +183,7 @@ class Plan:
             "needs_quantization": chosen.needs_quantization,
             "memory": {"per_gpu_bytes": chosen.memory.to_dict()},
             "latency": chosen.latency.to_dict() if chosen.latency else None,
+            "start": chosen.start.to_dict() if chosen.start else None,
             "launch": chosen.launch.to_dict(),
             "inventory": {
                 "source": self.inventory.source,
@@ -177,6 +193,7 @@ class Plan:
                 "cpu": asdict(self.inventory.cpu),
             },
             "fallbacks": [option.summary() for option in self.fallbacks],
+            "passed_over_for_time": [passed.to_dict() for passed in self.passed_over],
             "failed_to_start": [{**f.option.summary(), "error": f.error} for f in self.failed_to_start],
             "rejected": [asdict(r) for r in self.rejected],
             "notes": list(self.notes),

@@ -11,7 +11,8 @@ from server.planner.catalog import Catalog, CatalogError, load_catalog
 from server.settings import DEFAULT_CATALOG_PATH
 
 REQUIRED_FAMILIES = {"qwen2.5-coder", "deepseek-coder", "starcoder2", "starcoder", "codellama", "wizardcoder",
-                     "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2"}
+                     "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2",
+                     "qwen3-coder", "seed-coder"}
 
 
 def test_covers_every_family(catalog: Catalog) -> None:
@@ -24,7 +25,7 @@ def test_covers_every_family(catalog: Catalog) -> None:
     "deepseek-coder-6.7b", "deepseek-coder-33b", "deepseek-coder-v2-lite", "deepseek-coder-v2",
     "codet5p-220m", "codegen-350m-mono", "codegen-16b-mono", "incoder-1b", "incoder-6b", "codegeex-13b",
     "codegeex4-9b", "polycoder-2.7b", "phi-1", "qwen2.5-coder-0.5b", "qwen2.5-coder-32b", "codestral-22b",
-    "smollm2-135m-instruct",
+    "smollm2-135m-instruct", "qwen3-coder-30b-a3b-instruct", "qwen3-coder-480b-a35b-instruct", "seed-coder-8b",
 ])
 def test_required_entries_exist(catalog: Catalog, model_id: str) -> None:
     assert catalog.get(model_id) is not None
@@ -96,3 +97,22 @@ def test_not_yaml(tmp_path: Path) -> None:
     path.write_text("models: [unclosed")
     with pytest.raises(CatalogError, match="not valid YAML"):
         load_catalog(path)
+
+
+# (inventory, role, families, chosen): the newer families are planned and served once allowed
+@pytest.mark.parametrize(("spec", "role", "families", "chosen"), [
+    ("1xL4", "completion", "seed-coder", ("seed-coder-8b", "fp8", 1, "ByteDance-Seed/Seed-Coder-8B-Base")),
+    ("1xA100-80GB", "chat", "qwen3-coder",
+     ("qwen3-coder-30b-a3b-instruct", "bf16", 1, "Qwen/Qwen3-Coder-30B-A3B-Instruct")),
+    ("1xL40S", "chat", "qwen3-coder",
+     ("qwen3-coder-30b-a3b-instruct", "fp8", 1, "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8")),
+])
+def test_newer_families_plan_when_allowed(catalog: Catalog, spec: str, role: str, families: str,
+                                          chosen: tuple[str, str, int, str]) -> None:
+    from server.planner.choose import choose
+    from server.planner.hardware import simulated
+    from tests.conftest import FIXED_CPU, make_settings
+
+    plan = choose(simulated(spec, FIXED_CPU), catalog, make_settings(role=role, families=families))
+    option = plan.chosen
+    assert (option.model.id, option.precision, option.tensor_parallel_size, option.launch.model) == chosen

@@ -55,6 +55,12 @@ def transformers_config(entry: ModelEntry) -> dict[str, Any] | None:
             first_k_dense_replace=a.moe.dense_layers, q_lora_rank=a.mla.q_lora_rank, kv_lora_rank=a.mla.kv_lora_rank,
             qk_nope_head_dim=a.mla.qk_nope_head_dim, qk_rope_head_dim=a.mla.qk_rope_head_dim,
             v_head_dim=a.mla.v_head_dim)
+    elif kind == "Qwen3MoeForCausalLM":
+        assert a.moe is not None
+        config = transformers.Qwen3MoeConfig(**llama_like, head_dim=a.head_dim, num_experts=a.moe.experts,
+                                             num_experts_per_tok=a.moe.active_experts,
+                                             moe_intermediate_size=a.moe.expert_intermediate_size,
+                                             decoder_sparse_step=1, mlp_only_layers=[])
     elif kind == "CodeT5pEncoderDecoderModel":
         return codet5p_config(entry)
     else:

@@ -23,9 +23,17 @@ TABLE = [
     ("1xH100", "shared", "qwen2.5-coder-14b", "fp8", 1, (0,), "qwen2.5-coder-32b-instruct", "awq", 1, (0,)),
     ("4xA100-40GB", "separate", "qwen2.5-coder-32b", "fp8", 2, (0, 1), "qwen2.5-coder-32b-instruct", "fp8", 2,
      (2, 3)),
-    ("8xH100", "separate", "deepseek-coder-v2", "fp8", 4, (0, 1, 2, 3), "deepseek-coder-v2-instruct", "fp8", 4,
-     (4, 5, 6, 7)),
+    # DeepSeek-Coder-V2's 472 GB would take ~90 min to download (planner/startup.py): the 32B pair starts in time
+    ("8xH100", "separate", "qwen2.5-coder-32b", "bf16", 2, (0, 1), "qwen2.5-coder-32b-instruct", "bf16", 2, (2, 3)),
 ]
+
+
+def test_cached_weights_let_the_236b_pair_start_in_time(catalog: Catalog) -> None:
+    cached = frozenset({"deepseek-coder-v2", "deepseek-coder-v2-instruct"})
+    fleet = plan_fleet(simulated("8xH100", FIXED_CPU), catalog, make_settings(role="completion,chat"), cached)
+    got = [(s.option.model.id, s.option.precision, s.option.tensor_parallel_size, s.gpus) for s in fleet.served]
+    assert got == [("deepseek-coder-v2", "fp8", 4, (0, 1, 2, 3)),
+                   ("deepseek-coder-v2-instruct", "fp8", 4, (4, 5, 6, 7))]
 
 
 @pytest.mark.parametrize(("spec", "layout", "c_model", "c_precision", "c_tp", "c_gpus", "h_model", "h_precision",

@@ -14,6 +14,7 @@ from server.engine.base import EngineStartError
 from server.planner.catalog import Catalog
 from server.planner.choose import choose
 from server.planner.hardware import simulated
+from server.planner.plan import NoFit
 from server.quantize import runner
 from server.quantize.recipe import Calibration, QuantizeError, QuantSpec
 from tests.conftest import FIXED_CPU, make_settings
@@ -134,7 +135,11 @@ def test_serve_refuses_without_auto_quantize(catalog: Catalog, tmp_path: Path) -
     local_dir(tmp_path, bundled).parent.mkdir(parents=True)
     local_dir(tmp_path, bundled).symlink_to(converted)
     settings = make_settings(precision="awq", auto_quantize=False, cache_dir=tmp_path)
-    option = choose(simulated("none", replace(FIXED_CPU, avx512=True)), catalog, settings).chosen
+    # the planner already refuses it (planner/budget.py); serve refuses too, for a plan made with auto-quantization on
+    with pytest.raises(NoFit, match="CODESERVE_AUTO_QUANTIZE=false"):
+        choose(simulated("none", replace(FIXED_CPU, avx512=True)), catalog, settings)
+    option = choose(simulated("none", replace(FIXED_CPU, avx512=True)), catalog,
+                    make_settings(precision="awq", cache_dir=tmp_path)).chosen
     assert option.needs_quantization and option.awq_group_size == 64
     with pytest.raises(EngineStartError) as info:
         resolved_launch(option, settings)
