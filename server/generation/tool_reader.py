@@ -65,7 +65,9 @@ class ParsedReader(ToolReader):
         return self._events(*self.session.finish())
 
     def _events(self, text: str, deltas: list[CallDelta]) -> list[ReaderEvent]:
-        events = self._text(text)
+        # Whitespace between calls is the template's framing, not an answer (vLLM's parsers pass the newline between
+        # two <tool_call> blocks through as content when a chunk ends on it; its tool_parsers/__init__.py notes it)
+        events = [] if self._calls and not text.strip() else self._text(text)
         for delta in deltas:
             if delta.name is not None and delta.index == len(self._calls):
                 events.append(self._start(delta.name))

@@ -13,12 +13,19 @@ from server.generation.tools import GENERIC_PARSER, CallStart, TextPiece
 from server.planner.catalog import Catalog, load_catalog
 from server.settings import DEFAULT_CATALOG_PATH
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
-         {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+              "type": "object", "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "read_file", "parameters": {
+             "type": "object", "properties": {"path": {"type": "string"},
+                                              "lines": {"type": "array", "items": {"type": "integer"}}}}}}]
 # Each parser's format (the model family's own, as its chat template asks for it), with two calls after some text.
 SCRIPTED = {
     "hermes": ('I will check both.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
                '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py", "lines": [1, 2]}}\n</tool_call>'),
+    # Qwen3-Coder's XML calls (its chat template; vLLM's qwen3_coder parser types each value by the tool's schema)
+    "qwen3_coder": ("I will check both.<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+                    "</function>\n</tool_call>\n<tool_call>\n<function=read_file>\n<parameter=path>\na.py\n"
+                    "</parameter>\n<parameter=lines>\n[1, 2]\n</parameter>\n</function>\n</tool_call>"),
 }
 EXPECTED = ("I will check both.",
             [("get_weather", {"city": "Paris"}), ("read_file", {"path": "a.py", "lines": [1, 2]})])
