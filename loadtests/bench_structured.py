@@ -1,5 +1,6 @@
 """What constrained decoding costs on the served model: the same chat requests with and without a JSON schema
-(response_format) and with a forced tool call, through /v1/chat/completions, streamed, one at a time, alternating.
+(response_format) and with a forced tool call (named, and `required`), through /v1/chat/completions, streamed, one at a
+time, alternating.
 
 Starts `codeserve serve` on the CPU with the bundled model unless --url points at a running server. Prints, per
 kind, the median time to first token, the median decode rate (tokens/s after the first) and the share of answers
@@ -32,7 +33,8 @@ ASK = [{"role": "user", "content": "Describe the file parser.py of this project 
 KINDS: dict[str, dict[str, Any]] = {
     "plain": {},
     "json_schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "file", "schema": SCHEMA}}},
-    "forced tool": {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "describe_file"}}},
+    "named tool": {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "describe_file"}}},
+    "required": {"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False},
 }
 
 
@@ -58,7 +60,7 @@ def one(client: httpx.Client, model: str, kind: str, seed: int, max_tokens: int)
     end = time.perf_counter()
     first = first or end
     try:
-        Draft202012Validator(SCHEMA).validate(json.loads(text))
+        Draft202012Validator(SCHEMA).validate(json.loads(text))  # a tool call's text is its arguments
         valid = True
     except Exception:
         valid = False
@@ -86,7 +88,7 @@ def serve(port: int) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=20, help="requests per kind")
+    parser.add_argument("--requests", type=int, default=50, help="seeded requests per kind")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--url", help="a running server (else one is started on the CPU)")
     parser.add_argument("--port", type=int, default=8131)

@@ -5,6 +5,7 @@ arguments object)."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,23 +92,64 @@ class NamedReader(ToolReader):
         return [] if self._calls else [self._start(self.name)]
 
 
+# The constrained answer, call by call: `[{"name":"f","parameters":{...}}, ...]` (vLLM's forced-tool schema, properties
+# in its order, which the grammar keeps).
+CALL_HEAD = re.compile(r'(?:\s*\[|\s*\}\s*,)\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"parameters"\s*:\s*')
+
+
 class RequiredReader(ToolReader):
-    """tool_choice required: the answer is a JSON array of calls; read whole at the end (it is constrained, so it
-    parses unless the token budget cut it short, which leaves no call)."""
+    """tool_choice required: the answer is a JSON array of calls, constrained; each call starts as soon as its name
+    is read and its arguments stream as they come. An answer in another shape (cut before the first name) is read
+    whole at the end."""
 
     def __init__(self) -> None:
         super().__init__()
         self.raw = ""
+        self.pos = 0  # how far the raw text is read
+        self.depth = 0  # inside a call's arguments: open brackets
+        self.inside = self.in_string = self.escaped = False
 
     def feed(self, text: str) -> list[ReaderEvent]:
         self.raw += text
-        return []
+        events: list[ReaderEvent] = []
+        while True:
+            if not self.inside:
+                head = CALL_HEAD.match(self.raw, self.pos)
+                if head is None:
+                    return events
+                events.append(self._start(json.loads(head.group(1))))
+                self.pos, self.inside, self.depth = head.end(), True, 0
+            start = self.pos
+            closed = self._arguments_end()
+            events += self._arguments(len(self._calls) - 1, self.raw[start:self.pos])
+            if not closed:
+                return events
+            self.inside = False
+
+    def _arguments_end(self) -> bool:
+        """Advance over the arguments' JSON; True where its outermost bracket closed."""
+        while self.pos < len(self.raw):
+            char = self.raw[self.pos]
+            self.pos += 1
+            if self.in_string:
+                self.escaped, self.in_string = (False, True) if self.escaped else (char == "\\", char != '"')
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return True
+        return False
 
     def close(self) -> list[ReaderEvent]:
+        if self._calls:
+            return []
         try:
             calls = json.loads(self.raw)
         except json.JSONDecodeError:
-            return self._text(self.raw)  # cut short by max_tokens: what came is the answer's text
+            return self._text(self.raw)  # cut short by max_tokens before a call began: the answer's text
         events: list[ReaderEvent] = []
         for call in calls:
             events.append(self._start(call["name"]))

@@ -75,7 +75,7 @@ class Chat(Endpoint[ChatRequest]):
                 reader = job.prepared.tools.reader()
                 reader.feed(c.text)
                 reader.close()
-                message, finish = _message(reader), "tool_calls" if reader.calls else finish
+                message, finish = _message(reader), _finish(reader, finish)
             body.append(ChatChoice(index=i, message=message, logprobs=_logprobs(c.logprobs) if logprobs else None,
                                    finish_reason=finish))
         return ChatCompletionResponse(id=job.id, created=job.created, model=job.model, choices=body,
@@ -103,7 +103,7 @@ class Chat(Endpoint[ChatRequest]):
                 logprobs = _logprobs(list(delta.logprobs)) if job.sampling.logprobs is not None else None
                 yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text), logprobs=logprobs))
             if delta.finish_reason:
-                finish = "tool_calls" if index in readers and readers[index].calls else delta.finish_reason
+                finish = _finish(readers[index], delta.finish_reason) if index in readers else delta.finish_reason
                 yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish))
         if job.body.include_usage:
             yield ChatCompletionChunk(id=job.id, created=job.created, model=job.model, choices=[],
@@ -120,6 +120,11 @@ def _choice(body: ChatRequest) -> ToolChoice:
     if body.tool_choice is None or isinstance(body.tool_choice, str):
         return ToolChoice(body.tool_choice or "auto", parallel=parallel)
     return ToolChoice("named", body.tool_choice.function.name, parallel)
+
+
+def _finish(reader: ToolReader, engine: str | None) -> str | None:
+    """"tool_calls" when the answer made calls and ended by itself; cut by the token budget, it says "length"."""
+    return "tool_calls" if reader.calls and engine == "stop" else engine
 
 
 def _message(reader: ToolReader) -> AssistantMessage:
