@@ -53,11 +53,14 @@ class ToolReader:
 
 
 class ParsedReader(ToolReader):
-    """The model chose (tool_choice auto): its answer in its family's format, read by vLLM's parser."""
+    """The model chose (tool_choice auto): its answer in its family's format, read by vLLM's parser. Without
+    parallel calls (parallel_tool_calls false, Anthropic's disable_parallel_tool_use) only its first call counts:
+    nothing constrains how many an unforced answer writes."""
 
-    def __init__(self, session: ToolParserSession):
+    def __init__(self, session: ToolParserSession, parallel: bool = True):
         super().__init__()
         self.session = session
+        self.parallel = parallel
 
     def feed(self, text: str) -> list[ReaderEvent]:
         return self._events(*self.session.feed(text))
@@ -70,6 +73,8 @@ class ParsedReader(ToolReader):
         # two <tool_call> blocks through as content when a chunk ends on it; its tool_parsers/__init__.py notes it)
         events = [] if self._calls and not text.strip() else self._text(text)
         for delta in deltas:
+            if delta.index > 0 and not self.parallel:
+                continue
             if delta.name is not None and delta.index == len(self._calls):
                 events.append(self._start(delta.name))
             if delta.index < len(self._calls):
@@ -192,4 +197,4 @@ class ToolCalling:
             return NamedReader(self.choice.name)
         if self.choice.mode == "required":
             return RequiredReader()
-        return ParsedReader(self.open_parser())
+        return ParsedReader(self.open_parser(), self.choice.parallel)

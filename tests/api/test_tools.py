@@ -160,3 +160,17 @@ def test_reasoning_effort_and_template_kwargs_reach_the_chat_template(fake: Serv
     expected = fake.engine.chat_prompt([{"role": "user", "content": ASK[0]["content"]}], None, None,
                                        {"enable_thinking": False, "reasoning_effort": "xhigh"})
     assert fake.engine.prompts[-1] == fake.engine.tokenize(expected, add_special_tokens=False)
+
+
+def test_without_parallel_calls_an_unforced_answer_keeps_its_first_call(serve_fake) -> None:
+    two = CALL + '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py"}}\n</tool_call>'
+    served = serve_fake(engine=FakeEngine(reply=two), model_id="smollm2-135m-instruct")
+    client = _client(served)
+    both = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, READ])
+    assert [c.function.name for c in both.choices[0].message.tool_calls or []] == ["get_weather", "read_file"]
+    one = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, READ], parallel_tool_calls=False)
+    assert [c.function.name for c in one.choices[0].message.tool_calls or []] == ["get_weather"]
+    chunks = _stream(served, {"messages": ASK, "tools": [WEATHER, READ], "parallel_tool_calls": False})
+    names = [c["function"]["name"] for ch in chunks for choice in ch["choices"]
+             for c in choice["delta"].get("tool_calls") or () if "name" in c["function"]]
+    assert names == ["get_weather"]

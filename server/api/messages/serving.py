@@ -126,7 +126,6 @@ class Answer:
         self.job = job
         tools = job.prepared.tools
         self.reader = tools.reader() if tools is not None else None
-        self.parallel = tools is None or tools.choice.parallel
         self.index = -1  # the last block's index
         self.open: str | None = None  # its type while it is open
         self.blocks: dict[int, int] = {}  # the reader's call index -> its tool_use block's index
@@ -169,14 +168,10 @@ class Answer:
             opened = [] if self.open == "text" else self._start(TextOut(text=""))
             return [*opened, BlockDelta(index=self.index, delta=TextDelta(text=piece.text))]
         if isinstance(piece, CallStart):
-            if self.blocks and not self.parallel:  # disable_parallel_tool_use: the first call only
-                return []
             events = self._start(ToolUseOut(id=tool_use_id(piece.id), name=piece.name, input={}))
             self.blocks[piece.index] = self.index
             return events
         assert isinstance(piece, CallArguments)
-        if piece.index not in self.blocks:
-            return []
         return [BlockDelta(index=self.blocks[piece.index], delta=InputJsonDelta(partial_json=piece.text))]
 
     def _start(self, block: TextOut | ToolUseOut) -> list[StreamEvent]:
