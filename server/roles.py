@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 Role = str  # a role's name: one of ROLE_NAMES
 FleetObjective = Literal["largest", "latency"]
+Pooling = Literal["embed", "score"]  # what a retrieval role's engine computes: vectors, or query-document scores
 
 
 class CatalogModel(Protocol):
@@ -27,6 +28,11 @@ class CatalogModel(Protocol):
     @property
     def fim(self) -> str | None:
         """The fill-in-the-middle template id, None without FIM tokens."""
+        ...
+
+    @property
+    def bundled(self) -> object:
+        """Not None for the bundled CPU model (planner/catalog.py's Bundled)."""
         ...
 
 
@@ -51,9 +57,16 @@ class RoleSpec:
     # Endpoint names (plain strings, the ones server/metrics.py labels requests with) whose requests go to this role's
     # engine when they name no model.
     endpoints: tuple[str, ...]
+    # A retrieval role: its engine pools (vLLM's pooling runner, or Transformers' forward) instead of generating,
+    # and the fleet planner places it beside the generation roles (planner/fleet.py). None: a generation role.
+    pooling: Pooling | None = None
 
     def accepts(self, model: CatalogModel) -> bool:
         return model.role in self.catalog_roles and (model.fim is not None or not self.needs_fim)
+
+    def takes_bundled(self, model: CatalogModel) -> bool:
+        """The bundled CPU model is the default of every generation role (planner/choose.py); it pools nothing."""
+        return model.bundled is not None and self.pooling is None
 
     def problem(self, model: CatalogModel) -> str | None:
         """None: the model qualifies. '': it does not, silently (another role's kind of model). Else why not."""
@@ -85,6 +98,24 @@ ROLES: tuple[RoleSpec, ...] = (
         prompt_lookup=False,  # chat answers copy less from their prompt
         endpoints=("chat", "responses", "messages", "messages_count_tokens"),
     ),
+    # Retrieval roles (IDE codebase indexing and context reranking): small models, planned first beside the others,
+    # each in a small share of one GPU (planner/fleet.py), their own engine on the CPU.
+    RoleSpec(
+        name="embedding", summary="embedding models (code search vectors: /v1/embeddings)",
+        catalog_roles=("embedding",), needs_fim=False,
+        fleet_objective="largest", follows_objective=False,
+        # the largest embedding model within a quarter of the budget (and planner/fleet.py's RETRIEVAL_MAX_BYTES), in
+        # 16-bit: Qwen3-Embedding-0.6B from a 16 GB GPU, 4B on an 80 GB one (tests/planner/test_fleet_retrieval.py)
+        max_share=0.25, start_order=-2, model_setting="embedding_model", lora_adapters=False, prompt_lookup=False,
+        endpoints=("embeddings",), pooling="embed",
+    ),
+    RoleSpec(
+        name="rerank", summary="cross-encoder rerankers (/v1/rerank, /rerank)",
+        catalog_roles=("reranker",), needs_fim=False,
+        fleet_objective="largest", follows_objective=False,
+        max_share=0.15, start_order=-1, model_setting="rerank_model", lora_adapters=False, prompt_lookup=False,
+        endpoints=("rerank",), pooling="score",
+    ),
 )
 ROLE_NAMES: tuple[Role, ...] = tuple(r.name for r in ROLES)
 DEFAULT_ROLE: Role = ROLE_NAMES[0]
@@ -99,6 +130,14 @@ def role_spec(name: Role) -> RoleSpec:
 def role_of_endpoint(endpoint: str) -> Role:
     """The role whose engine answers `endpoint`'s requests that name no model (the first role for any other)."""
     return next((r.name for r in ROLES if endpoint in r.endpoints), DEFAULT_ROLE)
+
+
+def generation_roles(roles: tuple[Role, ...]) -> tuple[Role, ...]:
+    return tuple(role for role in roles if _BY_NAME[role].pooling is None)
+
+
+def retrieval_roles(roles: tuple[Role, ...]) -> tuple[Role, ...]:
+    return tuple(role for role in roles if _BY_NAME[role].pooling is not None)
 
 
 def parse_roles(value: str) -> tuple[Role, ...]:

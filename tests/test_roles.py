@@ -56,8 +56,8 @@ def test_parse_roles(given: str, roles: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize(("given", "named"), [
-    ("embedding", "unknown roles ['embedding']"),
-    ("completion,rerank", "unknown roles ['rerank']"),
+    ("search", "unknown roles ['search']"),
+    ("completion,ranking", "unknown roles ['ranking']"),
     (" , ", "no role"),
 ], ids=["unknown", "one-unknown", "empty"])
 def test_unknown_roles_name_the_setting_and_the_known_roles(given: str, named: str) -> None:

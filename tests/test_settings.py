@@ -24,7 +24,7 @@ def test_role_takes_one_role_or_both_in_any_order(given: str, role: str, roles: 
     assert (settings.role, settings.roles) == (role, roles)
 
 
-@pytest.mark.parametrize("given", ["", "embedding", "completion,embedding"])
+@pytest.mark.parametrize("given", ["", "search", "completion,search"])
 def test_unknown_roles_are_refused(given: str) -> None:
     with pytest.raises(ValidationError, match="role"):
         make_settings(role=given)

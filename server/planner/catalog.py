@@ -135,11 +135,45 @@ class Bundled(_Frozen):
         return self.package.replace("-", "_")
 
 
+class Retrieval(_Frozen):
+    """What an embedding model or a reranker computes and takes, from its authors' config and card."""
+
+    pooling: Literal["cls", "mean", "last"] = Field(
+        description="how token states become one vector or score: the [CLS] token, the mean over tokens, or the last "
+                    "token (sentence-transformers' 1_Pooling/config.json; a reranker's classifier reads [CLS] or last)")
+    dimensions: int | None = Field(None, gt=0, description="embedding width (null for a reranker: one score)")
+    matryoshka_dimensions: tuple[int, ...] = Field(
+        (), description="widths the vector may be cut to and renormalised (Matryoshka training, the card's list); "
+                        "empty: only the full width. Any width from the smallest to the full one when `matryoshka_any`")
+    matryoshka_any: bool = Field(False, description="every width between the smallest Matryoshka one and the full one")
+    max_input_tokens: int = Field(gt=0, description="tokens per input (per query-document pair for a reranker)")
+    normalized: bool = Field(True, description="vectors come out L2-normalised (sentence-transformers' Normalize)")
+    query_prefix: str = Field("", description="what the card prepends to a search query (an instruction)")
+    document_prefix: str = Field("", description="what the card prepends to a document")
+    vllm_overrides: dict[str, object] = Field(
+        default_factory=dict, description="hf_overrides vLLM needs to load it as this kind of model (its docs)")
+
+    def dimensions_problem(self, wanted: int) -> str | None:
+        """Why `dimensions=wanted` cannot be honoured, or None."""
+        full = self.dimensions or 0
+        if wanted == full:
+            return None
+        if self.matryoshka_any and self.matryoshka_dimensions and min(self.matryoshka_dimensions) <= wanted < full:
+            return None
+        if wanted in self.matryoshka_dimensions:
+            return None
+        if not self.matryoshka_dimensions:
+            return f"the model makes {full}-dimensional vectors only (it has no Matryoshka dimensions)"
+        sizes = (f"any from {min(self.matryoshka_dimensions)} to {full}" if self.matryoshka_any else
+                 ", ".join(str(d) for d in (*self.matryoshka_dimensions, full)))
+        return f"the model's dimensions are {sizes}"
+
+
 class ModelEntry(_Frozen):
     id: str = Field(description="short catalog id, e.g. qwen2.5-coder-7b")
     repo: str = Field(description="Hugging Face repo id")
     family: str
-    role: Literal["base", "instruct"]
+    role: Literal["base", "instruct", "embedding", "reranker"]
     architecture: Architecture
     params: int = Field(gt=0, description="official parameter count")
     params_source: str = Field(description="where the official count comes from")
@@ -159,6 +193,16 @@ class ModelEntry(_Frozen):
         default=None, description="the Transformers versions that code runs on (a PEP 440 specifier such as '<4.50'), "
                                   "checked where the engine starts")
     bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
+    retrieval: Retrieval | None = Field(None, description="embedding models and rerankers: what they compute")
+
+    @model_validator(mode="after")
+    def _retrieval(self) -> ModelEntry:
+        pools = self.role in ("embedding", "reranker")
+        if pools != (self.retrieval is not None):
+            raise ValueError("an embedding or reranker entry needs `retrieval:` (and only those have it)")
+        if self.retrieval is not None and (self.retrieval.dimensions is None) != (self.role == "reranker"):
+            raise ValueError("retrieval.dimensions: an embedding model has a width, a reranker (one score) none")
+        return self
 
     @property
     def tool_calling(self) -> str:

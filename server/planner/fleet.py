@@ -17,13 +17,14 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from ..roles import DEFAULT_ROLE, ROLE_NAMES, Role, RoleSpec, role_spec
+from ..roles import DEFAULT_ROLE, ROLE_NAMES, Role, RoleSpec, generation_roles, retrieval_roles, role_spec
 from ..settings import Settings
 from . import candidates as rules
 from .adapters import Adapter
 from .catalog import Catalog
 from .choose import choose
 from .hardware import GpuInfo, Inventory
+from .memory import GIB
 from .plan import NoFit, Option, Plan
 
 Layout = Literal["single", "separate", "shared", "one-engine"]
@@ -164,10 +165,13 @@ def _one_engine(plan: Plan) -> Plan:
 def plan_fleet(inventory: Inventory, catalog: Catalog, settings: Settings,
                local_models: frozenset[str] = frozenset(), adapters: tuple[Adapter, ...] = (),
                quantized: frozenset[tuple[str, int]] = frozenset()) -> Fleet:
-    """Plan every role CODESERVE_ROLE names; one role is choose() alone. LoRA adapters go on the engine of the role
+    """Plan every role CODESERVE_ROLE names; one role is choose() alone; retrieval roles (embedding, rerank) first,
+    beside the others (_with_retrieval). LoRA adapters go on the engine of the role
     whose row takes them (completion), or the single role's. Served roles are listed in table order. `quantized`: the
     cache's finished 4-bit checkpoints, (catalog id, group size)."""
     roles = settings.roles
+    if retrieval_roles(roles):
+        return _with_retrieval(inventory, catalog, settings, local_models, adapters, quantized)
     if len(roles) == 1:
         plan = choose(inventory, catalog, settings, local_models, adapters, quantized)
         return Fleet((Served(roles[0], plan, _used(plan, inventory), 0),), inventory, "single")
@@ -253,3 +257,74 @@ def _shared(inventory: Inventory, catalog: Catalog, small: _Planned, large: _Pla
                              local_models, large.adapters, quantized))
     return Fleet(_in_table_order(_served(small, fast, gpus, 0), _served(large, big, _used(big, left), 1)), inventory,
                  "shared")
+
+
+# --- retrieval roles beside the generation roles ------------------------------------------------------------------
+# Embedding models and rerankers are small (0.1-8B) and take one forward pass per input: each gets one engine of its
+# own, in a small share (roles.py max_share) of ONE GPU, the last of the inventory (a lone GPU: the one everybody
+# shares), with the share cut to what its option needs; the generation roles are then planned on what is left, that
+# GPU's budget lowered by the shares taken, so the engines on it stay within CODESERVE_GPU_MEMORY_UTILIZATION together.
+# On the CPU each retrieval role runs its own engine (the Transformers engine, planner/choose.py) beside the one
+# generation engine. Retrieval engines start first: the generation engines then see what is really free.
+
+
+# The most a retrieval engine takes of a GPU, whatever its share cap allows: a 4B embedding model in 16-bit with its
+# batch (~10 GiB). On a GPU shared with chat, an 8B one (~17 GiB) would cost chat a model size (measured on the
+# 1xA100-80GB inventory: chat 14B -> 7B) for a few points of retrieval quality.
+RETRIEVAL_MAX_BYTES = 12 * GIB
+
+
+def _retrieval_settings(planned: _Planned) -> Settings:
+    """A retrieval engine's cache holds one batch of inputs, not sequences that grow: one sequence of its context."""
+    return planned.settings.model_copy(update={"max_concurrent_sequences": 1, "speculative": "off"})
+
+
+def _with_retrieval(inventory: Inventory, catalog: Catalog, settings: Settings, local_models: frozenset[str],
+                    adapters: tuple[Adapter, ...], quantized: frozenset[tuple[str, int]]) -> Fleet:
+    specs = sorted((role_spec(role) for role in retrieval_roles(settings.roles)), key=lambda spec: spec.start_order)
+    served: list[Served] = []
+    left = inventory
+    for engine, spec in enumerate(specs):
+        planned = _planned(settings, spec, ())
+        own = _retrieval_settings(planned)
+        if not inventory.gpus:
+            plan = choose(inventory, catalog, own, local_models, (), quantized)
+            served.append(Served(spec.name, plan, (), engine))
+            continue
+        plan, left = _beside(left, catalog, spec, own, local_models, quantized)
+        served.append(Served(spec.name, plan, plan.chosen.launch.devices or (), engine))
+    rest = generation_roles(settings.roles)
+    if rest:
+        generation = plan_fleet(left, catalog, settings.model_copy(update={"role": ",".join(rest)}), local_models,
+                                adapters, quantized)
+        for item in generation.served:
+            plan = item.plan
+            if inventory.gpus and generation.layout == "single":  # it shares the machine now: pin its GPUs
+                plan = _pinned(_one_engine(plan), item.gpus)
+            served.append(replace(item, plan=plan, engine=item.engine + len(specs)))
+        layout = generation.layout
+    else:
+        layout = "single" if len(specs) == 1 else ("one-engine" if not inventory.gpus else "shared")
+    return Fleet(_in_table_order(*served), inventory, layout)
+
+
+def _beside(inventory: Inventory, catalog: Catalog, spec: RoleSpec, settings: Settings, local_models: frozenset[str],
+            quantized: frozenset[tuple[str, int]]) -> tuple[Plan, Inventory]:
+    """A retrieval role's plan in its share of the last GPU, and the inventory the others plan on after it."""
+    gpu = inventory.gpus[-1]
+    utilization = settings.gpu_memory_utilization
+    share = min(utilization * spec.max_share, RETRIEVAL_MAX_BYTES / gpu.total_bytes)
+    capped = settings.model_copy(update={"gpu_memory_utilization": max(0.01, share)})
+    try:
+        plan = choose(_subset(inventory, [gpu]), catalog, capped, local_models, (), quantized)
+    except NoFit as exc:
+        raise NoFit(f"role {spec.name}: nothing fits in its share ({spec.max_share:.0%} of the budget) of GPU "
+                    f"{gpu.index} ({gpu.name}): {exc}", exc.rejected) from exc
+    plan = _shrunk(_one_engine(plan), gpu)
+    fraction = plan.chosen.launch.gpu_memory_fraction or 0.0
+    plan = _pinned(plan, (gpu.index,))
+    # what the later engines may take of this GPU, as its free memory: the budget (or less, if less is free) less
+    # this share; choose() budgets min(utilization x total, free), so their shares and this one sum within it
+    free = min(gpu.free_bytes, int(gpu.total_bytes * utilization)) - int(gpu.total_bytes * fraction)
+    lowered = replace(gpu, free_bytes=max(0, free))
+    return plan, _subset(inventory, [*inventory.gpus[:-1], lowered])

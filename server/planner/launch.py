@@ -58,6 +58,11 @@ class Launch:
     max_lora_rank: int = 0
     max_loras: int = 0
     transformers_version: str | None = None  # what the checkpoint's own code needs (ModelEntry.transformers_version)
+    # A retrieval role's engine pools instead of generating: "embed" (vectors) or "score" (a cross-encoder's relevance
+    # of a query-document pair), with the model's pooling ("cls", "mean", "last") and what its config needs overridden
+    pooling: Literal["embed", "score"] | None = None
+    pooling_type: Literal["cls", "mean", "last"] | None = None
+    hf_overrides: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON's shapes: tuples as lists (so a plan read back from JSON compares equal)."""
