@@ -18,14 +18,20 @@ from typing import Any
 from .engine.support import vllm_refusal
 from .planner.adapters import Adapter
 from .planner.catalog import Catalog
-from .planner.derive import Derived, DeriveError, derive, is_composite
+from .planner.derive import Derived, DeriveError, SentenceTransformers, derive, is_composite
 from .planner.plan import NoFit
 from .settings import Precision, Settings
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What describing a model needs from a repo: no weights.
 DESCRIPTION_FILES = ["config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                     "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
                      "chat_template.jinja", "chat_template.json", "generation_config.json"]
+
+
+# The settings that pin a model, and their variables: each may name a directory or repo to derive.
+PINNED = (("model", "CODESERVE_MODEL"), ("chat_model", "CODESERVE_CHAT_MODEL"),
+          ("embedding_model", "CODESERVE_EMBEDDING_MODEL"), ("rerank_model", "CODESERVE_RERANK_MODEL"))
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,14 @@ class Pins:
     model: str | None = None
     chat_model: str | None = None
     precision: Precision | None = None
+    embedding_model: str | None = None
+    rerank_model: str | None = None
 
     def applied(self, settings: Settings) -> Settings:
         """`settings` as the planner takes them: a copy with these pins over the user's values."""
         updates = {k: v for k, v in (("model", self.model), ("chat_model", self.chat_model),
-                                     ("precision", self.precision)) if v is not None}
+                                     ("precision", self.precision), ("embedding_model", self.embedding_model),
+                                     ("rerank_model", self.rerank_model)) if v is not None}
         return settings.model_copy(update=updates) if updates else settings
 
 
@@ -106,12 +115,34 @@ def full_config(directory: Path) -> dict[str, Any]:
     return {**completed, **{k: v for k, v in raw.items() if k not in completed}}
 
 
+def sentence_transformers(directory: Path) -> SentenceTransformers | None:
+    """A sentence-transformers directory's pooling, normalisation and input limit (its modules.json names the
+    modules; 1_Pooling/config.json's pooling_mode_* flags; sentence_bert_config.json), or None without one."""
+    modules = directory / "modules.json"
+    if not modules.is_file():
+        return None
+    try:
+        listed = json.loads(modules.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DeriveError(f"{modules}: not readable JSON ({exc})") from exc
+    types = [str(m.get("type", "")) for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+    paths = [str(m.get("path", "")) for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+    pooling_dir = next((p for p, t in zip(paths, types, strict=True) if t.endswith(".Pooling")), "1_Pooling")
+    modes = _read_json(directory / pooling_dir / "config.json")
+    pooling = next((name for flag, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                                            ("pooling_mode_lasttoken", "last")) if modes.get(flag)), None)
+    limit = _read_json(directory / "sentence_bert_config.json").get("max_seq_length")
+    return SentenceTransformers(pooling, any(t.endswith(".Normalize") for t in types),  # type: ignore[arg-type]
+                                limit if isinstance(limit, int) and limit > 0 else None)
+
+
 def describe(directory: Path, location: str, name: str) -> Derived:
     config = full_config(directory)
     architectures = config.get("architectures") or ["unknown"]
     refusal = vllm_refusal(str(architectures[0]), bool(config.get("is_encoder_decoder")) or is_composite(config),
                            bool(config.get("auto_map")))
-    return derive(name, location, config, special_tokens(directory), chat_template(directory), refusal)
+    return derive(name, location, config, special_tokens(directory), chat_template(directory), refusal,
+                  sentence_transformers(directory))
 
 
 def _fetch(repo: str) -> Path:
@@ -177,7 +208,7 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
     pinned: dict[str, str] = {}
     precision: Precision | None = None
     facts: list[str] = []
-    for field, variable in (("model", "CODESERVE_MODEL"), ("chat_model", "CODESERVE_CHAT_MODEL")):
+    for field, variable in PINNED:
         setting = getattr(settings, field)
         if setting == "auto" or catalog.get(setting) is not None:
             continue
@@ -197,5 +228,6 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
     found = adapters(settings)
     facts += [f"LoRA          {a.name}: rank {a.rank} on {', '.join(a.targets) or 'its modules'} ({a.path}; trained "
               f"over {a.base or 'an unnamed base'})" for a in found]
-    pins = Pins(pinned.get("model"), pinned.get("chat_model"), precision)
+    pins = Pins(pinned.get("model"), pinned.get("chat_model"), precision, pinned.get("embedding_model"),
+                pinned.get("rerank_model"))
     return Source(Catalog(models=tuple(entries)) if pinned else catalog, pins, tuple(facts), found)

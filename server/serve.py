@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,7 +25,7 @@ from .api.chat.serving import Chat
 from .api.limits import Limiter
 from .api.runtime import Runtime
 from .api.supersession import Supersession
-from .engine.base import Engine, EngineStartError, SamplingSettings
+from .engine.base import Engine, EngineStartError, Pooler, SamplingSettings
 from .evaluation import gate
 from .fim.templates import template_for
 from .generation.core import GenerationCore, fim_marker_problem
@@ -129,6 +129,7 @@ def start_engine(plan: Plan, settings: Settings,
     in the log). Returns the engine and the plan as it turned out (the option running, the ones that failed).
     `progress` hears what a long step (quantizing) is doing."""
     from .engine.hf import TransformersEngine
+    from .engine.hf_pooling import TransformersPooler
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
     if settings.engine_args:
@@ -138,7 +139,9 @@ def start_engine(plan: Plan, settings: Settings,
         if failures:
             log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
                         option.tensor_parallel_size, failures[-1].error)
-        adapter = TransformersEngine if option.launch.engine == "transformers" else VllmEngine
+        adapter: Any = VllmEngine  # vLLM's generate or pooling runner, as the launch says
+        if option.launch.engine == "transformers":
+            adapter = TransformersPooler if option.launch.pooling else TransformersEngine
         log.info("starting %s: %s %s tp=%d on %s", adapter.__name__, option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
         try:
@@ -154,9 +157,17 @@ def start_engine(plan: Plan, settings: Settings,
 WARM_UP_PROMPT = "def fibonacci(n):\n    " * 64  # ~512 tokens: the first large prefill sets kernels up
 
 
-async def warm_up(engine: Engine) -> None:
+async def warm_up(engine: Engine, pooling: str | None = None) -> None:
     """One short and one long request before /ready, so no client pays for first-use kernel setup
     (measured here: the first 700-token prefill on CPU took 20 s, the next 2 s)."""
+    if pooling is not None:  # a retrieval engine: one short and one long input through its forward pass
+        pooler = cast(Pooler, engine)
+        if pooling == "score":
+            await pooler.score([pooler.pair("def", "def"), pooler.pair("def", WARM_UP_PROMPT)], "warmup-score")
+        else:
+            long = engine.tokenize(WARM_UP_PROMPT)[:max(1, engine.max_model_len - 2)]
+            await pooler.embed([engine.tokenize("def"), long], None, "warmup-embed")
+        return
     for rid, prompt in (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT)):
         ids = engine.tokenize(prompt)[:max(1, engine.max_model_len - 2)]  # a model of a short context takes less
         async for _ in engine.generate(ids, SamplingSettings(max_tokens=2, temperature=0), rid):
@@ -177,7 +188,7 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
             problem = fim_marker_problem(engine, template_for(plan.chosen.model.fim))
             if problem is not None:
                 raise EngineStartError(problem)
-            await warm_up(engine)
+            await warm_up(engine, plan.chosen.launch.pooling)
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
         for _, engine, _ in started:
@@ -185,8 +196,11 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
         runtime.status, runtime.detail = "failed", str(exc)
         return
     # Publish what runs, not what was planned: the options that started and the engines' own numbers.
-    runtime.plan = started[0][2]
     runtime.fleet = fleet.started([plan for _, _, plan in started])
+    # the generation engines first (retrieval ones started first): /v1/models lists them first, and clients that
+    # read data[0] (Continue's vllm provider) find the completion model there
+    started.sort(key=lambda item: item[2].chosen.launch.pooling is not None)
+    runtime.plan = started[0][2]
     runtime.engine = started[0][1].describe()
     for roles, engine, plan in started:
         entry = plan.chosen.model

@@ -80,10 +80,10 @@ class Settings(BaseSettings):
         "auto", description="with role rerank: 'auto', a catalog id or a local reranker (cross-encoder) directory")
     max_input_tokens: int = Field(
         4096, ge=16, description="tokens per input of the retrieval roles (per query-document pair for rerank): their "
-                                 "engines' context, at most the model's. IDE indexers send chunks of ~1k tokens or less")
+                                 "engines' context, at most the model's. IDE indexers send ~1k-token chunks")
     max_embedding_inputs: int = Field(
-        2048, ge=1, le=100_000, description="inputs one /v1/embeddings request may carry (documents per /v1/rerank); "
-                                           "OpenAI's own limit is 2048")
+        2048, ge=1, le=100_000,
+        description="inputs one /v1/embeddings request may carry (documents per /v1/rerank); OpenAI's limit is 2048")
     chat_template: str | None = Field(
         None, description="a Jinja chat template, as a file or the template itself, used over the model's own by the "
                           "model chat requests reach (vLLM's --chat-template): for models saved without one")

@@ -9,10 +9,12 @@ from ..settings import Settings
 from . import errors, models, ops
 from .chat.serving import Chat
 from .completions.serving import Completions, CopilotCompletions
+from .embeddings.serving import Embeddings
 from .endpoint import Endpoint
 from .llamacpp.serving import Infill, LlamaCppCompletion
 from .messages.serving import CountTokens, Messages
 from .middleware import BodyLimit, ResponseAccounting
+from .rerank.serving import Rerank
 from .responses.serving import Responses
 from .responses.store import ResponseStore
 from .runtime import Runtime
@@ -22,7 +24,7 @@ def endpoints(settings: Settings) -> tuple[Endpoint, ...]:
     """The generation endpoints, one object each."""
     return (Completions(settings), CopilotCompletions(settings), Chat(), Infill(), LlamaCppCompletion(),
             Responses(ResponseStore(settings.responses_store_max, settings.responses_store_ttl_s)), Messages(),
-            CountTokens())
+            CountTokens(), Embeddings(settings), Rerank(settings))
 
 
 def build_app(runtime: Runtime, settings: Settings) -> FastAPI:

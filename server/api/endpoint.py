@@ -96,6 +96,10 @@ class Endpoint(Generic[Body]):
         """Who the request belongs to for supersession: OpenAI's `user`, or llama.cpp's `id_slot`."""
         return None, None
 
+    def slots(self, job: Job[Body]) -> int:
+        """What the request takes from the limiter: its sequences (none for an answer without the engine)."""
+        return job.sequences if self.generates else 0
+
     def convert(self, target: Target, body: Body) -> Job[Body]:
         """The request as a generation job; raises the 400s. Runs off the event loop (it tokenizes)."""
         raise NotImplementedError
@@ -147,7 +151,7 @@ class Endpoint(Generic[Body]):
             observer.model = target.model
             # Tokenizing a long prompt takes a CPU for a while: never on the event loop, which serves every stream.
             job = await asyncio.to_thread(self.convert, target, body)
-            sequences = job.sequences if self.generates else 0
+            sequences = self.slots(job)
             if runtime.supersession is not None:  # only a valid request takes its owner's place
                 claim = runtime.supersession.claim(request, *self.owner(body))
             release = _once(lambda: _release(runtime, claim))

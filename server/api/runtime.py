@@ -7,13 +7,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EngineUnavailable, ModelNotFound
+from ..errors import EngineUnavailable, InvalidRequest, ModelNotFound
 from ..generation.core import GenerationCore
 from ..generation.served import Target
 from ..metrics import Metrics, RequestObserver
 from ..planner.fleet import Fleet
 from ..planner.plan import Plan
-from ..roles import ROLE_NAMES, Role
+from ..roles import ROLE_NAMES, Role, role_spec
 from .auth import KeyCheck
 from .errors import RETRY_AFTER_S, NotReady
 from .limits import Limiter
@@ -80,12 +80,32 @@ class Runtime:
         if model:
             for core in self.cores:
                 if core.served.accepts(model):
-                    return Target(core, model if model in core.served.adapters else None)
+                    return _checked(Target(core, model if model in core.served.adapters else None), role)
             if not foreign_names:
                 served = ", ".join(f"'{core.served.id}'" for core in self.cores)
                 raise ModelNotFound(f"the model '{model}' does not exist; this server serves {served}",
                                     param="model")
-        return Target(self.roles.get(role, self.cores[0]))
+        spec = role_spec(role)
+        if spec.pooling is not None and role not in self.roles:
+            raise InvalidRequest(f"this server serves no {role} model; start it with {role} among CODESERVE_ROLE "
+                                 f"(e.g. CODESERVE_ROLE=completion,chat,embedding,rerank)", param="model")
+        return _checked(Target(self.roles.get(role, self.cores[0])), role)
 
     def observer(self, endpoint: str) -> RequestObserver:
         return RequestObserver(self.metrics, endpoint)
+
+
+def _checked(target: Target, role: Role) -> Target:
+    """The target, if its model is of the kind the endpoint's role needs: a generation request never reaches an
+    embedding model or a reranker, an embedding request never a reranker or a generative model."""
+    entry, spec = target.core.served.entry, role_spec(role)
+    if spec.pooling is None and entry.retrieval is not None:
+        kind = "an embedding model" if entry.role == "embedding" else "a reranker"
+        raise InvalidRequest(f"'{target.model}' is {kind}: it generates no text; "
+                             f"{'/v1/embeddings' if entry.role == 'embedding' else '/v1/rerank'} serves it",
+                             param="model")
+    if spec.pooling is not None and entry.role not in spec.catalog_roles:
+        wanted = "an embedding model" if spec.pooling == "embed" else "a reranker (a cross-encoder)"
+        raise InvalidRequest(f"'{target.model}' is not {wanted} (it is a {entry.role} model); this endpoint needs "
+                             f"one: name the server's {role} model or leave `model` out", param="model")
+    return target

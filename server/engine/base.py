@@ -148,3 +148,34 @@ class Engine(Protocol):
         ...
 
     async def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """A query-document pair as a cross-encoder reads it: the tokenizer's pair encoding (text, text_pair), with the
+    segment ids of the models that have them (BERT's token_type_ids: zeros for the query, ones for the document)."""
+
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None
+
+
+class Pooler(Engine, Protocol):
+    """An engine of a retrieval role (roles.py `pooling`): a forward pass per input, nothing generated."""
+
+    async def embed(self, inputs: list[list[int]], dimensions: int | None, request_id: str) -> list[list[float]]:
+        """One vector per input (the model's pooling, L2-normalised where the model is), cut to `dimensions` first
+        (Matryoshka; the caller checked the model has that width)."""
+        ...
+
+    def pair(self, query: str, document: str) -> PairTokens:
+        """The pair as the cross-encoder reads it (its tokenizer's pair encoding)."""
+        ...
+
+    async def score(self, pairs: list[PairTokens], request_id: str) -> list[float]:
+        """A relevance score per pair: the classifier's one logit through a sigmoid (vLLM's default activation for a
+        one-label classifier, so scores lie in 0..1 on either engine)."""
+        ...
+
+
+def pools(engine: Engine) -> bool:
+    return hasattr(engine, "embed") and hasattr(engine, "score")

@@ -6,6 +6,7 @@ vLLM's engine core runs in a child process. Argument rendering is in vllm_args.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
-from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
+from .base import Delta, EngineStartError, PairTokens, SamplingSettings, StructuredOutput, TokenLogprob
 from .chat import TokenizerChat
 from .structured import check_structured
 from .tokenizer import tokenizer_facts
@@ -128,6 +129,49 @@ class VllmEngine(TokenizerChat):
                 raise
             raise EngineFailure(f"the engine failed on request {request_id}: {exc}") from exc
 
+    # ---- the Pooler protocol (a retrieval role's engine: vLLM's pooling runner) ---------------------------------
+    async def embed(self, inputs: list[list[int]], dimensions: int | None, request_id: str) -> list[list[float]]:
+        from vllm import PoolingParams
+
+        # vllm/pooling_params.py: `dimensions` cuts a Matryoshka model's vector before it is normalised
+        params = PoolingParams(task="embed", dimensions=dimensions)
+        outputs = await self._pool([{"prompt_token_ids": ids} for ids in inputs], [params] * len(inputs), request_id)
+        return [[float(x) for x in output.outputs.data.tolist()] for output in outputs]
+
+    def pair(self, query: str, document: str) -> PairTokens:
+        # the cross-encoder's pair encoding, as vLLM's scoring io_processor makes it (text, text_pair)
+        encoded = self._tokenizer(text=query, text_pair=document, add_special_tokens=True)
+        types = encoded.get("token_type_ids")
+        return PairTokens(list(encoded["input_ids"]), list(types) if types is not None else None)
+
+    async def score(self, pairs: list[PairTokens], request_id: str) -> list[float]:
+        from vllm import PoolingParams
+
+        params = []
+        for pair in pairs:  # segment ids travel compressed, as vllm/entrypoints/pooling/scoring/io_processor.py sends
+            extra = {"compressed_token_type_ids": _first_one(pair.token_type_ids)} if pair.token_type_ids else None
+            params.append(PoolingParams(task="classify", extra_kwargs=extra))
+        outputs = await self._pool([{"prompt_token_ids": p.token_ids} for p in pairs], params, request_id)
+        return [float(output.outputs.data.reshape(-1)[0]) for output in outputs]
+
+    async def _pool(self, prompts: list[Any], params: list[Any], request_id: str) -> list[Any]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        async def one(index: int) -> Any:
+            final = None
+            async for output in self._llm.encode(prompts[index], params[index], f"{request_id}-{index}"):
+                final = output
+            return final
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
+        except EngineDeadError as exc:
+            raise EngineUnavailable(self.dead() or "vLLM's engine core died") from exc
+        except Exception as exc:
+            if type(exc).__name__ == "CancelledError":
+                raise
+            raise EngineFailure(f"the engine failed on request {request_id}: {exc}") from exc
+
     def check(self, sampling: SamplingSettings) -> None:
         """vLLM takes every parameter; a grammar is compiled when the request runs, so one it cannot compile is
         found here first, with the library vLLM's default structured-output backend uses."""
@@ -165,6 +209,11 @@ class VllmEngine(TokenizerChat):
     async def shutdown(self) -> None:
         self._llm.shutdown()
         self._llm.shutdown = lambda *a, **k: None  # AsyncLLM.__del__ calls it again at interpreter exit
+
+
+def _first_one(token_type_ids: list[int]) -> int:
+    """Segment ids as vLLM compresses them (scoring/utils.py compress_token_type_ids): where the ones begin."""
+    return next((i for i, t in enumerate(token_type_ids) if t == 1), len(token_type_ids))
 
 
 def _structured(structured: StructuredOutput | None) -> Any:

@@ -33,6 +33,8 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
         # a forced tool call). vLLM takes the whitespace switch only engine-wide (StructuredOutputsConfig).
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
+    if launch.pooling is not None:
+        args |= _pooling_args(launch)
     if launch.lora_adapters:  # the adapters themselves come with each request (LoRARequest)
         args |= {"enable_lora": True, "max_loras": launch.max_loras, "max_lora_rank": launch.max_lora_rank}
     if launch.pipeline_parallel_size > 1:
@@ -55,6 +57,20 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
                                       "prompt_lookup_min": launch.speculation.min_match_tokens,
                                       "prompt_lookup_max": launch.speculation.max_match_tokens}
     return {**args, **(overrides or {})}
+
+
+def _pooling_args(launch: Launch) -> dict[str, Any]:
+    """vLLM's pooling runner (vllm/config/model.py, 0.32): `runner="pooling"` with convert "auto", which keeps a
+    model that pools already (BertModel, *ForSequenceClassification) and turns a *ForCausalLM into an embedding model
+    (Qwen3-Embedding); the pooler (vllm/config/pooler.py PoolerConfig) pools as the model was trained, normalising
+    (`use_activation`) where it was. Prefix caching and structured output mean nothing to it."""
+    pooler: dict[str, Any] = {"seq_pooling_type": (launch.pooling_type or "cls").upper()}
+    if launch.pooling == "embed":
+        pooler["use_activation"] = launch.pooling_normalize
+    args: dict[str, Any] = {"runner": "pooling", "pooler_config": pooler, "enable_prefix_caching": False}
+    if launch.hf_overrides:
+        args["hf_overrides"] = dict(launch.hf_overrides)
+    return args
 
 
 def engine_env(launch: Launch, visible: str | None = None) -> dict[str, str]:

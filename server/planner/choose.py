@@ -174,6 +174,7 @@ def _pooling(launch: Launch, entry: ModelEntry, pooling: Pooling) -> Launch:
     start-up beside the generation engine (measured: tests/e2e, README "Retrieval")."""
     assert entry.retrieval is not None
     return replace(launch, pooling=pooling, pooling_type=entry.retrieval.pooling, prefix_caching=False,
+                   pooling_normalize=entry.retrieval.normalized,
                    speculation=None, hf_overrides=tuple(sorted(entry.retrieval.vllm_overrides.items())))
 
 

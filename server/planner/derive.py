@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ..fim.templates import TEMPLATES
-from .catalog import Architecture, Encoder, Mla, ModelEntry, Moe, Prequantized, VllmSupport
+from .catalog import Architecture, Encoder, Mla, ModelEntry, Moe, Prequantized, Retrieval, VllmSupport
 from .memory import WeightPrecision, param_counts
 
 
@@ -184,15 +184,63 @@ def tool_parser(chat_template: str | None) -> str | None:
     return next((parser for tag, parser in TOOL_CALL_FORMATS if chat_template and tag in chat_template), None)
 
 
+@dataclass(frozen=True)
+class SentenceTransformers:
+    """What a sentence-transformers directory says beside config.json: 1_Pooling/config.json's mode, whether
+    modules.json ends in Normalize, sentence_bert_config.json's max_seq_length (each None where absent)."""
+
+    pooling: Literal["cls", "mean", "last"] | None = None
+    normalized: bool = False
+    max_seq_length: int | None = None
+
+
+# Backbones without a head: what sentence-transformers and vLLM's embedding runner pool (vLLM's registry names).
+ENCODER_ARCHITECTURES = {"BertModel", "RobertaModel", "XLMRobertaModel", "NomicBertModel", "ModernBertModel",
+                         "GteModel", "NewModel", "JinaBertModel", "DistilBertModel"}
+
+
+def retrieval_kind(config: dict[str, Any], sentence: SentenceTransformers | None
+                   ) -> tuple[Literal["embedding", "reranker"], Retrieval] | None:
+    """An embedding model or a cross-encoder reranker, recognised from its config (and sentence-transformers files):
+    a *ForSequenceClassification with one label scores pairs; a sentence-transformers directory or a headless encoder
+    makes vectors. None: a generative model."""
+    architecture_name = str((config.get("architectures") or [""])[0])
+    labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    positions = _first(config, "max_position_embeddings", "n_positions") or DEFAULT_RELATIVE_CONTEXT
+    if architecture_name.endswith("ForSequenceClassification") and labels == 1:
+        # the classifier reads the first token of an encoder, the last of a decoder (vLLM's pooling defaults)
+        pooling = "last" if config.get("is_decoder") or "CausalLM" in str(config.get("model_type")) else "cls"
+        return "reranker", Retrieval.model_validate({"pooling": pooling, "max_input_tokens": positions})
+    if sentence is None and architecture_name not in ENCODER_ARCHITECTURES:
+        return None
+    decoder = architecture_name.endswith("ForCausalLM")
+    given = sentence.pooling if sentence else None
+    width = int(hidden) if isinstance(hidden, int) else None
+    if width is None:
+        raise DeriveError("config.json has no hidden size (looked for hidden_size, n_embd, d_model): the width")
+    limit = min(positions, sentence.max_seq_length) if sentence and sentence.max_seq_length else positions
+    return "embedding", Retrieval.model_validate({
+        "pooling": given or ("last" if decoder else "cls"), "dimensions": width, "max_input_tokens": limit,
+        "normalized": bool(sentence and sentence.normalized)})
+
+
 def derive(name: str, location: str, config: dict[str, Any], special_tokens: set[str],
-           chat_template: str | None, vllm_refusal: str | None = None) -> Derived:
+           chat_template: str | None, vllm_refusal: str | None = None,
+           sentence: SentenceTransformers | None = None) -> Derived:
     """A catalog entry for the model at `location` (a directory or a repo id), served as `name`; `vllm_refusal`:
-    why the installed vLLM cannot serve it (engine/support.py), beyond the measured list."""
+    why the installed vLLM cannot serve it (engine/support.py), beyond the measured list; `sentence`: its
+    sentence-transformers files, if any."""
     arch = architecture(config)
     architectures = config.get("architectures") or ["unknown"]
     precision, group, quant_how = quantization(config)
     fim = fim_format(special_tokens)
-    role: Literal["base", "instruct"] = "instruct" if chat_template else "base"
+    role: Literal["base", "instruct", "embedding", "reranker"] = "instruct" if chat_template else "base"
+    kind = retrieval_kind(config, sentence)
+    retrieval = None
+    if kind is not None:
+        role, retrieval = kind
+        fim = None
     refused = VLLM_REFUSES.get(architectures[0]) or vllm_refusal
     prequantized: dict[str, Any] = {}
     if precision == "awq":
@@ -204,7 +252,7 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         architecture=arch, params=param_counts(arch).total, params_source="config.json",
         context_length=arch.max_position_embeddings, license="unknown", fim=fim, tool_parser=tool_parser(chat_template),
         humaneval=None, auto=True,
-        superseded_by=None, bundled=None,
+        superseded_by=None, bundled=None, retrieval=retrieval,
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],
                          reason=refused),
@@ -219,6 +267,13 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         f"context       {arch.max_position_embeddings} tokens (config.json)",
         f"weights       {quant_how or '16-bit'} (config.json quantization_config)",
         f"FIM           {fim or 'none'} (the tokenizer's special tokens)",
-        f"role          {role} ({'a chat template' if chat_template else 'no chat template'})",
+        f"role          {role} ({_role_source(role, chat_template, retrieval)})",
     )
     return Derived(entry, precision, facts)
+
+
+def _role_source(role: str, chat_template: str | None, retrieval: Retrieval | None) -> str:
+    if retrieval is not None:
+        what = f"{retrieval.dimensions}-dimensional vectors" if retrieval.dimensions else "one relevance score a pair"
+        return f"{what}, {retrieval.pooling} pooling, {retrieval.max_input_tokens} tokens an input: config.json"
+    return "a chat template" if chat_template else "no chat template"

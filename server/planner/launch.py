@@ -62,6 +62,7 @@ class Launch:
     # of a query-document pair), with the model's pooling ("cls", "mean", "last") and what its config needs overridden
     pooling: Literal["embed", "score"] | None = None
     pooling_type: Literal["cls", "mean", "last"] | None = None
+    pooling_normalize: bool = True  # vectors L2-normalised (the model was trained so: sentence-transformers' Normalize)
     hf_overrides: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

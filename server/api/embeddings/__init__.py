@@ -1,0 +1,1 @@
+"""OpenAI\x27s /v1/embeddings."""
