@@ -77,3 +77,42 @@ def build(kind: str, out: Path, tokenizer_dir: Path, extra_special: tuple[str, .
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out
+
+
+def build_retrieval(kind: str, out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A saved tiny BERT of `kind`: "embedding" (BertModel saved as sentence-transformers saves it: mean pooling,
+    normalised, modules.json and 1_Pooling/config.json beside it) or "reranker" (BertForSequenceClassification with
+    one label: a cross-encoder), with the bundled tokenizer; reused when it exists."""
+    if (out / "config.json").is_file():
+        return out
+    import json
+
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    h, n, layers, ffn, pos = TINY["hidden"], TINY["heads"], TINY["layers"], TINY["ffn"], TINY["positions"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = transformers.BertConfig(hidden_size=h, num_attention_heads=n, num_hidden_layers=layers,
+                                     intermediate_size=ffn, max_position_embeddings=pos, vocab_size=len(tokenizer),
+                                     pad_token_id=pad, num_labels=1)
+    torch.manual_seed(seed)
+    if kind == "embedding":
+        model: Any = transformers.BertModel(config, add_pooling_layer=False)
+    else:
+        model = transformers.BertForSequenceClassification(config)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if kind == "embedding":  # what sentence-transformers' save() writes beside the model (its modules and pooling)
+        (tmp / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": h, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+        (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pos}))
+    tmp.rename(out)
+    return out
