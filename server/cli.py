@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .engine import vllm_args
-from .planner.catalog import CatalogError, load_catalog
+from .planner.catalog import CatalogError, Retrieval, load_catalog
 from .planner.fleet import Fleet
 from .planner.hardware import HardwareSpecError
 from .planner.memory import GIB
@@ -76,10 +76,16 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
               "transformers" else f"  pp={chosen.pipeline_parallel_size} (one stage per node)")
     print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
           f"replicas={chosen.replicas}  on {chosen.device_name}")
-    print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
-          f"license {chosen.model.license}, context {result.max_model_len} x "
-          f"{result.max_concurrent_sequences} sequences")
-    print(f"tools     {chosen.model.tool_calling}")
+    retrieval = chosen.model.retrieval
+    if retrieval is not None:
+        print(f"          {chosen.model.params / 1e9:.2f}B params, license {chosen.model.license}, "
+              f"{result.max_model_len} tokens an input (CODESERVE_MAX_INPUT_TOKENS)")
+        print(f"retrieval {_retrieval(retrieval)}")
+    else:
+        print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
+              f"license {chosen.model.license}, context {result.max_model_len} x "
+              f"{result.max_concurrent_sequences} sequences")
+        print(f"tools     {chosen.model.tool_calling}")
     if quality is not None:
         if quality["measured"]:
             verdict = "over the limit" if quality["loss"] > quality["max_loss"] else "within the limit"
@@ -96,7 +102,7 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
         launch = chosen.launch
         print(f"          LoRA {', '.join(name for name, _ in launch.lora_adapters)}: {launch.max_loras} slots of rank "
               f"{launch.max_lora_rank}, {m.lora / GIB:.2f} GiB (in the total)")
-    if chosen.latency is not None:
+    if chosen.latency is not None and retrieval is None:  # a decode estimate means nothing to a forward pass
         est = chosen.latency
         print(f"latency   ~{est.decode_ms_per_token:.1f} ms/token decode, ~{est.ttft_ms:.0f} ms to first token for a "
               f"{est.prompt_tokens}-token prompt (estimate: {est.basis})")
@@ -175,10 +181,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrieval(retrieval: Retrieval) -> str:
+    if retrieval.dimensions is None:
+        return f"cross-encoder: one relevance score a query-document pair ({retrieval.pooling} token's classifier)"
+    widths = (f", Matryoshka widths from {min(retrieval.matryoshka_dimensions)}" if retrieval.matryoshka_dimensions
+              else "")
+    prefix = f"; queries prefixed {retrieval.query_prefix!r} (the model card's)" if retrieval.query_prefix else ""
+    return (f"{retrieval.dimensions}-dimensional vectors{widths}, {retrieval.pooling} pooling"
+            f"{', normalised' if retrieval.normalized else ''}{prefix}")
+
+
 def _print_fleet(fleet: Fleet, show_all: bool, settings: Settings) -> None:
     layouts = {"separate": "each role on its own GPUs", "shared": "both roles share the GPUs, each engine its own "
                "memory share", "one-engine": "one engine serves both roles (CPU)"}
-    print(f"roles     {', '.join(fleet.roles)}: {layouts.get(fleet.layout, fleet.layout)}")
+    beside = [s.role for s in fleet.served if s.option.launch.pooling is not None]
+    where = ("the last GPU" if fleet.inventory.gpus else "the CPU") if beside else ""
+    extra = f"; {', '.join(beside)} beside them, each its own engine on {where}" if beside and len(beside) < len(
+        fleet.served) else ""
+    print(f"roles     {', '.join(fleet.roles)}: {layouts.get(fleet.layout, fleet.layout)}{extra}")
     for served in fleet.served:
         gpus = ",".join(str(i) for i in served.gpus) or "CPU"
         share = served.option.launch.gpu_memory_fraction

@@ -33,8 +33,8 @@ def engine_args(launch: Launch, overrides: dict[str, Any] | None = None) -> dict
         # a forced tool call). vLLM takes the whitespace switch only engine-wide (StructuredOutputsConfig).
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
-    if launch.pooling is not None:
-        args |= _pooling_args(launch)
+    if launch.pooling is not None:  # nothing is generated: no structured output to configure
+        args = {k: v for k, v in args.items() if k != "structured_outputs_config"} | _pooling_args(launch)
     if launch.lora_adapters:  # the adapters themselves come with each request (LoRARequest)
         args |= {"enable_lora": True, "max_loras": launch.max_loras, "max_lora_rank": launch.max_lora_rank}
     if launch.pipeline_parallel_size > 1:
