@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.planner.catalog import Catalog, CatalogError, load_catalog
+from server.planner.catalog import Catalog, CatalogError, ModelEntry, load_catalog
 from server.settings import DEFAULT_CATALOG_PATH
 
 REQUIRED_FAMILIES = {"qwen2.5-coder", "deepseek-coder", "starcoder2", "starcoder", "codellama", "wizardcoder",
@@ -116,3 +116,23 @@ def test_newer_families_plan_when_allowed(catalog: Catalog, spec: str, role: str
     plan = choose(simulated(spec, FIXED_CPU), catalog, make_settings(role=role, families=families))
     option = plan.chosen
     assert (option.model.id, option.precision, option.tensor_parallel_size, option.launch.model) == chosen
+
+
+@pytest.mark.parametrize(("model_id", "wanted", "problem"), [
+    ("qwen3-embedding-0.6b", 1024, None), ("qwen3-embedding-0.6b", 256, None), ("qwen3-embedding-0.6b", 32, None),
+    ("qwen3-embedding-0.6b", 16, "any from 32 to 1024"), ("qwen3-embedding-0.6b", 2048, "any from 32 to 1024"),
+])
+def test_matryoshka_dimensions(catalog: Catalog, model_id: str, wanted: int, problem: str | None) -> None:
+    entry = catalog.get(model_id)
+    assert entry is not None and entry.retrieval is not None
+    found = entry.retrieval.dimensions_problem(wanted)
+    assert found == problem if problem is None else problem in (found or "")
+
+
+def test_retrieval_entries_carry_what_they_compute(catalog: Catalog) -> None:
+    kinds = {e.role for e in catalog.models if e.retrieval is not None}
+    assert kinds == {"embedding", "reranker"}
+    broken = next(e for e in catalog.models if e.role == "reranker").model_dump()
+    broken["retrieval"] = None
+    with pytest.raises(ValueError, match="needs `retrieval:`"):
+        ModelEntry.model_validate(broken)

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from server.planner.catalog import Catalog, ModelEntry
-from server.planner.derive import DeriveError, architecture, derive, fim_format, model_id, quantization
+from server.planner.derive import (
+    DeriveError,
+    SentenceTransformers,
+    architecture,
+    derive,
+    fim_format,
+    model_id,
+    quantization,
+)
 from server.planner.memory import kv_bytes_per_token, param_counts, weight_bytes
 
 
@@ -220,3 +228,35 @@ def test_a_config_without_the_numbers_names_what_is_missing() -> None:
                                                 ("org/Model_7B", "org-model_7b"), ("???", "model")])
 def test_model_ids(name: str, expected: str) -> None:
     assert model_id(name) == expected
+
+
+# --- retrieval models recognised from their config (and sentence-transformers files) ---------------------------------
+BERT = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "num_attention_heads": 12,
+        "num_hidden_layers": 6, "intermediate_size": 1536, "vocab_size": 30522, "max_position_embeddings": 512}
+QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16,
+         "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 28, "intermediate_size": 3072,
+         "vocab_size": 151669, "max_position_embeddings": 32768, "tie_word_embeddings": True}
+
+
+@pytest.mark.parametrize(("config", "sentence", "role", "pooling", "dimensions", "tokens"), [
+    (BERT, None, "embedding", "cls", 384, 512),
+    (BERT, SentenceTransformers("mean", True, 256), "embedding", "mean", 384, 256),
+    (QWEN3, SentenceTransformers("last", True, 8192), "embedding", "last", 1024, 8192),
+    ({**BERT, "architectures": ["XLMRobertaForSequenceClassification"], "model_type": "xlm-roberta",
+      "id2label": {"0": "LABEL_0"}}, None, "reranker", "cls", None, 512),
+], ids=["headless-encoder", "sentence-transformers-mean", "decoder-embedding", "cross-encoder"])
+def test_retrieval_models_are_recognised(config: dict[str, Any], sentence: SentenceTransformers | None, role: str,
+                                         pooling: str, dimensions: int | None, tokens: int) -> None:
+    entry = derive("m", "/m", config, set(), None, sentence=sentence).entry
+    assert entry.role == role and entry.retrieval is not None and entry.fim is None
+    assert (entry.retrieval.pooling, entry.retrieval.dimensions, entry.retrieval.max_input_tokens) == \
+        (pooling, dimensions, tokens)
+
+
+@pytest.mark.parametrize("config", [
+    QWEN3,  # a causal LM without sentence-transformers files generates
+    {**BERT, "architectures": ["BertForSequenceClassification"], "id2label": {"0": "neg", "1": "pos"}},  # 2 labels
+], ids=["causal-lm", "two-label-classifier"])
+def test_generative_and_multi_label_models_are_not_retrieval_models(config: dict[str, Any]) -> None:
+    entry = derive("m", "/m", config, set(), None).entry
+    assert entry.retrieval is None and entry.role in ("base", "instruct")
