@@ -97,9 +97,12 @@ def source_dir(cache_dir: Path, entry: ModelEntry, model_setting: str) -> Path:
 
 
 def resolve_model_dir(cache_dir: Path, entry: ModelEntry, model_setting: str) -> str:
-    """What vLLM should load: a local directory when one is available, else the repo id."""
-    if Path(model_setting).is_dir():
-        return model_setting
+    """What vLLM should load: a local directory when one is available, else the repo id. A model read from a
+    directory (model_source.py: its entry's repo is that directory) loads from it, whichever role pinned it: with
+    several roles, `model_setting` (CODESERVE_MODEL) may name another role's directory."""
+    del model_setting  # kept for the callers: a pinned directory is its derived entry's repo already
+    if Path(entry.repo).is_dir():
+        return entry.repo
     if entry.bundled:
         return str(prepare_bundled(cache_dir, entry))
     local = local_dir(cache_dir, entry)

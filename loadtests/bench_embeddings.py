@@ -1,0 +1,130 @@
+"""What indexing costs: /v1/embeddings with batches of 64 code chunks of 256 tokens each (an IDE indexer's batch),
+one batch at a time and CONCURRENCY batches at once.
+
+Starts `codeserve serve` on the CPU with the embedding role on a tiny random-weight BERT (tests/tiny_models.py, built
+with the bundled tokenizer: no download) unless --url points at a running server (the planner's choice on a GPU:
+`CODESERVE_ROLE=embedding codeserve serve`), or --model names a local embedding model directory to serve instead.
+Prints embeddings per second and the p50/p95 latency of a batch. A benchmark prints figures; it asserts nothing.
+Usage (after scripts/setup.sh): .venv/bin/python loadtests/bench_embeddings.py [--batches 20] [--url URL] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BATCH = 64
+CHUNK_TOKENS = 256
+CONCURRENCY = 4
+LINES = ["def parse(self, text: str) -> list[Token]:", "    for index, char in enumerate(text):",
+         "        if char in OPERATORS:", "            tokens.append(Token(kind=char, at=index))",
+         "    return [t for t in tokens if t.kind != 'space']", "class Parser(BaseParser):",
+         "    '''Reads the grammar once; parses many files.'''", "import os, sys, json"]
+
+
+def chunks(count: int) -> list[list[int]]:
+    """`count` distinct chunks of exactly CHUNK_TOKENS token ids (ids keep the length exact whatever the tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from server.planner.catalog import load_catalog
+    from server.prepare import prepare_bundled
+    from server.settings import DEFAULT_CATALOG_PATH, Settings
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_bundled(Settings(_env_file=None).cache_dir,  # type: ignore
+                                                              load_catalog(DEFAULT_CATALOG_PATH).bundled()))
+    out = []
+    for n in range(count):
+        text = "\n".join(f"{LINES[(n + i) % len(LINES)]}  # {n}-{i}" for i in range(200))
+        out.append(tokenizer.encode(text)[:CHUNK_TOKENS])
+    return out
+
+
+def tiny_model() -> Path:
+    from server.planner.catalog import load_catalog
+    from server.prepare import prepare_bundled
+    from server.settings import DEFAULT_CATALOG_PATH, Settings
+    from tests.tiny_models import build_retrieval
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    tokenizer = prepare_bundled(settings.cache_dir, load_catalog(DEFAULT_CATALOG_PATH).bundled())
+    return build_retrieval("embedding", settings.cache_dir / "bench" / "tiny-embed", tokenizer)
+
+
+def serve(port: int, model: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CODESERVE_GPUS": "none", "CODESERVE_PORT": str(port), "CODESERVE_HOST": "127.0.0.1",
+           "CODESERVE_ROLE": "embedding", "CODESERVE_EMBEDDING_MODEL": str(model)}
+    log = Path(tempfile.mkdtemp()) / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"the server exited; its log: {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    process.kill()
+    sys.exit("the server was not ready in 15 minutes")
+
+
+def run(client: httpx.Client, batches: list[list[list[int]]], concurrency: int) -> tuple[float, list[float]]:
+    def one(batch: list[list[int]]) -> float:
+        start = time.perf_counter()
+        response = client.post("/v1/embeddings", json={"input": batch, "encoding_format": "base64"})
+        response.raise_for_status()
+        assert len(response.json()["data"]) == len(batch)
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, batches))
+    return time.perf_counter() - start, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--url", help="a running server (its embedding role answers)")
+    parser.add_argument("--model", type=Path, help="a local embedding model directory to serve (default: tiny BERT)")
+    args = parser.parse_args()
+    process = None
+    url = args.url
+    if url is None:
+        port = 18000 + os.getpid() % 1000
+        process = serve(port, args.model or tiny_model())
+        url = f"http://127.0.0.1:{port}"
+    try:
+        data = chunks(BATCH * args.batches)
+        batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(args.batches)]
+        with httpx.Client(base_url=url, timeout=600) as client:
+            model = client.get("/v1/models").json()["data"]
+            print(f"server {url}: {', '.join(m['id'] for m in model)}; {args.batches} batches of {BATCH} chunks x "
+                  f"{CHUNK_TOKENS} tokens")
+            run(client, batches[:2], 1)  # warm
+            for concurrency in (1, CONCURRENCY):
+                wall, latencies = run(client, batches, concurrency)
+                cuts = statistics.quantiles(latencies, n=20)
+                print(f"concurrency {concurrency}: {BATCH * len(batches) / wall:7.1f} embeddings/s, batch latency "
+                      f"p50 {statistics.median(latencies) * 1000:6.0f} ms, p95 {cuts[18] * 1000:6.0f} ms")
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
