@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Literal
 
-from ..roles import Pooling, role_spec
+from ..roles import role_spec
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
-from . import budget, latency, memory
+from . import budget, latency, memory, retrieval
 from . import candidates as rules
 from .adapters import Adapter, max_rank
 from .catalog import Catalog, ModelEntry
@@ -83,8 +83,6 @@ def _eligible(catalog: Catalog, settings: Settings, on_gpu: bool, local_models: 
 def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_models: frozenset[str],
                 allowed: set[str]) -> str | None:
     """Why an entry is not considered ('' = silently out: another role or family)."""
-    if entry.bundled and not role_spec(settings.role).takes_bundled(entry):
-        return ""
     if not on_gpu and not entry.bundled and entry.id not in local_models:
         return "" if allowed and entry.family not in allowed else \
             "no GPU: only the bundled model or a model already in the cache dir is served on CPU"
@@ -92,7 +90,7 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
         return ""
     if allowed and entry.family not in allowed:
         return ""
-    if not entry.bundled:  # the bundled model is the CPU default of every role
+    if not role_spec(settings.role).takes_bundled(entry):  # the bundled model: every generation role's CPU default
         problem = role_spec(settings.role).problem(entry)
         if problem is not None:
             return problem
@@ -105,8 +103,8 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
 
 def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | None]:
     model_max = min(entry.context_length, entry.architecture.max_position_embeddings)
-    if entry.retrieval is not None:  # inputs are chunks: CODESERVE_MAX_INPUT_TOKENS, or less where the model takes less
-        return min(settings.max_input_tokens, entry.retrieval.max_input_tokens, model_max), None
+    if entry.retrieval is not None:
+        return retrieval.input_tokens(entry, settings, model_max), None
     if settings.max_model_len is None:
         return min(DEFAULT_MAX_MODEL_LEN, model_max), None
     if settings.max_model_len > model_max:
@@ -154,9 +152,7 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
         trust_remote_code=entry.trust_remote_code,
         speculation=speculation,
     )
-    pooling = role_spec(settings.role).pooling
-    if pooling is not None and entry.retrieval is not None:
-        launch = _pooling(launch, entry, pooling)
+    launch = retrieval.pooling_launch(launch, entry, pooling := role_spec(settings.role).pooling)  # a retrieval role's
     if rules.engine_for(entry) != "transformers" and (on_gpu or pooling is None):
         return launch
     # generate(): no prefix cache, block size, quantization, speculation or graphs; the whole batch prefills at once;
@@ -165,24 +161,6 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
                    max_num_batched_tokens=max_len * max_num_seqs, prefix_caching=False, kv_block_tokens=None,
                    kv_cache_dtype="auto", eager=True, speculation=None, engine="transformers",
                    transformers_version=entry.transformers_version)
-
-
-def _pooling(launch: Launch, entry: ModelEntry, pooling: Pooling) -> Launch:
-    """A retrieval role's engine: vLLM's pooling runner (one forward pass per input, nothing generated, so no prefix
-    cache to keep and no speculation). On the CPU the Transformers engine serves it (planner/choose.py _launch):
-    an encoder's forward pass is the same work there, without a second vLLM engine process of ~2 GiB and minutes of
-    start-up beside the generation engine (measured: tests/e2e, README "Retrieval")."""
-    assert entry.retrieval is not None
-    return replace(launch, pooling=pooling, pooling_type=entry.retrieval.pooling, prefix_caching=False,
-                   pooling_normalize=entry.retrieval.normalized,
-                   speculation=None, hf_overrides=tuple(sorted(entry.retrieval.vllm_overrides.items())))
-
-
-def _retrieval_problem(entry: ModelEntry, precision: WeightPrecision, settings: Settings) -> str | None:
-    if entry.retrieval is None or precision in rules.TRANSFORMERS_PRECISIONS:
-        return None
-    # nobody publishes quantized checkpoints of them, and calibrating one would need a retrieval quality gate
-    return f"retrieval models run 16-bit weights, not {precision}"
 
 
 def _gpu_budget(gpus: list[GpuInfo], utilization: float) -> tuple[int, float]:
@@ -200,8 +178,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
     engine = rules.engine_for(entry)
-    problem = (_retrieval_problem(entry, precision, settings) or rules.engine_problem(entry, precision, tp, pp,
-                                                                                      bool(adapters))
+    problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
+               or retrieval.precision_problem(entry, precision)
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
                or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine)
                or (rules.fp8_block_problem(entry, tp) if precision == "fp8" else None))
