@@ -33,16 +33,12 @@ LINES = ["def parse(self, text: str) -> list[Token]:", "    for index, char in e
          "    '''Reads the grammar once; parses many files.'''", "import os, sys, json"]
 
 
-def chunks(count: int) -> list[list[int]]:
-    """`count` distinct chunks of exactly CHUNK_TOKENS token ids (ids keep the length exact whatever the tokenizer)."""
+def chunks(count: int, tokenizer_dir: Path) -> list[list[int]]:
+    """`count` distinct chunks of exactly CHUNK_TOKENS token ids of the served model's tokenizer (ids keep the length
+    exact)."""
     from transformers import AutoTokenizer
 
-    from server.planner.catalog import load_catalog
-    from server.prepare import prepare_bundled
-    from server.settings import DEFAULT_CATALOG_PATH, Settings
-
-    tokenizer = AutoTokenizer.from_pretrained(prepare_bundled(Settings(_env_file=None).cache_dir,  # type: ignore
-                                                              load_catalog(DEFAULT_CATALOG_PATH).bundled()))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     out = []
     for n in range(count):
         text = "\n".join(f"{LINES[(n + i) % len(LINES)]}  # {n}-{i}" for i in range(200))
@@ -100,19 +96,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--url", help="a running server (its embedding role answers)")
     parser.add_argument("--model", type=Path, help="a local embedding model directory to serve (default: tiny BERT)")
+    parser.add_argument("--tokenizer", type=Path, help="with --url: the served model's tokenizer directory")
     args = parser.parse_args()
     process = None
     url = args.url
+    model = args.model or tiny_model()
     if url is None:
         port = 18000 + os.getpid() % 1000
-        process = serve(port, args.model or tiny_model())
+        process = serve(port, model)
         url = f"http://127.0.0.1:{port}"
     try:
-        data = chunks(BATCH * args.batches)
+        data = chunks(BATCH * args.batches, args.tokenizer or model)
         batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(args.batches)]
         with httpx.Client(base_url=url, timeout=600) as client:
-            model = client.get("/v1/models").json()["data"]
-            print(f"server {url}: {', '.join(m['id'] for m in model)}; {args.batches} batches of {BATCH} chunks x "
+            served = client.get("/v1/models").json()["data"]
+            print(f"server {url}: {', '.join(m['id'] for m in served)}; {args.batches} batches of {BATCH} chunks x "
                   f"{CHUNK_TOKENS} tokens")
             run(client, batches[:2], 1)  # warm
             for concurrency in (1, CONCURRENCY):
