@@ -186,7 +186,7 @@ def _retrieval(retrieval: Retrieval) -> str:
         return f"cross-encoder: one relevance score a query-document pair ({retrieval.pooling} token's classifier)"
     widths = (f", Matryoshka widths from {min(retrieval.matryoshka_dimensions)}" if retrieval.matryoshka_dimensions
               else "")
-    prefix = f"; queries prefixed {retrieval.query_prefix!r} (the model card's)" if retrieval.query_prefix else ""
+    prefix = f"; queries prefixed {retrieval.query_prefix!r} (the card's format)" if retrieval.query_prefix else ""
     return (f"{retrieval.dimensions}-dimensional vectors{widths}, {retrieval.pooling} pooling"
             f"{', normalised' if retrieval.normalized else ''}{prefix}")
 
