@@ -135,6 +135,11 @@ class GenerationCore:
 
     def capabilities(self) -> dict[str, Any]:
         """What this model does, as /v1/models reports it."""
+        retrieval = self.served.entry.retrieval
+        if retrieval is not None:  # an embedding model or a reranker: what it computes, not what it generates
+            return {"retrieval": "embeddings" if retrieval.dimensions else "rerank",
+                    "dimensions": retrieval.dimensions, "matryoshka_dimensions": list(retrieval.matryoshka_dimensions),
+                    "max_input_tokens": self.served.max_model_len}
         fim = self.served.fim
         return {"fill_in_the_middle": fim.id if fim else ("by continuing" if self.served.fills_holes_without_fim
                                                           else None),

@@ -207,6 +207,13 @@ def test_rerank_bad_input_is_a_400_naming_the_field(live: Live, body: dict[str, 
     assert (openai_error(response, 400)["param"] or "").startswith(param)
 
 
+def test_models_list_what_retrieval_models_compute(live: Live) -> None:
+    models = {m["id"]: m for m in httpx.get(live.url + "/v1/models").json()["data"]}
+    assert models["embedding"]["capabilities"]["retrieval"] == "embeddings"
+    assert models["embedding"]["capabilities"]["dimensions"] == 128
+    assert models["reranker"]["capabilities"]["retrieval"] == "rerank"
+
+
 def test_a_model_of_the_wrong_kind_is_a_400(live: Live) -> None:
     completion = live.post("/v1/completions", {"model": "embedding", "prompt": "def"})
     assert "embedding model" in openai_error(completion, 400)["message"]
