@@ -127,3 +127,22 @@ def test_cpu_binding_reaches_vllm_as_its_environment_variable(catalog: Catalog) 
     engine_choice = choose(simulated("none", cpu), catalog, make_settings(cpu_cores="engine")).chosen.launch
     assert engine_env(engine_choice) == {}
     assert engine_env(_launch(catalog, "1xL4", {})) == {}  # GPUs: no CPU binding
+
+
+@pytest.mark.parametrize("spec", ["1xT4", "1xA100-80GB"])
+def test_retrieval_engines_render_vllms_pooling_runner(catalog: Catalog, spec: str) -> None:
+    """Each retrieval engine of a four-role fleet: vLLM's pooling runner with the model's pooling, read back by vLLM's
+    own parser (its PoolerConfig), no prefix cache, no structured-output backend, its share of its GPU."""
+    from server.planner.fleet import plan_fleet
+
+    fleet = plan_fleet(simulated(spec, FIXED_CPU), catalog, make_settings(role="completion,chat,embedding,rerank"))
+    pooled = {s.role: s.option.launch for s in fleet.served if s.option.launch.pooling is not None}
+    assert set(pooled) == {"embedding", "rerank"}
+    for role, launch in pooled.items():
+        args = engine_args(launch)
+        assert args["runner"] == "pooling" and args["enable_prefix_caching"] is False
+        assert "structured_outputs_config" not in args
+        parsed = _parse(serve_flags(args))
+        assert parsed.runner == "pooling"
+        assert parsed.pooler_config.seq_pooling_type == ("LAST" if role == "embedding" else "CLS")
+        assert parsed.gpu_memory_utilization == args["gpu_memory_utilization"] <= 0.25
