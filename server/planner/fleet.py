@@ -8,7 +8,8 @@ model wins (then the small one's). Otherwise both share the same GPUs: the small
 option needs (at most its cap of the budget), the large one gets the rest; each engine gets its own memory share
 and their sum stays within CODESERVE_GPU_MEMORY_UTILIZATION (vLLM's gpu_memory_utilization is a per-instance share
 of the GPU, so two engines on one GPU each take theirs). On the CPU one engine serves both roles: two copies of
-the same small model would only halve the cores each gets.
+the same small model would only halve the cores each gets. Retrieval roles (embedding, rerank) are planned first,
+each its own engine beside these (_with_retrieval, at the end).
 """
 
 from __future__ import annotations
