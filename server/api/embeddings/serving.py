@@ -3,7 +3,8 @@ embed role, Tabby's openai/embedding backend).
 
 Roo Code's openai-compatible embedder (src/services/code-index/embedders/openai-compatible.ts) sends {input: [...],
 model, encoding_format: "base64", dimensions?} with `api-key` and Bearer headers; the openai SDK asks for base64 by
-default and decodes float32; Tabby (crates/http-api-bindings, openai embedding) sends {input, model}."""
+default and decodes float32; Tabby (crates/http-api-bindings/src/embedding/openai.rs) posts {input: [one text],
+model} to `{api_endpoint}/embeddings` with a Bearer key and reads data[0].embedding as floats."""
 
 from __future__ import annotations
 
