@@ -174,6 +174,13 @@ class ModelEntry(_Frozen):
         return self
 
     @property
+    def score(self) -> str:
+        """Its code score as published: HumanEval pass@1, else the benchmark its authors report, else none."""
+        if self.humaneval is not None:
+            return f"HumanEval {self.humaneval}"
+        return self.code_benchmark or "no code score published"
+
+    @property
     def tool_calling(self) -> str:
         """How chat requests with tools reach it (generation/tool_prompt.py decides the same from the running
         template): its template and vLLM's parser for its format, or codeserve's generic prompt."""
