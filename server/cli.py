@@ -16,7 +16,7 @@ from .engine import vllm_args
 from .planner.catalog import CatalogError, Retrieval, load_catalog
 from .planner.fleet import Fleet
 from .planner.hardware import HardwareSpecError
-from .planner.memory import GIB
+from .planner.memory import GIB, active_params
 from .planner.plan import NoFit, Option, Plan
 from .planner.startup import describe_minutes
 from .planning import detect_and_plan
@@ -77,14 +77,15 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
           f"replicas={chosen.replicas}  on {chosen.device_name}")
     retrieval = chosen.model.retrieval
+    active = active_params(chosen.model.architecture) if chosen.model.architecture.moe else None
+    size = f"{chosen.model.params / 1e9:.2f}B params" + (f" ({active / 1e9:.2f}B active)" if active else "")
     if retrieval is not None:
-        print(f"          {chosen.model.params / 1e9:.2f}B params, license {chosen.model.license}, "
-              f"{result.max_model_len} tokens an input (CODESERVE_MAX_INPUT_TOKENS)")
+        print(f"          {size}, license {chosen.model.license}, {result.max_model_len} tokens an input "
+              f"(CODESERVE_MAX_INPUT_TOKENS)")
         print(f"retrieval {_retrieval(retrieval)}")
     else:
-        print(f"          {chosen.model.params / 1e9:.2f}B params, HumanEval {chosen.model.humaneval}, "
-              f"license {chosen.model.license}, context {result.max_model_len} x "
-              f"{result.max_concurrent_sequences} sequences")
+        print(f"          {size}, {chosen.model.score}, license {chosen.model.license}, context "
+              f"{result.max_model_len} x {result.max_concurrent_sequences} sequences")
         print(f"tools     {chosen.model.tool_calling}")
     if quality is not None:
         if quality["measured"]:

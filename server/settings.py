@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .roles import DEFAULT_ROLE, ROLE_NAMES, ROLES, Role, parse_roles
 
-Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "fp8", "awq", "mxfp4"]
 # The per-token latency the completion role aims for under CODESERVE_OBJECTIVE=latency: 50 tokens/s, so a
 # typical 30-60-token suggestion streams in within a second of the first token.
 DEFAULT_TARGET_TOKEN_LATENCY_MS = 20.0

@@ -8,9 +8,9 @@ paper, cited per template.
 Order: while a developer types, the prefix grows at its end and the suffix stays put. A prompt that ends
 with the prefix (suffix first, "SPM") lets the engine's prefix cache reuse everything up to the cursor on the
 next keystroke; one that puts the suffix after the prefix ("PSM") must prefill the whole suffix again. So
-families trained with SPM (Codestral natively, Code Llama on half its FIM data, CodeGeeX4, Seed-Coder) use it, and the
-chat hole-filling prompt, which we write ourselves, puts the code after the hole first. Families trained only
-on PSM (DeepSeek-Coder, Qwen2.5-Coder; StarCoder's cards document PSM alone) keep it: a format the model
+families trained with SPM (Codestral natively, Code Llama on half its FIM data, CodeGeeX4, Seed-Coder, Mellum) use
+it, and the chat hole-filling prompt, which we write ourselves, puts the code after the hole first. Families trained
+only on PSM (DeepSeek-Coder, Qwen2.5-Coder; StarCoder's cards document PSM alone) keep it: a format the model
 never saw costs quality that no cache hit buys back.
 """
 
@@ -55,6 +55,11 @@ TEMPLATES: dict[str, FimTemplate] = {t.id: t for t in (
     FimTemplate("seed", "<[fim-suffix]>{suffix}<[fim-prefix]>{prefix}<[fim-middle]>",
                 ("<[fim-suffix]>", "<[fim-prefix]>", "<[fim-middle]>"), (),
                 "Seed-Coder-8B-Base model card, Fill-in-the-Middle example (SPM order: suffix first)"),
+    # StarCoder's markers, suffix first: derive.fim_format() still names StarCoder tokenizers "starcoder" (listed first)
+    FimTemplate("mellum", "<fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>",
+                ("<fim_suffix>", "<fim_prefix>", "<fim_middle>"), ("<|endoftext|>", "<filename>"),
+                "Mellum paper (arXiv 2510.05788), pre-training: FIM rearranged in S-P-M order; the Mellum-4b "
+                "tokenizer's <fim_*> and <filename> tokens (GGUF token list)"),
     FimTemplate("incoder", "{prefix}<|mask:0|>{suffix}<|mask:1|><|mask:0|>", ("<|mask:0|>", "<|mask:1|>"),
                 ("<|endofmask|>",), "InCoder paper, causal masking; facebookresearch/incoder example"),
     FimTemplate("codegen2", "{prefix}<mask_1>{suffix}<|endoftext|><sep><mask_1>", ("<mask_1>", "<sep>"),
@@ -110,6 +115,10 @@ REPO_FORMATS: dict[str, RepoFormat] = {
                             ("<repo_name>", "<file_sep>"),
                             "StarCoder2 paper (arXiv 2402.19173) section 5: <repo_name>name<file_sep>path\\ncode ..."
                             "<file_sep><fim_prefix>path\\ncode_pre<fim_suffix>...", path_in_prefix=True),
+    "mellum": RepoFormat("<reponame>{repo}", "<filename>{path}\n{text}", "<filename>{path}\n",
+                         ("<reponame>", "<filename>"),
+                         "Mellum paper (arXiv 2510.05788): project context as other files before the edited one; "
+                         "<filename>path\\ncode as IDE clients write it for Mellum-4b (llm.nvim-style FIM tests)"),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
 from .catalog import Architecture, ModelEntry
 from .hardware import Inventory
-from .memory import GIB, WeightPrecision, active_params
+from .memory import GIB, Mxfp4Kernel, WeightPrecision, active_params
 from .plan import Rejection
 
 TP_DEGREES = (1, 2, 4, 8)
@@ -25,8 +25,14 @@ MIN_CAPABILITY: dict[WeightPrecision, tuple[int, int]] = {
     "fp16": (7, 0),
     "fp8": (8, 0),
     "awq": (7, 5),
+    # vllm/model_executor/layers/quantization/mxfp4.py Mxfp4Config.get_min_capability: 80; bf16 activations only
+    "mxfp4": (8, 0),
 }
-PRECISION_ORDER: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16", "fp8", "awq")  # highest fidelity first
+PRECISION_ORDER: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16", "fp8", "awq", "mxfp4")  # highest fidelity first
+# Hopper runs gpt-oss's experts on the OpenAI Triton kernels, other GPUs on Marlin or FlashInfer (vLLM's
+# fused_moe/oracle/mxfp4.py _get_priority_backends_for_gpt_oss; experts/gpt_oss_triton_kernels_moe.py admits SM90 and
+# Blackwell, where FlashInfer's TRT-LLM kernels rank first): the padding differs (memory.MXFP4_PADDING).
+TRITON_MXFP4_CAPABILITIES = ((9, 0),)
 
 
 def precision_ladder(capability: tuple[int, int] | None, cpu_bf16: bool = True) -> list[WeightPrecision]:
@@ -41,12 +47,35 @@ def precision_ladder(capability: tuple[int, int] | None, cpu_bf16: bool = True) 
     return [sixteen, "fp8", "awq"]
 
 
+def entry_ladder(entry: ModelEntry, capability: tuple[int, int] | None, cpu_bf16: bool = True) -> list[WeightPrecision]:
+    """The precisions to try for this entry: its published format alone when the authors publish no 16-bit weights."""
+    if entry.weights == "mxfp4":
+        return ["mxfp4"]
+    return precision_ladder(capability, cpu_bf16)
+
+
+def weights_problem(entry: ModelEntry, precision: WeightPrecision) -> str | None:
+    """A quantized-only checkpoint serves in its own format only; MXFP4 exists only where the authors publish it."""
+    if entry.weights == "mxfp4" and precision != "mxfp4":
+        return (f"{entry.repo} is published in MXFP4 only (no 16-bit weights to load or quantize from); "
+                f"CODESERVE_PRECISION=mxfp4 or auto")
+    if precision == "mxfp4" and entry.weights != "mxfp4":
+        return f"no MXFP4 checkpoint of {entry.id} is published (MXFP4 is planned only for checkpoints published in it)"
+    return None
+
+
+def mxfp4_kernel(capability: tuple[int, int] | None) -> Mxfp4Kernel:
+    return "triton" if capability in TRITON_MXFP4_CAPABILITIES else "marlin"
+
+
 def precision_problem(precision: WeightPrecision, capability: tuple[int, int] | None, gpu_name: str,
                       cpu_avx512: bool = True) -> str | None:
     if capability is None:
         if precision == "awq" and not cpu_avx512:
             return ("awq on the CPU needs AVX-512: vLLM's CPU 4-bit kernel (cpu_gemm_wna16) is built only into "
                     "its AVX-512 library; this CPU has AVX2 at most")
+        if precision == "mxfp4":
+            return "mxfp4 is planned on GPUs only"
         return None if precision in ("fp32", "bf16", "awq") else f"{precision} is not supported by vLLM's CPU backend"
     if precision == "fp32":
         return "fp32 weights are for CPU serving; on a GPU use bf16/fp16"

@@ -184,10 +184,17 @@ class ModelEntry(_Frozen):
                                                       "for (vllm/tool_parsers/), or null: tools go through "
                                                       "codeserve's generic prompt")
     humaneval: float | None = Field(None, ge=0, le=100, description="HumanEval pass@1 from the model card")
+    code_benchmark: str | None = Field(None, description="where the authors publish no HumanEval pass@1: the code "
+                                                         "benchmark they do publish, its score and where")
     prequantized: Prequantized = Field(default_factory=lambda: Prequantized.model_validate({}))
     vllm: VllmSupport
+    weights: Literal["16-bit", "mxfp4"] = Field(
+        "16-bit", description="what `repo` holds: 16-bit weights (every precision can be made from them), or a "
+                              "quantized format the authors publish alone (gpt-oss: MXFP4 experts), the only "
+                              "precision it is planned in")
     auto: bool = Field(True, description="false: chosen only when pinned or its family is allowed explicitly")
     superseded_by: str | None = Field(None, description="why auto is false: the catalog id that replaces it")
+    manual_reason: str | None = Field(None, description="why auto is false when no catalog entry supersedes it")
     trust_remote_code: bool = Field(False, description="the checkpoint's config needs its own Python code")
     transformers_version: str | None = Field(
         default=None, description="the Transformers versions that code runs on (a PEP 440 specifier such as '<4.50'), "
@@ -203,6 +210,19 @@ class ModelEntry(_Frozen):
         if self.retrieval is not None and (self.retrieval.dimensions is None) != (self.role == "reranker"):
             raise ValueError("retrieval.dimensions: an embedding model has a width, a reranker (one score) none")
         return self
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelEntry:
+        if self.weights == "mxfp4" and self.architecture.moe is None:
+            raise ValueError("weights mxfp4 (MXFP4 experts) needs a mixture-of-experts architecture")
+        return self
+
+    @property
+    def score(self) -> str:
+        """Its code score as published: HumanEval pass@1, else the benchmark its authors report, else none."""
+        if self.humaneval is not None:
+            return f"HumanEval {self.humaneval}"
+        return self.code_benchmark or "no code score published"
 
     @property
     def tool_calling(self) -> str:

@@ -95,7 +95,8 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
         if problem is not None:
             return problem
     if not allowed and not entry.auto and not entry.bundled:
-        why = f"superseded by {entry.superseded_by}" if entry.superseded_by else "its entry is not fully checked"
+        why = (f"superseded by {entry.superseded_by}" if entry.superseded_by
+               else entry.manual_reason or "its entry is not fully checked")
         return (f"not chosen automatically: {why}; pin it with CODESERVE_MODEL or allow its family with "
                 f"CODESERVE_FAMILIES={entry.family}")
     return None
@@ -103,10 +104,8 @@ def _ineligible(entry: ModelEntry, settings: Settings, on_gpu: bool, local_model
 
 def _context(entry: ModelEntry, settings: Settings) -> tuple[int | None, str | None]:
     model_max = min(entry.context_length, entry.architecture.max_position_embeddings)
-    if entry.retrieval is not None:
-        return retrieval.input_tokens(entry, settings, model_max), None
-    if settings.max_model_len is None:
-        return min(DEFAULT_MAX_MODEL_LEN, model_max), None
+    if settings.max_model_len is None or entry.retrieval is not None:  # a retrieval model: its inputs' length
+        return retrieval.input_tokens(entry, settings, min(DEFAULT_MAX_MODEL_LEN, model_max)), None
     if settings.max_model_len > model_max:
         return None, (f"CODESERVE_MAX_MODEL_LEN={settings.max_model_len} exceeds the model's context "
                       f"of {model_max} tokens")
@@ -178,8 +177,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     """An Option if the candidate is valid and fits, else the reason it is not."""
     arch = entry.architecture
     engine = rules.engine_for(entry)
-    problem = (rules.engine_problem(entry, precision, tp, pp, bool(adapters))
-               or retrieval.precision_problem(entry, precision)
+    problem = (rules.weights_problem(entry, precision) or retrieval.precision_problem(entry, precision)
+               or rules.engine_problem(entry, precision, tp, pp, bool(adapters))
                or rules.precision_problem(precision, capability, device_name, cpu_avx512)
                or rules.tp_problem(arch, tp) or rules.pp_problem(arch, pp, engine)
                or (rules.fp8_block_problem(entry, tp) if precision == "fp8" else None))
@@ -214,7 +213,8 @@ def _try(entry: ModelEntry, precision: WeightPrecision, tp: int, settings: Setti
     rank = max_rank(adapters)
     lora = memory.lora_bytes(arch, rank, settings.max_loras, 4 if precision == "fp32" else 2, tp) if adapters else 0
     breakdown = MemoryBreakdown(
-        weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE, pp),
+        weights=memory.weight_bytes(arch, precision, tp, group or memory.AWQ_DEFAULT_GROUP_SIZE, pp,
+                                    rules.mxfp4_kernel(capability)),
         kv_cache=kv_needed, activation=activation, overhead=overhead, budget=budget, lora=lora)
     if breakdown.headroom < 0:
         return (f"needs {breakdown.total / GIB:.1f} GiB per {'GPU' if on_gpu else 'host'} "
@@ -259,7 +259,7 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
     if inventory.gpus:
         for name, gpus in _gpu_groups(inventory.gpus).items():
             capability = gpus[0].compute_capability
-            ladder = rules.precision_ladder(capability)
+            ladder = rules.entry_ladder(entry, capability)
             precisions = ladder if settings.precision == "auto" else [settings.precision]
             for precision in precisions:
                 for tp in rules.TP_DEGREES:
@@ -278,7 +278,7 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                 else:
                     _across_nodes(entry, precision, gpus, settings, max_len, options, rejected, adapters)
         return options
-    ladder = rules.precision_ladder(None, inventory.cpu.bf16)
+    ladder = rules.entry_ladder(entry, None, inventory.cpu.bf16)
     precisions = ladder if settings.precision == "auto" else [settings.precision]
     budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
     for precision in precisions:

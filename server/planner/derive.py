@@ -26,7 +26,7 @@ class DeriveError(ValueError):
 # Families whose MLP has a gate (three matrices): the SwiGLU/GeGLU models.
 GATED_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
                "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "chatglm", "glm", "glm4", "internlm2", "olmo",
-               "olmo2", "cohere", "granite", "stablelm", "baichuan", "yi"}
+               "olmo2", "cohere", "granite", "stablelm", "baichuan", "yi", "gpt_oss"}
 # Learned absolute position tables (GPT-2 lineage).
 LEARNED_POSITION_TYPES = {"gpt2", "gpt_bigcode", "gpt_neo", "opt", "codegeex"}
 # Architectures vLLM 0.32 refuses, measured on tiny random models (also with model_impl="transformers").
@@ -149,6 +149,8 @@ def quantization(config: dict[str, Any]) -> tuple[WeightPrecision | None, int | 
         return "awq", group if group > 0 else None, f"{method} 4-bit, group {group} (planned as W4A16)"
     if method == "fp8":
         return "fp8", None, "fp8"
+    if method == "mxfp4":  # gpt-oss: MXFP4 experts, the rest bf16 (vLLM's GptOssMxfp4Config)
+        return "mxfp4", None, "mxfp4 experts (the rest 16-bit)"
     if method == "compressed-tensors":
         for group in (quant.get("config_groups") or {}).values():
             weights = (group or {}).get("weights") or {}
@@ -159,7 +161,7 @@ def quantization(config: dict[str, Any]) -> tuple[WeightPrecision | None, int | 
             if bits == 8 and kind == "float":
                 return "fp8", None, "compressed-tensors FP8"
     raise DeriveError(f"config.json's quantization_config ({method or 'no quant_method'}) is none the planner "
-                      f"knows: AWQ/GPTQ 4-bit, FP8, compressed-tensors W4A16 or FP8")
+                      f"knows: AWQ/GPTQ 4-bit, FP8, compressed-tensors W4A16 or FP8, MXFP4")
 
 
 def fim_format(special_tokens: set[str]) -> str | None:
@@ -251,7 +253,8 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         id=model_id(name), repo=location, family=str(config.get("model_type") or "unknown"), role=role,
         architecture=arch, params=param_counts(arch).total, params_source="config.json",
         context_length=arch.max_position_embeddings, license="unknown", fim=fim, tool_parser=tool_parser(chat_template),
-        humaneval=None, auto=True,
+        humaneval=None, code_benchmark=None, manual_reason=None, auto=True,
+        weights="mxfp4" if precision == "mxfp4" else "16-bit",
         superseded_by=None, bundled=None, retrieval=retrieval,
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],

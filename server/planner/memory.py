@@ -11,7 +11,9 @@ from typing import Literal
 
 from .catalog import Architecture
 
-WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq"]
+WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq", "mxfp4"]
+# vLLM's MXFP4 mixture-of-experts kernel families, by how they pad the expert matrices at load
+Mxfp4Kernel = Literal["marlin", "triton"]
 KvDtype = Literal["auto", "fp8"]
 
 GIB = 1024**3
@@ -23,6 +25,17 @@ AWQ_SCALE_BITS = 16
 AWQ_ZERO_BITS = 4
 # FP8 checkpoints keep one fp32 scale per output channel (llm-compressor FP8 "channel" scheme).
 FP8_SCALE_BYTES = 4
+# MXFP4 (OCP microscaling, the format gpt-oss is published in): 4-bit E2M1 values with one 8-bit E8M0 scale per block
+# of 32 -> 4.25 bits per expert weight. Only the experts are MXFP4; attention, router, embeddings and lm_head stay
+# bf16 (the checkpoint's quantization_config.modules_to_not_convert).
+MXFP4_BLOCK = 32
+MXFP4_BITS_PER_WEIGHT = 4 + 8 / MXFP4_BLOCK
+# vLLM pads the expert matrices for its kernel when it loads them (vllm/model_executor/layers/fused_moe/oracle/mxfp4.py
+# mxfp4_round_up_hidden_size_and_intermediate_size): Marlin (Ampere, Ada; also what FlashInfer's TRT-LLM kernels on
+# Blackwell pad to) rounds the hidden size up to 256 and each rank's expert width up to 128; the OpenAI Triton kernels
+# (Hopper) round only the expert width, up to 64. gpt-oss's 2880 x 2880 experts grow 9% under Marlin at tp=1, not at
+# all under Triton.
+MXFP4_PADDING: dict[Mxfp4Kernel, tuple[int, int]] = {"marlin": (256, 128), "triton": (1, 64)}  # (hidden, width)
 # vLLM's profile run: per batched token, the gate/up output (2 x I), the activated MLP input (I) and
 # ~3 hidden-sized buffers, 2 bytes each. Calibrated on vLLM issue #10517: Llama-3.1-8B, 20k batched
 # tokens -> 2.07 GiB peak (this formula gives 2.18 GiB: 5% on the safe side).
@@ -45,6 +58,7 @@ class ParamCounts:
     embedding: int  # input embedding + untied lm_head + learned positions: kept 16-bit by AWQ and FP8
     linear: int  # every projection matrix in the transformer blocks: what quantization shrinks
     linear_rows: int  # output channels over all linear layers (one FP8 scale each)
+    experts: int = 0  # the part of `linear` in mixture-of-experts experts (what MXFP4 stores in 4 bits)
 
     @property
     def total(self) -> int:
@@ -58,6 +72,7 @@ class _Linear:
     params: int
     rows: int
     sharded: bool = True
+    expert: bool = False
 
 
 def _attention(arch: Architecture, tp: int) -> list[_Linear]:
@@ -132,7 +147,7 @@ def _layer_linears(arch: Architecture, tp: int) -> list[tuple[int, list[_Linear]
     expert_count = moe.experts + moe.shared_experts
     moe_layer = [
         *attention,
-        _Linear(experts.params * expert_count, experts.rows * expert_count),
+        _Linear(experts.params * expert_count, experts.rows * expert_count, expert=True),
         _Linear(arch.hidden_size * moe.experts, moe.experts, sharded=False),  # router
     ]
     return [(moe.dense_layers, dense), (arch.layers - moe.dense_layers, moe_layer)]
@@ -147,14 +162,20 @@ def pp_stage_layers(layers: int, pp: int) -> list[int]:
     return parts
 
 
-def _per_layer(arch: Architecture, tp: int) -> list[tuple[int, int]]:
-    """(parameters, output rows) of each layer on one tensor-parallel rank, in model order."""
-    layers: list[tuple[int, int]] = []
+def _per_layer(arch: Architecture, tp: int) -> list[tuple[int, int, int]]:
+    """(parameters, output rows, expert parameters) of each layer on one tensor-parallel rank, in model order."""
+    layers: list[tuple[int, int, int]] = []
     for count, linears in _layer_linears(arch, tp):
         params = sum(layer.params // (tp if layer.sharded else 1) for layer in linears)
         rows = sum(layer.rows // (tp if layer.sharded else 1) for layer in linears)
-        layers += [(params, rows)] * count
+        experts = sum(layer.params // (tp if layer.sharded else 1) for layer in linears if layer.expert)
+        layers += [(params, rows, experts)] * count
     return layers
+
+
+def _counts(embedding: int, layers: list[tuple[int, int, int]]) -> ParamCounts:
+    return ParamCounts(embedding=embedding, linear=sum(p for p, _, _ in layers),
+                       linear_rows=sum(r for _, r, _ in layers), experts=sum(e for _, _, e in layers))
 
 
 def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
@@ -169,7 +190,7 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
     if pp == 1:
         # vLLM shards the vocabulary across ranks (VocabParallelEmbedding / ParallelLMHead).
         embedding = (vocab * (1 if arch.tied_embeddings else 2) + inputs) // tp
-        return ParamCounts(embedding=embedding, linear=sum(p for p, _ in layers), linear_rows=sum(r for _, r in layers))
+        return _counts(embedding, layers)
     stages: list[ParamCounts] = []
     start = 0
     split = pp_stage_layers(len(layers), pp)
@@ -178,8 +199,7 @@ def param_counts(arch: Architecture, tp: int = 1, pp: int = 1) -> ParamCounts:
         start += count
         # Under pipeline parallel the last stage holds its own lm_head even when tied to the embedding.
         embedding = ((vocab + inputs) if index == 0 else 0) + (vocab if index == pp - 1 else 0)
-        stages.append(ParamCounts(embedding=embedding // tp, linear=sum(p for p, _ in chunk),
-                                  linear_rows=sum(r for _, r in chunk)))
+        stages.append(_counts(embedding // tp, chunk))
     return max(stages, key=lambda stage: stage.total)
 
 
@@ -197,11 +217,27 @@ def awq_bits_per_weight(group_size: int = AWQ_DEFAULT_GROUP_SIZE) -> float:
     return 4 + (AWQ_SCALE_BITS + AWQ_ZERO_BITS) / group_size
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def mxfp4_padding(arch: Architecture, tp: int, kernel: Mxfp4Kernel | None) -> float:
+    """How much larger vLLM's MXFP4 kernel makes each rank's experts than the checkpoint holds (1.0: the checkpoint's
+    own size, kernel None)."""
+    if arch.moe is None or kernel is None:
+        return 1.0
+    hidden_multiple, width_multiple = MXFP4_PADDING[kernel]
+    width = arch.moe.expert_intermediate_size // tp
+    padded = _round_up(arch.hidden_size, hidden_multiple) * _round_up(width, width_multiple)
+    return padded / (arch.hidden_size * width)
+
+
 def weight_bytes(
     arch: Architecture, precision: WeightPrecision, tp: int = 1, group_size: int = AWQ_DEFAULT_GROUP_SIZE,
-    pp: int = 1,
+    pp: int = 1, mxfp4_kernel: Mxfp4Kernel | None = "marlin",
 ) -> int:
-    """Bytes of weights one rank holds (the most loaded rank under pipeline parallel)."""
+    """Bytes of weights one rank holds (the most loaded rank under pipeline parallel). MXFP4 experts as the kernel
+    pads them (`mxfp4_kernel`; None: as the checkpoint stores them, what a download weighs)."""
     counts = param_counts(arch, tp, pp)
     if precision == "fp32":  # CPU serving on processors without native bf16
         return counts.total * 4
@@ -210,6 +246,9 @@ def weight_bytes(
         return embedding_bytes + counts.linear * 2
     if precision == "fp8":
         return embedding_bytes + counts.linear + counts.linear_rows * FP8_SCALE_BYTES
+    if precision == "mxfp4":
+        experts = counts.experts * mxfp4_padding(arch, tp, mxfp4_kernel)
+        return embedding_bytes + (counts.linear - counts.experts) * 2 + round(experts * MXFP4_BITS_PER_WEIGHT / 8)
     return embedding_bytes + round(counts.linear * awq_bits_per_weight(group_size) / 8)
 
 

@@ -13,9 +13,12 @@ from .launch import Launch
 from .memory import WeightPrecision
 
 
-def input_tokens(entry: ModelEntry, settings: Settings, model_max: int) -> int:
-    """Inputs are chunks: CODESERVE_MAX_INPUT_TOKENS, or less where the model takes less (its engine's context)."""
-    assert entry.retrieval is not None
+def input_tokens(entry: ModelEntry, settings: Settings, default: int) -> int:
+    """The engine's context: a retrieval model's inputs are chunks, CODESERVE_MAX_INPUT_TOKENS or less where the model
+    takes less (CODESERVE_MAX_MODEL_LEN is the generation roles'); any other model's `default`."""
+    if entry.retrieval is None:
+        return default
+    model_max = min(entry.context_length, entry.architecture.max_position_embeddings)
     return min(settings.max_input_tokens, entry.retrieval.max_input_tokens, model_max)
 
 

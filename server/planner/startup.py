@@ -120,6 +120,10 @@ def estimate(entry: ModelEntry, precision: WeightPrecision, group_size: int | No
         host_bytes = param_counts(arch).total * QUANTIZE_HOST_BYTES_PER_PARAM[host.device]
         steps.append(f"AWQ calibration g{group_size} on the {'GPU' if host.device == 'cuda' else 'CPU'} "
                      f"(~{describe_minutes(quantize_s)})")
+    elif precision == "mxfp4":  # the authors' own MXFP4 checkpoint: the download is the checkpoint as stored
+        download = 0 if local else weight_bytes(arch, "mxfp4", 1, mxfp4_kernel=None)
+        load = weight_bytes(arch, "mxfp4", 1, mxfp4_kernel=None)
+        steps.append("the published MXFP4 checkpoint")
     elif precision == "awq" or (precision == "fp8" and entry.prequantized.fp8):
         load = weight_bytes(arch, precision, 1, group_size or 128)
         checkpoint = entry.prequantized.awq if precision == "awq" else entry.prequantized.fp8

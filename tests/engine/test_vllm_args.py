@@ -16,7 +16,7 @@ from tests.conftest import FIXED_CPU, make_settings
 from tests.planner.test_plan import GOLDEN_CASES
 
 GPU_GOLDEN = [spec for spec in GOLDEN_CASES if spec != "none"]
-# Beyond the golden plans: fp8 weights and KV cache, remote code, a pinned TP degree, the CPU plan.
+# Beyond the golden plans: fp8 weights and KV cache, remote code, a pinned TP degree, the CPU plan, MXFP4.
 EXTRA = {
     "1xH100-fp8-kv": ("1xH100", {"precision": "fp8", "kv_cache_dtype": "fp8"}),
     "1xL4-trust-remote-code": ("1xL4", {"model": "codegeex4-9b", "precision": "awq"}),
@@ -24,6 +24,9 @@ EXTRA = {
     "1xT4-chat-published-awq": ("1xT4", {"role": "chat"}),
     "cpu": ("none", {}),
     "2x8xA100-40GB-pipeline": ("8xA100-40GB", {"model": "deepseek-coder-v2", "nodes": 2}),
+    # the authors' MXFP4 checkpoint: its config.json names the method, no quantization argument is rendered
+    "1xH100-mxfp4": ("1xH100", {"model": "gpt-oss-120b", "role": "chat"}),
+    "1xL40S-mellum": ("1xL40S", {"model": "mellum-4b-base", "role": "completion"}),
 }
 
 

@@ -30,6 +30,7 @@ def test_unknown_template_id() -> None:
     ("qwen", "<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>"),
     ("codestral", "[SUFFIX]S[PREFIX]P"),
     ("seed", "<[fim-suffix]>S<[fim-prefix]>P<[fim-middle]>"),
+    ("mellum", "<fim_suffix>S<fim_prefix>P<fim_middle>"),
     ("incoder", "P<|mask:0|>S<|mask:1|><|mask:0|>"),
     ("codegen2", "P<mask_1>S<|endoftext|><sep><mask_1>"),
     ("codegeex4", "<|user|>\n<|code_suffix|>S<|code_prefix|>P<|code_middle|><|assistant|>\n"),
@@ -65,7 +66,8 @@ def test_suffix_first_templates_change_only_after_the_cursor(fim_id: str) -> Non
 
 
 def test_trained_suffix_first_families_are_suffix_first() -> None:
-    assert {t.id for t in TEMPLATES.values() if t.suffix_first} == {"codellama", "codestral", "codegeex4", "seed"}
+    assert {t.id for t in TEMPLATES.values() if t.suffix_first} == {"codellama", "codestral", "codegeex4", "seed",
+                                                                                "mellum"}
 
 
 def test_chat_hole_prompt_changes_only_after_the_cursor() -> None:

@@ -12,7 +12,7 @@ from server.settings import DEFAULT_CATALOG_PATH
 
 REQUIRED_FAMILIES = {"qwen2.5-coder", "deepseek-coder", "starcoder2", "starcoder", "codellama", "wizardcoder",
                      "codestral", "codegen", "codet5p", "incoder", "codegeex", "polycoder", "phi", "smollm2",
-                     "qwen3-coder", "seed-coder"}
+                     "qwen3-coder", "seed-coder", "gpt-oss", "devstral", "mellum"}
 
 
 def test_covers_every_family(catalog: Catalog) -> None:
@@ -26,6 +26,7 @@ def test_covers_every_family(catalog: Catalog) -> None:
     "codet5p-220m", "codegen-350m-mono", "codegen-16b-mono", "incoder-1b", "incoder-6b", "codegeex-13b",
     "codegeex4-9b", "polycoder-2.7b", "phi-1", "qwen2.5-coder-0.5b", "qwen2.5-coder-32b", "codestral-22b",
     "smollm2-135m-instruct", "qwen3-coder-30b-a3b-instruct", "qwen3-coder-480b-a35b-instruct", "seed-coder-8b",
+    "gpt-oss-20b", "gpt-oss-120b", "devstral-small-2505", "devstral-small-2507", "mellum-4b-base",
 ])
 def test_required_entries_exist(catalog: Catalog, model_id: str) -> None:
     assert catalog.get(model_id) is not None
@@ -35,6 +36,45 @@ def test_superseded_entries_name_a_real_replacement(catalog: Catalog) -> None:
     for entry in catalog.models:
         if entry.superseded_by:
             assert catalog.get(entry.superseded_by) is not None, entry.id
+
+
+def test_every_entry_kept_out_of_the_automatic_choice_says_why(catalog: Catalog) -> None:
+    assert [e.id for e in catalog.models if not (e.auto or e.bundled or e.superseded_by or e.manual_reason)] == []
+
+
+def test_every_entry_has_a_code_score_or_says_there_is_none(catalog: Catalog) -> None:
+    scored = {e.id: e.score for e in catalog.models}
+    assert scored["qwen2.5-coder-7b"] == "HumanEval 61.6"
+    assert scored["gpt-oss-120b"].startswith("SWE-bench Verified 62.4")
+    assert scored["deepseek-coder-v2"] == "no code score published"
+
+
+# The authors' own figures (model card / paper / README) for the entries added from 2025 on: (id, total, active or None,
+# whether their active count includes the input embedding, the relative precision they state it to). Total and active
+# computed from the catalog's shapes must agree within 1% or within the rounding of a figure given to two digits.
+AUTHORS_FIGURES = [
+    ("gpt-oss-20b", 20.91e9, 3.61e9, False, 0.01),  # arXiv 2508.10925 table 1: active excludes the embedding
+    ("gpt-oss-120b", 116.83e9, 5.13e9, False, 0.01),
+    ("qwen3-coder-30b-a3b-instruct", 30.5e9, 3.3e9, True, 0.02),  # card: "30.5B in total and 3.3B activated"
+    ("qwen3-coder-480b-a35b-instruct", 480e9, 35e9, True, 0.02),  # card: "480B ... 35B activated"
+    ("devstral-small-2507", 24e9, None, True, 0.02),  # card: "24 billion parameters"
+    ("mellum-4b-base", 4.02e9, None, True, 0.01),  # the Hub's safetensors count
+]
+
+
+@pytest.mark.parametrize(("model_id", "total", "active", "with_embedding", "tolerance"), AUTHORS_FIGURES,
+                         ids=[row[0] for row in AUTHORS_FIGURES])
+def test_new_entries_match_their_authors_counts(catalog: Catalog, model_id: str, total: float, active: float | None,
+                                                with_embedding: bool, tolerance: float) -> None:
+    from server.planner.memory import active_params, param_counts
+
+    entry = catalog.get(model_id)
+    assert entry is not None
+    arch = entry.architecture
+    assert param_counts(arch).total == pytest.approx(total, rel=tolerance)
+    if active is not None:
+        counted = active_params(arch) - (0 if with_embedding else arch.vocab_size * arch.hidden_size)
+        assert counted == pytest.approx(active, rel=tolerance)
 
 
 def test_exactly_one_bundled_model(catalog: Catalog) -> None:
@@ -106,6 +146,14 @@ def test_not_yaml(tmp_path: Path) -> None:
      ("qwen3-coder-30b-a3b-instruct", "bf16", 1, "Qwen/Qwen3-Coder-30B-A3B-Instruct")),
     ("1xL40S", "chat", "qwen3-coder",
      ("qwen3-coder-30b-a3b-instruct", "fp8", 1, "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8")),
+    # the authors' MXFP4 checkpoint as it is: one H100 holds the 120b (its card: "fits into a single H100 GPU")
+    ("1xH100", "chat", "gpt-oss", ("gpt-oss-120b", "mxfp4", 1, "openai/gpt-oss-120b")),
+    # Marlin pads the 120b's experts 9% on Ampere: at 8 x 8192 tokens it misses an A100-80GB, the 20b serves
+    ("1xA100-80GB", "chat", "gpt-oss", ("gpt-oss-20b", "mxfp4", 1, "openai/gpt-oss-20b")),
+    ("1xL4", "chat", "gpt-oss", ("gpt-oss-20b", "mxfp4", 1, "openai/gpt-oss-20b")),
+    ("1xL40S", "chat", "devstral", ("devstral-small-2507", "fp8", 1, "mistralai/Devstral-Small-2507")),
+    # full multi-head attention (24 KV heads): 360 KiB of KV per token, so 8 x 8192 tokens need 22.5 GiB
+    ("1xL40S", "completion", "mellum", ("mellum-4b-base", "bf16", 1, "JetBrains/Mellum-4b-base")),
 ])
 def test_newer_families_plan_when_allowed(catalog: Catalog, spec: str, role: str, families: str,
                                           chosen: tuple[str, str, int, str]) -> None:

@@ -69,6 +69,11 @@ def transformers_config(entry: ModelEntry) -> dict[str, Any] | None:
                                              num_experts_per_tok=a.moe.active_experts,
                                              moe_intermediate_size=a.moe.expert_intermediate_size,
                                              decoder_sparse_step=1, mlp_only_layers=[])
+    elif kind == "GptOssForCausalLM":
+        assert a.moe is not None
+        config = transformers.GptOssConfig(**llama_like, head_dim=a.head_dim, num_local_experts=a.moe.experts,
+                                           num_experts_per_tok=a.moe.active_experts)
+        config.quantization_config = {"quant_method": "mxfp4"}  # as the authors publish it
     elif kind == "CodeT5pEncoderDecoderModel":
         return codet5p_config(entry)
     else:
@@ -116,7 +121,7 @@ def test_every_buildable_catalog_config_derives_the_catalogs_bytes(derivable) ->
             if (param_counts(derived, tp), kv_bytes_per_token(derived, 2, tp)) != (
                     param_counts(entry.architecture, tp), kv_bytes_per_token(entry.architecture, 2, tp)):
                 wrong[entry.id] = (param_counts(derived, tp), param_counts(entry.architecture, tp))
-        for precision in ("bf16", "fp8", "awq"):
+        for precision in ("bf16", "fp8", "awq", "mxfp4"):
             if weight_bytes(derived, precision) != weight_bytes(entry.architecture, precision):  # type: ignore[arg-type]
                 wrong[entry.id] = precision
     assert wrong == {}
@@ -146,6 +151,7 @@ def test_architectures_vllm_refuses_are_marked(derivable, kind: str, status: str
     ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}, ("awq", 128)),
     ({"quant_method": "gptq", "bits": 4, "group_size": 64}, ("awq", 64)),
     ({"quant_method": "fp8", "activation_scheme": "dynamic"}, ("fp8", None)),
+    ({"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "lm_head"]}, ("mxfp4", None)),
     ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {
         "num_bits": 4, "type": "int", "group_size": 32, "strategy": "group"}}}}, ("awq", 32)),
     ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {
@@ -178,6 +184,14 @@ def test_a_quantized_checkpoint_is_its_own_published_weights(derivable) -> None:
 ])
 def test_fim_format_from_special_tokens(tokens: set[str], fim: str | None) -> None:
     assert fim_format(tokens) == fim
+
+
+def test_a_gpt_oss_directory_is_its_own_mxfp4_weights(derivable) -> None:
+    entry, config = next((e, c) for e, c in derivable if e.id == "gpt-oss-20b")
+    derived = derive("my-gpt-oss", "/m/my-gpt-oss", config, set(), "{{ messages }}")
+    assert (derived.precision, derived.entry.weights, derived.entry.role) == ("mxfp4", "mxfp4", "instruct")
+    assert derived.entry.architecture == entry.architecture  # gpt_oss is gated: experts are SwiGLU
+    assert any("mxfp4 experts" in fact for fact in derived.facts)
 
 
 def test_codet5p_derives_its_encoder_cross_attention_and_remote_code(derivable) -> None:
