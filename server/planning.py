@@ -11,6 +11,7 @@ from . import model_source
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
 from .planner.fleet import Fleet, plan_fleet
+from .planner.plan import Option
 from .prepare import local_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
@@ -53,3 +54,13 @@ def detect_and_plan(settings: Settings) -> Fleet:
     fleet = plan_fleet(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters,
                        quantized_checkpoints(settings, source.catalog))
     return replace(fleet, served=tuple(replace(s, plan=replace(s.plan, derived=source.facts)) for s in fleet.served))
+
+
+def passed_over_to_quantize(fleet: Fleet) -> Option | None:
+    """The best option any role's plan passed over for time because it would calibrate at start: what `codeserve
+    quantize --passed-over` (the chart's quantization Job) makes, so that the next start plans it."""
+    for served in fleet.served:
+        for passed in served.plan.passed_over:
+            if passed.option.start is not None and passed.option.start.quantize_s > 0:
+                return passed.option
+    return None

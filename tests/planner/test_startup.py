@@ -202,3 +202,18 @@ def test_a_quantized_model_directory_downloads_nothing(catalog: Catalog) -> None
     host = startup.Host("cuda", GIB, None)
     start = startup.estimate(own, "awq", 128, False, startup.Cache(frozenset({"my-w4"})), host, 1e8)
     assert start.download_bytes == 0 and start.steps[0] == "the model's own quantized weights"
+
+
+def test_the_quantization_job_makes_the_option_passed_over(no_instruct_32b: Catalog) -> None:
+    """`codeserve quantize --passed-over` (the chart's Job) makes what the plan passed over for calibrating, with its
+    group size and degree; once that is cached the plan chooses it and passes nothing over to quantize."""
+    from server.planner.fleet import Fleet
+    from server.planning import passed_over_to_quantize
+
+    option = passed_over_to_quantize(Fleet.single(_plan(no_instruct_32b, "1xL40S")))
+    assert option is not None
+    assert (option.model.id, option.precision, option.awq_group_size, option.tensor_parallel_size) == (
+        "qwen2.5-coder-32b", "awq", 128, 1)
+    unlocked = _plan(no_instruct_32b, "1xL40S", quantized=frozenset({("qwen2.5-coder-32b", 128)}))
+    assert _chosen(unlocked) == ("qwen2.5-coder-32b", "awq", 1)
+    assert passed_over_to_quantize(Fleet.single(unlocked)) is None
