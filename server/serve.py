@@ -79,7 +79,10 @@ def resolved_launch(option: Option, settings: Settings, progress: Progress | Non
     if launch.model == option.model.repo:  # no prequantized repo chosen: prefer a local directory
         launch = replace(launch, model=resolve_model_dir(settings.cache_dir, option.model, settings.model))
     if fetch is not None and not Path(launch.model).is_dir() and not os.environ.get("HF_HUB_OFFLINE"):
-        fetch(launch.model, _downloading(launch.model, report))
+        try:
+            fetch(launch.model, _downloading(launch.model, report))
+        except Exception as exc:  # the engine downloads it itself, as before; only the progress is lost
+            log.warning("fetching %s ahead of the engine failed (%s); the engine will download it", launch.model, exc)
     return launch
 
 
