@@ -132,13 +132,16 @@ def fetch_from_hub(repo: str, report: DownloadReport | None = None) -> Path:
         while not finished.wait(DOWNLOAD_POLL_S):
             report(min(watch.done(), total), total)
 
+    poller = threading.Thread(target=poll, daemon=True)
     if total:
         report(0, total)
-        threading.Thread(target=poll, daemon=True).start()
+        poller.start()
     try:
         return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
     finally:
         finished.set()
+        if poller.is_alive():
+            poller.join()  # no report after this returns: the caller's next phase is the last word
 
 
 def source_dir(cache_dir: Path, entry: ModelEntry, model_setting: str, report: DownloadReport | None = None) -> Path:
