@@ -14,7 +14,7 @@ from .planner.fleet import Fleet, plan_fleet
 from .planner.plan import Option
 from .prepare import local_dir
 from .quantize import runner as quantize_runner
-from .quantize.recipe import QuantSpec, fingerprint
+from .quantize.recipe import Calibration, QuantSpec, fingerprint
 from .settings import Settings
 
 
@@ -41,9 +41,28 @@ def quantized_checkpoints(settings: Settings, catalog: Catalog) -> frozenset[tup
             spec = QuantSpec(entry.id, fingerprint(source), group_size=int(made["group_size"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # unreadable, or its source weights are gone: the server could not reuse it either
-        if quantize_runner.find(settings.cache_dir, spec) is not None:
+        if find_checkpoint(settings.cache_dir, spec) is not None:
             found.add((entry.id, spec.group_size))
     return frozenset(found)
+
+
+def find_checkpoint(cache_dir: Path, spec: QuantSpec) -> Path | None:
+    """The finished checkpoint the server loads for `spec`: made by its recipe, else one that differs from it only in
+    the calibration set's size (`codeserve quantize --samples/--seq-len`, the chart Job's `samples`/`seqLen`): same
+    source weights, method, bits, group size and recipe version, which the key covers."""
+    exact = quantize_runner.find(cache_dir, spec)
+    if exact is not None:
+        return exact
+    pattern = f"{spec.model_id}-{spec.method}-w{spec.bits}g{spec.group_size}-*/{quantize_runner.COMPLETE_MARKER}"
+    for marker in sorted(quantize_runner.quantized_root(cache_dir).glob(pattern)):
+        try:
+            made = json.loads(marker.read_text(encoding="utf-8"))
+            other = replace(spec, calibration=Calibration(**made["calibration"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if other.key == made.get("key") and quantize_runner.find(cache_dir, other) == marker.parent:
+            return marker.parent
+    return None
 
 
 def detect_and_plan(settings: Settings) -> Fleet:

@@ -38,7 +38,7 @@ from .planner.fleet import Fleet
 from .planner.launch import Launch
 from .planner.plan import NoFit, Option, Plan, StartFailure
 from .planner.startup import describe_minutes
-from .planning import detect_and_plan
+from .planning import detect_and_plan, find_checkpoint
 from .prepare import DownloadReport, fetch_from_hub, resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
@@ -99,7 +99,7 @@ def _spec(option: Option, settings: Settings, report: DownloadReport | None = No
 def quantized_quality(option: Option, settings: Settings) -> gate.Quality | None:
     """The gate's scores of the option's cached 4-bit checkpoint, if it was made already (for `plan`)."""
     try:
-        checkpoint = quantize_runner.find(settings.cache_dir, _spec(option, settings)[0])
+        checkpoint = find_checkpoint(settings.cache_dir, _spec(option, settings)[0])
     except Exception:  # no local source weights yet: nothing was quantized either
         return None
     return gate.judge(checkpoint) if checkpoint is not None else None
@@ -129,7 +129,7 @@ def _quantized(option: Option, settings: Settings, progress: Progress) -> Path:
     spec, source = _spec(option, settings, _downloading(entry.repo, progress))
     group = spec.group_size
     command = f"codeserve quantize {entry.id} --group-size {group} --tp {option.tensor_parallel_size}"
-    existing = quantize_runner.find(settings.cache_dir, spec)
+    existing = find_checkpoint(settings.cache_dir, spec)
     if existing is not None:
         return existing
     if not settings.auto_quantize:

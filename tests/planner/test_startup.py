@@ -217,3 +217,27 @@ def test_the_quantization_job_makes_the_option_passed_over(no_instruct_32b: Cata
     unlocked = _plan(no_instruct_32b, "1xL40S", quantized=frozenset({("qwen2.5-coder-32b", 128)}))
     assert _chosen(unlocked) == ("qwen2.5-coder-32b", "awq", 1)
     assert passed_over_to_quantize(Fleet.single(unlocked)) is None
+
+
+def test_a_checkpoint_made_with_a_smaller_calibration_set_is_reused(tmp_path: Path, catalog: Catalog) -> None:
+    """The chart Job's `samples`/`seqLen` (codeserve quantize --samples/--seq-len) change the checkpoint's key, not
+    whether the server finds it; a different recipe version (a key that no longer matches) is never reused."""
+    from dataclasses import asdict
+
+    from server.planning import find_checkpoint, quantized_checkpoints
+    from server.quantize import runner
+    from server.quantize.recipe import Calibration, QuantSpec, fingerprint
+
+    source = tmp_path / "models" / "qwen2.5-coder-7b"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    default = QuantSpec("qwen2.5-coder-7b", fingerprint(source), group_size=64)
+    small = replace(default, calibration=Calibration(samples=8, max_seq_len=128))
+    done = runner.quantized_root(tmp_path) / small.dirname
+    done.mkdir(parents=True)
+    marker = {**asdict(small), "key": small.key, "source_dir": str(source)}
+    (done / runner.COMPLETE_MARKER).write_text(json.dumps(marker))
+    assert runner.find(tmp_path, default) is None and find_checkpoint(tmp_path, default) == done
+    assert quantized_checkpoints(make_settings(cache_dir=tmp_path), catalog) == {("qwen2.5-coder-7b", 64)}
+    (done / runner.COMPLETE_MARKER).write_text(json.dumps({**marker, "key": "0" * 16}))  # another recipe version
+    assert find_checkpoint(tmp_path, default) is None
