@@ -65,10 +65,25 @@ def find_checkpoint(cache_dir: Path, spec: QuantSpec) -> Path | None:
     return None
 
 
+def hub_cached_bytes() -> tuple[tuple[str, int], ...]:
+    """(repo id, bytes on disk) of every model repo in the Hugging Face cache (HF_HOME / HF_HUB_CACHE), as
+    huggingface_hub's own scan reads its layout (utils/_cache_manager.py, `scan_cache_dir`: complete blobs only, a
+    partial download's `.incomplete` file is not counted)."""
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        scanned = scan_cache_dir()
+    except Exception:  # no cache yet (CacheNotFound), unreadable: nothing to subtract
+        return ()
+    return tuple(sorted((repo.repo_id, repo.size_on_disk) for repo in scanned.repos if repo.repo_type == "model"))
+
+
 def detect_and_plan(settings: Settings) -> Fleet:
     """Every role CODESERVE_ROLE names, planned for this machine (one role: a fleet of one)."""
     source = model_source.resolve(settings, load_catalog(settings.catalog_path))
     inventory = hardware.detect(settings.gpus, cache_dir=settings.cache_dir)
+    if inventory.source != "simulated":  # a simulated machine's caches are not this one's (as its disk)
+        inventory = replace(inventory, hub_cached_bytes=hub_cached_bytes())
     pinned = source.pins.applied(settings)  # derived models replace the user's pins for planning only
     fleet = plan_fleet(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters,
                        quantized_checkpoints(settings, source.catalog))

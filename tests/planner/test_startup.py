@@ -241,3 +241,43 @@ def test_a_checkpoint_made_with_a_smaller_calibration_set_is_reused(tmp_path: Pa
     assert quantized_checkpoints(make_settings(cache_dir=tmp_path), catalog) == {("qwen2.5-coder-7b", 64)}
     (done / runner.COMPLETE_MARKER).write_text(json.dumps({**marker, "key": "0" * 16}))  # another recipe version
     assert find_checkpoint(tmp_path, default) is None
+
+
+# (what the Hugging Face cache holds of the repo the option downloads, as a share of it; the download left): a
+# published checkpoint vLLM fetched before, or 16-bit weights partly there, count only what is missing.
+@pytest.mark.parametrize(("precision", "cached_share", "left_share"), [
+    ("bf16", 0.0, 1.0), ("bf16", 0.5, 0.5), ("bf16", 1.0, 0.0), ("fp8", 1.0, 0.0), ("awq", 1.0, 0.0),
+    ("awq", 0.25, 0.75),
+])
+def test_the_hugging_face_cache_is_subtracted_from_the_download(catalog: Catalog, precision: str,
+                                                                 cached_share: float, left_share: float) -> None:
+    entry = catalog.get("qwen2.5-coder-32b-instruct")
+    assert entry is not None and entry.prequantized.awq
+    repo = entry.prequantized.awq if precision == "awq" else entry.repo
+    full = weight_bytes(entry.architecture, "awq", 1, entry.prequantized.awq_group_size) if precision == "awq" else \
+        weight_bytes(entry.architecture, "bf16")
+    cache = startup.Cache(hub=((repo, int(full * cached_share)), ("other/repo", 10**12)))
+    start = startup.estimate(entry, precision, entry.prequantized.awq_group_size if precision == "awq" else None,
+                             False, cache, startup.Host("cuda", GIB, None), 1e8)
+    assert start.download_bytes == pytest.approx(full * left_share, abs=1)
+    assert start.steps[0].startswith("download") == (left_share > 0)
+
+
+def test_the_planning_edge_reads_the_hugging_face_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's layout (models--org--name/{blobs,refs,snapshots}), read by its own scan_cache_dir."""
+    from huggingface_hub import constants
+
+    from server.planning import hub_cached_bytes
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_cached_bytes() == ()  # no cache at all
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-Coder-7B"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "aaaa").write_bytes(b"x" * 4096)
+    (repo / "blobs" / "bbbb.incomplete").write_bytes(b"x" * 999)  # a download under way: not counted
+    snapshot = repo / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to("../../blobs/aaaa")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    assert hub_cached_bytes() == (("Qwen/Qwen2.5-Coder-7B", 4096),)
