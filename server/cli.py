@@ -258,15 +258,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     settings = _settings({})
     catalog = load_catalog(settings.catalog_path)
-    entry = catalog.get(args.model)
-    if entry is None:
-        print(f"codeserve: unknown model {args.model!r}; `codeserve models` lists the catalog", file=sys.stderr)
+    if (args.model is None) == (not args.passed_over):
+        print("codeserve: name a catalog model or --passed-over, not both", file=sys.stderr)
         return 2
+    tp, group_size = args.tp, args.group_size
+    if args.passed_over:  # the option this machine's plan passes over for time, with its own shape
+        from .planning import passed_over_to_quantize
+
+        option = passed_over_to_quantize(detect_and_plan(settings))
+        if option is None:
+            print("codeserve: the plan passes no option over for time that needs quantizing: nothing to do")
+            return 0
+        entry, tp, group_size = option.model, option.tensor_parallel_size, option.awq_group_size
+        print(f"quantize: {entry.id} g{group_size} tp={tp}, the option the plan passed over for time", flush=True)
+    else:
+        found = catalog.get(args.model)
+        if found is None:
+            print(f"codeserve: unknown model {args.model!r}; `codeserve models` lists the catalog", file=sys.stderr)
+            return 2
+        entry = found
     if args.method != "awq" or args.bits != 4:
         print("codeserve: only --method awq --bits 4 (W4A16 with zero points) is supported", file=sys.stderr)
         return 2
     try:
-        group = choose_group_size(entry.architecture, args.tp, args.group_size)
+        group = choose_group_size(entry.architecture, tp, group_size)
         source = source_dir(settings.cache_dir, entry, settings.model)
         spec = QuantSpec(entry.id, fingerprint(source), args.method, args.bits, group,
                          Calibration(args.samples, args.seq_len, args.seed))
@@ -340,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="pin a catalog id, a local model directory or a Hub repo id (CODESERVE_MODEL)")
     s.set_defaults(func=cmd_serve)
     q = sub.add_parser("quantize", help="make (or reuse) an AWQ 4-bit checkpoint of a catalog model")
-    q.add_argument("model", help="catalog id, e.g. smollm2-135m-instruct")
+    q.add_argument("model", nargs="?", help="catalog id, e.g. smollm2-135m-instruct")
+    q.add_argument("--passed-over", action="store_true",
+                   help="the option the plan (CODESERVE_* settings, this machine) passes over for time, with its "
+                        "group size and tensor-parallel degree: the chart's quantization Job runs this")
     q.add_argument("--method", default="awq")
     q.add_argument("--bits", type=int, default=4)
     q.add_argument("--group-size", type=int, choices=(32, 64, 128), help="default: the largest that divides")

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # IDE latency: completions are judged at 100-300 ms, chat answers run to tens of seconds.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+# On the way to serving: what the server does now (README, "Time to serve"). `failed` covers an engine that never
+# loaded and one that died later.
+START_PHASES = ("downloading", "quantizing", "loading", "serving", "failed")
 INTER_TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                          0.5, 1.0, 2.0)
 
@@ -69,8 +72,23 @@ class Metrics:
         self.plan_memory = Gauge("codeserve_plan_memory_bytes", "Planned memory per device by component",
                                  ["model", "component"], registry=r)
         self.ready = Gauge("codeserve_ready", "1 once every engine has loaded and answered a warm-up", registry=r)
+        self.start_phase = Gauge("codeserve_start_phase", "1 for the phase the server is in on its way to serving "
+                                 f"({', '.join(START_PHASES)}), 0 for the others", ["phase"], registry=r)
+        self.start_progress = Gauge("codeserve_start_progress_ratio", "How far the current start phase is, 0..1, "
+                                    "where it is measured (download bytes, calibrated layers); absent otherwise",
+                                    ["phase"], registry=r)
+        self.set_start_phase("loading")
         self.engine_unfinished = Gauge("codeserve_engine_unfinished_requests",
                                        "Requests the engine still holds (running or waiting)", ["model"], registry=r)
+
+    def set_start_phase(self, phase: str, progress: float | None = None) -> None:
+        """The phase (one of START_PHASES) and its progress; an unmeasured one has no progress series at all, rather
+        than an invented figure."""
+        for name in START_PHASES:
+            self.start_phase.labels(name).set(1 if name == phase else 0)
+        self.start_progress.clear()
+        if progress is not None:
+            self.start_progress.labels(phase).set(progress)
 
     def watch_gpus(self, snapshot: Callable[[], list[GpuMemory]] | None) -> None:
         """Poll GPU memory at every scrape (NVML is cheap: microseconds per device)."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .fsutil import atomic_directory
@@ -81,16 +83,75 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def source_dir(cache_dir: Path, entry: ModelEntry, model_setting: str) -> Path:
+# What a served or quantized checkpoint needs from the Hub: config, tokenizer, weights. vLLM's default loader asks
+# for "*.safetensors" (vllm/model_executor/model_loader/default_loader.py, `allow_patterns`) into the same Hugging
+# Face cache, so weights fetched here are not downloaded again.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
+DownloadReport = Callable[[int, int], None]  # (bytes done, bytes in all) while a download runs
+DOWNLOAD_POLL_S = 2.0
+
+
+class DownloadWatch:
+    """Bytes a Hub download has written so far: the growth of the repo's folder in the Hugging Face cache (its
+    `blobs/`, partial files included: huggingface_hub writes `<blob>.incomplete` and renames it when complete;
+    file_download.py, `repo_folder_name` and `incomplete_path`)."""
+
+    def __init__(self, hub_cache: Path, repo: str):
+        from huggingface_hub.file_download import repo_folder_name
+
+        self.blobs = hub_cache / repo_folder_name(repo_id=repo, repo_type="model") / "blobs"
+        self.baseline = self._bytes()
+
+    def _bytes(self) -> int:
+        if not self.blobs.is_dir():
+            return 0
+        total = 0
+        for blob in self.blobs.iterdir():
+            try:
+                total += blob.stat().st_size
+            except OSError:  # renamed from .incomplete between listing and reading
+                continue
+        return total
+
+    def done(self) -> int:
+        return max(0, self._bytes() - self.baseline)
+
+
+def fetch_from_hub(repo: str, report: DownloadReport | None = None) -> Path:
+    """`repo`'s config, tokenizer and weights in the Hugging Face cache (downloaded when missing), reporting bytes done
+    of the bytes still to fetch (huggingface_hub's dry run: the files not cached yet, with their sizes)."""
+    from huggingface_hub import constants, snapshot_download
+
+    if report is None:
+        return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
+    missing = snapshot_download(repo, allow_patterns=HUB_PATTERNS, dry_run=True)
+    total = sum(f.file_size or 0 for f in missing if f.will_download)
+    watch, finished = DownloadWatch(Path(constants.HF_HUB_CACHE), repo), threading.Event()
+
+    def poll() -> None:
+        while not finished.wait(DOWNLOAD_POLL_S):
+            report(min(watch.done(), total), total)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    if total:
+        report(0, total)
+        poller.start()
+    try:
+        return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
+    finally:
+        finished.set()
+        if poller.is_alive():
+            poller.join()  # no report after this returns: the caller's next phase is the last word
+
+
+def source_dir(cache_dir: Path, entry: ModelEntry, model_setting: str, report: DownloadReport | None = None) -> Path:
     """The model's 16-bit weights as a local directory (what quantization reads), downloading them from
     the Hugging Face Hub into its cache when they are not local yet."""
     resolved = resolve_model_dir(cache_dir, entry, model_setting)
     if Path(resolved).is_dir():
         return Path(resolved)
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(entry.repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return fetch_from_hub(entry.repo, report)
     except Exception as exc:  # offline, gated repo, no disk: say what was needed
         raise PrepareError(f"quantizing {entry.id} needs its weights ({entry.repo}) locally and the download "
                            f"failed: {exc}; put a copy in {local_dir(cache_dir, entry)}") from exc

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -35,44 +37,69 @@ from .planner import hardware
 from .planner.fleet import Fleet
 from .planner.launch import Launch
 from .planner.plan import NoFit, Option, Plan, StartFailure
-from .planning import detect_and_plan
-from .prepare import resolve_model_dir, source_dir
+from .planner.startup import describe_minutes
+from .planning import detect_and_plan, find_checkpoint
+from .prepare import DownloadReport, fetch_from_hub, resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
 from .roles import role_spec
 from .settings import Settings
 
 log = logging.getLogger("codeserve")
-# Calibration cost measured here (CPU, SmolLM2-135M, 256-token samples): used only for the log's estimate.
-QUANTIZE_S_PER_BPARAM_SAMPLE = 200.0
+# (phase, what it does in words, progress 0..1 or None where unmeasured): the start's phases as Runtime.enter takes them
+Progress = Callable[[str, str, "float | None"], None]
+# Fetches a Hub repo into the Hugging Face cache before the engine starts, reporting bytes (prepare.fetch_from_hub);
+# `serve` passes it, so tests of the start that plan Hub repos never reach the network.
+Fetch = Callable[[str, "DownloadReport | None"], Path]
+LAYER_PROGRESS = re.compile(r"\blayer (\d+)/(\d+)\b")  # quantize/worker.py's calibration lines
 
 
-def resolved_launch(option: Option, settings: Settings, progress: Callable[[str], None] | None = None) -> Launch:
+def _silent(phase: str, detail: str, progress: float | None = None) -> None:
+    pass
+
+
+def _downloading(repo: str, progress: Progress) -> DownloadReport:
+    def report(done: int, total: int) -> None:
+        progress("downloading", f"downloading {repo}: {done / 1e9:.1f} of {total / 1e9:.1f} GB",
+                 done / total if total else None)
+    return report
+
+
+def resolved_launch(option: Option, settings: Settings, progress: Progress | None = None,
+                    fetch: Fetch | None = None) -> Launch:
     """The option's Launch with its weights made concrete: our 4-bit checkpoint when the plan needs one
-    nobody publishes, else a local directory where there is one, else the repo id."""
+    nobody publishes, else a local directory where there is one, else the repo id (fetched into the Hugging Face
+    cache first with `fetch`, so that /ready can say how far the download is)."""
+    report = progress or _silent
     if option.needs_quantization:
-        checkpoint = _quantized(option, settings, progress or (lambda line: None))
+        checkpoint = _quantized(option, settings, report)
         _check_quality(option, checkpoint, settings)
         return replace(option.launch, model=str(checkpoint))
-    if option.launch.model == option.model.repo:  # no prequantized repo chosen: prefer a local directory
-        return replace(option.launch, model=resolve_model_dir(settings.cache_dir, option.model, settings.model))
-    return option.launch
+    launch = option.launch
+    if launch.model == option.model.repo:  # no prequantized repo chosen: prefer a local directory
+        launch = replace(launch, model=resolve_model_dir(settings.cache_dir, option.model, settings.model))
+    if fetch is not None and not Path(launch.model).is_dir() and not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            fetch(launch.model, _downloading(launch.model, report))
+        except Exception as exc:  # the engine downloads it itself, as before; only the progress is lost
+            log.warning("fetching %s ahead of the engine failed (%s); the engine will download it", launch.model, exc)
+    return launch
 
 
 class QualityRefused(EngineStartError):
     """The 4-bit checkpoint lost more quality than CODESERVE_QUANT_MAX_QUALITY_LOSS allows: try the next option."""
 
 
-def _spec(option: Option, settings: Settings) -> tuple[QuantSpec, Path]:
+def _spec(option: Option, settings: Settings, report: DownloadReport | None = None) -> tuple[QuantSpec, Path]:
     group = option.awq_group_size or option.model.prequantized.awq_group_size
-    source = source_dir(settings.cache_dir, option.model, settings.model)
+    source = source_dir(settings.cache_dir, option.model, settings.model, report)
     return QuantSpec(option.model.id, fingerprint(source), group_size=group), source
 
 
 def quantized_quality(option: Option, settings: Settings) -> gate.Quality | None:
     """The gate's scores of the option's cached 4-bit checkpoint, if it was made already (for `plan`)."""
     try:
-        checkpoint = quantize_runner.find(settings.cache_dir, _spec(option, settings)[0])
+        checkpoint = find_checkpoint(settings.cache_dir, _spec(option, settings)[0])
     except Exception:  # no local source weights yet: nothing was quantized either
         return None
     return gate.judge(checkpoint) if checkpoint is not None else None
@@ -96,38 +123,45 @@ def _check_quality(option: Option, checkpoint: Path, settings: Settings) -> None
                 "option)", over)
 
 
-def _quantized(option: Option, settings: Settings, progress: Callable[[str], None]) -> Path:
+def _quantized(option: Option, settings: Settings, progress: Progress) -> Path:
     """The 4-bit checkpoint the option needs: cached, or made now (CODESERVE_AUTO_QUANTIZE), or refused."""
     entry = option.model
-    spec, source = _spec(option, settings)
+    spec, source = _spec(option, settings, _downloading(entry.repo, progress))
     group = spec.group_size
     command = f"codeserve quantize {entry.id} --group-size {group} --tp {option.tensor_parallel_size}"
-    existing = quantize_runner.find(settings.cache_dir, spec)
+    existing = find_checkpoint(settings.cache_dir, spec)
     if existing is not None:
         return existing
     if not settings.auto_quantize:
         raise EngineStartError(f"the plan needs a 4-bit checkpoint of {entry.id} that no one publishes and "
                                f"CODESERVE_AUTO_QUANTIZE=false; run `{command}` first, or allow auto-quantization")
-    minutes = max(1, round(QUANTIZE_S_PER_BPARAM_SAMPLE * entry.params / 1e9 * spec.calibration.samples / 60))
+    expect = f"expect ~{describe_minutes(option.start.quantize_s)} (the plan's estimate)" if option.start else \
+        "no estimate"
     log.warning("the plan picked %s at AWQ 4-bit (%s) and no published checkpoint exists: quantizing it now "
-                "(AWQ W4A16 g%d, %d code samples; expect roughly %d min on this machine's class of hardware; "
-                "the result is cached in %s)", entry.id, option.device_name, group, spec.calibration.samples,
-                minutes, quantize_runner.quantized_root(settings.cache_dir))
+                "(AWQ W4A16 g%d, %d code samples; %s; the result is cached in %s)", entry.id, option.device_name,
+                group, spec.calibration.samples, expect, quantize_runner.quantized_root(settings.cache_dir))
     evaluation = gate.job_for(template_for(entry.fim), settings)
+    progress("quantizing", f"quantizing {entry.id} to 4-bit", None)
 
     def report(line: str) -> None:
         log.info("quantize: %s", line)
-        progress(f"quantizing {entry.id} to 4-bit: {line}")
+        progress("quantizing", f"quantizing {entry.id} to 4-bit: {line}", quantize_progress(line))
 
     return quantize_runner.quantize(spec, source, settings.cache_dir, report, settings.torch_index,
                                     evaluation=evaluation)
 
 
-def start_engine(plan: Plan, settings: Settings,
-                 progress: Callable[[str], None] | None = None) -> tuple[Engine, Plan]:
+def quantize_progress(line: str) -> float | None:
+    """How far calibration is, from the worker's `layer i/n` lines; None for its other stages (loading, the gate)."""
+    match = LAYER_PROGRESS.search(line)
+    return int(match.group(1)) / int(match.group(2)) if match and int(match.group(2)) else None
+
+
+def start_engine(plan: Plan, settings: Settings, progress: Progress | None = None,
+                 fetch: Fetch | None = None) -> tuple[Engine, Plan]:
     """Start the chosen option; on out-of-memory or a refused 4-bit checkpoint, the plan's next fallback (said
     in the log). Returns the engine and the plan as it turned out (the option running, the ones that failed).
-    `progress` hears what a long step (quantizing) is doing."""
+    `progress` hears each phase (downloading, quantizing, loading) and how far it is."""
     from .engine.hf import TransformersEngine
     from .engine.hf_pooling import TransformersPooler
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
@@ -145,8 +179,10 @@ def start_engine(plan: Plan, settings: Settings,
         log.info("starting %s: %s %s tp=%d on %s", adapter.__name__, option.model.id, option.precision,
                  option.tensor_parallel_size, option.device_name)
         try:
-            return adapter.start(resolved_launch(option, settings, progress), settings.engine_args), plan.started(
-                option, failures)
+            launch = resolved_launch(option, settings, progress, fetch)
+            (progress or _silent)("loading", f"loading {option.model.id} ({option.precision}) into "
+                                  f"{launch.engine}", None)
+            return adapter.start(launch, settings.engine_args), plan.started(option, failures)
         except EngineStartError as exc:
             if not (exc.out_of_memory or isinstance(exc, QualityRefused)):
                 raise
@@ -174,26 +210,27 @@ async def warm_up(engine: Engine, pooling: str | None = None) -> None:
             pass
 
 
-async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
+async def load(runtime: Runtime, fleet: Fleet, settings: Settings, fetch: Fetch | None = None) -> None:
     """Start every engine the fleet plans, one after another (the smaller share first, so the next sees what is
-    really free), check and warm each, then serve them all at once; if one fails, none is served."""
+    really free), check and warm each, then serve them all at once; if one fails, none is served. Each phase
+    (downloading, quantizing, loading, then serving or failed) is on /ready and in the metrics as it happens."""
     started: list[tuple[tuple[str, ...], Engine, Plan]] = []
     try:
-        def progress(line: str) -> None:  # shown on /ready while the server loads
-            runtime.detail = line
-
         for group in fleet.engines():  # each engine's launch names its GPUs where several share the machine
-            engine, plan = await asyncio.to_thread(start_engine, group[0].plan, settings, progress)
+            # runtime.enter from the start's thread: plain attributes and prometheus_client's locked gauges
+            engine, plan = await asyncio.to_thread(start_engine, group[0].plan, settings, runtime.enter, fetch)
             started.append((tuple(s.role for s in group), engine, plan))
             problem = fim_marker_problem(engine, template_for(plan.chosen.model.fim))
             if problem is not None:
                 raise EngineStartError(problem)
+            runtime.enter("loading", f"warming {plan.chosen.model.id} up")
             await warm_up(engine, plan.chosen.launch.pooling)
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
         for _, engine, _ in started:
             await engine.shutdown()
-        runtime.status, runtime.detail = "failed", str(exc)
+        runtime.status = "failed"
+        runtime.enter("failed", str(exc))
         return
     # Publish what runs, not what was planned: the options that started and the engines' own numbers.
     runtime.fleet = fleet.started([plan for _, _, plan in started])
@@ -217,7 +254,8 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings) -> None:
             for adapter in adapters:  # their requests are counted under their own name
                 runtime.metrics.serve_model(adapter)
         log.info("ready: serving %s (%s) on %s", entry.id, ", ".join(roles), plan.chosen.device_name)
-    runtime.status, runtime.detail = "ready", ""
+    runtime.status = "ready"
+    runtime.enter("serving")
     if runtime.metrics is not None:
         runtime.metrics.ready.set(1)
 
@@ -275,7 +313,7 @@ def serve(settings: Settings) -> int:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(load(runtime, fleet, settings))
+        task = asyncio.create_task(load(runtime, fleet, settings, fetch_from_hub))
         watcher = asyncio.create_task(watch(runtime, settings, server))
         runtime.tasks.update((task, watcher))
         yield

@@ -119,3 +119,15 @@ def test_helm_values_pin_each_roles_model(capsys: pytest.CaptureFixture[str]) ->
     config = values["config"]
     assert (config["CODESERVE_ROLE"], config["CODESERVE_MODEL"], config["CODESERVE_CHAT_MODEL"]) == (
         "completion,chat", "qwen2.5-coder-3b", "qwen2.5-coder-7b-instruct")
+
+
+def test_quantize_passed_over_with_nothing_passed_over_does_nothing(capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path) -> None:
+    """The chart's Job on a machine whose plan passes nothing over for calibrating: it succeeds without work."""
+    monkeypatch.setenv("CODESERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CODESERVE_GPUS", "1xL4")
+    assert main(["quantize", "--passed-over"]) == 0
+    assert "nothing to do" in capsys.readouterr().out and not (tmp_path / "quantized").exists()
+    assert main(["quantize"]) == 2 and main(["quantize", "qwen2.5-coder-7b", "--passed-over"]) == 2
+    assert "name a catalog model or --passed-over" in capsys.readouterr().err

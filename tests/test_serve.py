@@ -222,6 +222,7 @@ def test_watchdog_exits_3_after_the_engine_died(catalog: Catalog) -> None:
 
     asyncio.run(scenario())
     assert (server.should_exit, server.exit_code) == (True, serve.EXIT_ENGINE_FAILED)
+    assert runtime.phase == "failed" and "killed" in runtime.detail
     assert runtime.status == "failed" and "killed" in runtime.detail
 
 
@@ -294,25 +295,90 @@ def test_shutdown_timeout_cuts_a_stream_that_runs_longer(catalog: Catalog) -> No
     assert "data: [DONE]" not in received  # cut off, not finished: 300 tokens would take 30 s
 
 
+def _phase(metrics: Metrics) -> tuple[str, float | None]:
+    """The phase codeserve_start_phase says (exactly one at 1) and its codeserve_start_progress_ratio, if any."""
+    from server.metrics import START_PHASES
+
+    (phase,) = [p for p in START_PHASES if metrics.registry.get_sample_value("codeserve_start_phase", {"phase": p})]
+    assert all(metrics.registry.get_sample_value("codeserve_start_progress_ratio", {"phase": p}) is None
+               for p in START_PHASES if p != phase)
+    return phase, metrics.registry.get_sample_value("codeserve_start_progress_ratio", {"phase": phase})
+
+
 def test_ready_shows_what_a_long_start_step_is_doing(monkeypatch: pytest.MonkeyPatch, catalog: Catalog,
                                                      tmp_path: Path) -> None:
-    """While the server quantizes at start, /ready's detail is the quantizer's latest progress line."""
+    """While the server quantizes at start, /ready says the phase, the share of layers calibrated, and the quantizer's
+    latest progress line; the metrics say the same; a start that fails turns the phase to failed."""
     settings = make_settings(cache_dir=tmp_path)
     plan = choose(simulated("1xL4", FIXED_CPU), catalog, settings)
-    runtime = serve.make_runtime(settings, None)
-    seen: list[tuple[int, str]] = []
+    metrics = Metrics(CollectorRegistry())
+    runtime = serve.make_runtime(settings, metrics)
+    seen: list[tuple[int, dict[str, Any], tuple[str, float | None]]] = []
+    line = "calibrate layer 3/30 elapsed 20s eta 180s"
 
-    def start(plan: Plan, settings: Any, progress: Any = None) -> Any:
-        progress("quantizing x to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s")
+    def start(plan: Plan, settings: Any, progress: Any = None, fetch: Any = None) -> Any:
+        progress("quantizing", f"quantizing x to 4-bit: {line}", serve.quantize_progress(line))
         with running(build_app(runtime, settings)) as url:
             response = httpx.get(url + "/ready")
-            seen.append((response.status_code, response.json()["detail"]))
+            seen.append((response.status_code, response.json(), _phase(metrics)))
         raise EngineStartError("stop here")
 
     monkeypatch.setattr(serve, "start_engine", start)
     asyncio.run(serve.load(runtime, Fleet.single(plan), settings))
-    assert seen == [(503, "quantizing x to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s")]
+    assert seen == [(503, {"status": "loading", "phase": "quantizing", "progress": 0.1,
+                           "detail": f"quantizing x to 4-bit: {line}"}, ("quantizing", 0.1))]
     assert runtime.status == "failed" and runtime.detail == "stop here"
+    assert (runtime.phase, _phase(metrics)) == ("failed", ("failed", None))
+
+
+@pytest.mark.parametrize(("line", "progress"), [
+    ("calibrate layer 3/30 elapsed 20s eta 180s", 0.1),
+    ("calibrate layer 30/30 elapsed 200s", 1.0),
+    ("load 0/1", None),  # the worker's other stages: no share of the calibration is known
+    ("gate 4/24 samples elapsed 9s eta 45s", None),
+])
+def test_quantization_progress_is_the_share_of_layers_calibrated(line: str, progress: float | None) -> None:
+    assert serve.quantize_progress(line) == progress
+
+
+def test_each_start_phase_is_on_ready_and_in_the_metrics(monkeypatch: pytest.MonkeyPatch, catalog: Catalog,
+                                                         tmp_path: Path) -> None:
+    """The real start with the fake engine: a Hub repo is downloaded first (bytes done of the total), then loaded and
+    warmed up, then served; each phase is on /ready and in codeserve_start_phase while it lasts."""
+    settings = make_settings(cache_dir=tmp_path)
+    plan = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings(cache_dir=tmp_path, precision="bf16"))
+    assert not plan.chosen.needs_quantization and plan.chosen.launch.model == plan.chosen.model.repo
+    metrics = Metrics(CollectorRegistry())
+    runtime = serve.make_runtime(settings, metrics)
+    assert (runtime.phase, _phase(metrics)) == ("loading", ("loading", None))
+    seen: list[tuple[str, Any, float | None, tuple[str, float | None]]] = []
+
+    def fetch(repo: str, report: Any) -> Path:
+        report(0, 4_000_000_000)
+        report(1_000_000_000, 4_000_000_000)
+        with running(build_app(runtime, settings), ready_path="/openapi.json") as url:
+            ready = httpx.get(url + "/ready")
+        seen.append(("fetch", ready.json(), runtime.progress, _phase(metrics)))
+        return tmp_path
+
+    def start(launch: Launch, overrides: Any = None) -> FakeEngine:
+        seen.append(("start", runtime.detail, runtime.progress, _phase(metrics)))
+        return FakeEngine(model_id=plan.chosen.model.id)
+
+    monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(start))
+    asyncio.run(serve.load(runtime, Fleet.single(plan), settings, fetch))
+    repo = plan.chosen.model.repo
+    assert seen == [
+        ("fetch", {"status": "loading", "phase": "downloading", "progress": 0.25,
+                   "detail": f"downloading {repo}: 1.0 of 4.0 GB"}, 0.25, ("downloading", 0.25)),
+        ("start", f"loading {plan.chosen.model.id} (bf16) into vllm", None, ("loading", None)),
+    ]
+    assert (runtime.status, runtime.phase, runtime.detail, _phase(metrics)) == ("ready", "serving", "",
+                                                                               ("serving", None))
+    with running(build_app(runtime, settings)) as url:
+        ready = httpx.get(url + "/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "phase": "serving", "progress": None,
+                                                         "detail": ""}
 
 
 def _fleet_runtime(catalog: Catalog, spec: str, monkeypatch: pytest.MonkeyPatch,
@@ -324,7 +390,7 @@ def _fleet_runtime(catalog: Catalog, spec: str, monkeypatch: pytest.MonkeyPatch,
     fleet = plan_fleet(simulated(spec, FIXED_CPU), catalog, settings)
     started: dict[str, FakeEngine] = {}
 
-    def start(plan: Plan, settings: Any, progress: Any = None) -> Any:
+    def start(plan: Plan, settings: Any, progress: Any = None, fetch: Any = None) -> Any:
         model = plan.chosen.model.id
         if model == fail:
             raise EngineStartError(f"{model} did not start")

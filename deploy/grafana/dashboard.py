@@ -65,6 +65,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("planned {{component}}",
          'codeserve_plan_memory_bytes{job=~"$job", component=~"weights|kv_cache|activation|overhead|budget"}'),
     ]),
+    ("Start phase and its progress", "percentunit", [
+        ("{{instance}} {{phase}}", 'codeserve_start_phase{job=~"$job"} == 1'),
+        ("{{instance}} {{phase}} progress", 'codeserve_start_progress_ratio{job=~"$job"}'),
+    ]),
     ("Process memory (CPU serving)", "bytes", [
         ("resident {{instance}}", 'codeserve_resident_memory_bytes{job=~"$job"}'),
         ("planned total", 'codeserve_plan_memory_bytes{job=~"$job", component="total"}'),

@@ -31,9 +31,12 @@ async def health(request: Request) -> JSONResponse:
 
 @probes.get("/ready")
 async def ready(request: Request) -> JSONResponse:
+    """200 once serving; else 503 with the start's phase (downloading, quantizing, loading; failed), its progress where
+    measured (0..1, else null) and what it is doing in `detail`."""
     runtime = _runtime(request)
     runtime.check_engine()
-    body = {"status": runtime.status, "detail": runtime.detail}
+    body = {"status": runtime.status, "detail": runtime.detail, "phase": runtime.phase,
+            "progress": None if runtime.progress is None else round(runtime.progress, 4)}
     return JSONResponse(body, status_code=200 if runtime.ready else 503)
 
 

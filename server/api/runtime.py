@@ -34,8 +34,16 @@ class Runtime:
     engine: dict[str, Any] = field(default_factory=dict)  # the running engine: name and the arguments it got
     status: str = "loading"  # loading | ready | failed | stopping
     detail: str = ""
+    phase: str = "loading"  # on the way to serving: metrics.START_PHASES
+    progress: float | None = None  # of the phase, 0..1, where it is measured
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     supersession: Supersession | None = None  # None: CODESERVE_SUPERSEDE=false
+
+    def enter(self, phase: str, detail: str = "", progress: float | None = None) -> None:
+        """Where the start is: its phase, what it does in words (/ready's detail) and how far, where measured."""
+        self.phase, self.detail, self.progress = phase, detail, progress
+        if self.metrics is not None:
+            self.metrics.set_start_phase(phase, progress)
 
     @property
     def ready(self) -> bool:
@@ -55,8 +63,8 @@ class Runtime:
             for core in self.cores:
                 reason = core.engine.dead()
                 if reason is not None:
-                    self.status, self.detail = "failed", reason if len(self.cores) == 1 else \
-                        f"{core.served.id}: {reason}"
+                    self.status = "failed"
+                    self.enter("failed", reason if len(self.cores) == 1 else f"{core.served.id}: {reason}")
                     if self.metrics is not None:
                         self.metrics.ready.set(0)
                     break

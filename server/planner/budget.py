@@ -26,6 +26,7 @@ def with_starts(options: list[Option], inventory: Inventory, cache: Cache, downl
     """Each option with its start estimate; those this machine cannot start are rejected with the reason (host RAM or
     disk for calibrating, or calibration switched off)."""
     kept = []
+    cache = replace(cache, hub=inventory.hub_cached_bytes)
     for option in options:
         host = host_for(option, inventory)
         start = startup.estimate(option.model, option.precision, option.awq_group_size, option.needs_quantization,

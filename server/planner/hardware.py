@@ -158,6 +158,8 @@ class Inventory:
     notes: tuple[str, ...] = field(default=())
     # Free bytes on the filesystem of the cache dir (downloads and 4-bit checkpoints land there); None: not measured.
     disk_free_bytes: int | None = None
+    # Bytes of each Hub repo already in the Hugging Face cache (repo id, bytes); a download counts only the rest.
+    hub_cached_bytes: tuple[tuple[str, int], ...] = ()
 
 
 def _read(path: Path) -> str | None:

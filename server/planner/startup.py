@@ -1,6 +1,6 @@
 """Time to serve: what an option must do before its first request (download, quantize, load), how long that takes,
 and what quantizing needs from the host. Pure arithmetic on the catalog entry, the option's shape and what the
-caller found in the cache dir; nothing here reads files, the network or the environment.
+caller found in the cache dir and the Hugging Face cache; nothing here reads files, the network or the environment.
 
 The rates are stated with their sources; each is a point measurement, so the estimate is an order of magnitude that
 tells a 5-minute start from a 5-hour one, not a stopwatch.
@@ -44,6 +44,10 @@ class Cache:
 
     models: frozenset[str] = frozenset()  # catalog ids whose 16-bit weights are a local directory
     quantized: frozenset[tuple[str, int]] = frozenset()  # (catalog id, AWQ group size) of finished 4-bit checkpoints
+    hub: tuple[tuple[str, int], ...] = ()  # (Hub repo id, bytes already in the Hugging Face cache)
+
+    def hub_bytes(self, repo: str | None) -> int:
+        return next((size for name, size in self.hub if name == repo), 0)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def estimate(entry: ModelEntry, precision: WeightPrecision, group_size: int | No
         download, load = 0, weight_bytes(arch, "awq", 1, group_size)
         steps.append(f"the cached 4-bit checkpoint (g{group_size})")
     elif needs_quantization:
-        download = 0 if local else sixteen
+        download = 0 if local else max(0, sixteen - cache.hub_bytes(entry.repo))
         load = made_bytes = weight_bytes(arch, "awq", 1, group_size or 128)
         quantize_s = _quantize_s(entry, host)
         host_bytes = param_counts(arch).total * QUANTIZE_HOST_BYTES_PER_PARAM[host.device]
@@ -128,10 +132,10 @@ def estimate(entry: ModelEntry, precision: WeightPrecision, group_size: int | No
         load = weight_bytes(arch, precision, 1, group_size or 128)
         checkpoint = entry.prequantized.awq if precision == "awq" else entry.prequantized.fp8
         own = checkpoint == entry.repo  # a model directory that is itself quantized (derive.py)
-        download = 0 if own and local else load
+        download = 0 if own and local else max(0, load - cache.hub_bytes(checkpoint))
         steps.append("the model's own quantized weights" if own else f"the published {precision} checkpoint")
     else:  # 16-bit, fp32 upcast on the CPU, or FP8 made by the engine as it loads (no calibration)
-        download = 0 if local else sixteen
+        download = 0 if local else max(0, sixteen - cache.hub_bytes(entry.repo))
         load = sixteen
         if precision == "fp8":
             steps.append("FP8 made by the engine while loading (no calibration)")

@@ -307,7 +307,75 @@ def test_helm_test_hook_calls_models() -> None:
     assert "/v1/models" in pod["spec"]["containers"][0]["command"][-1]
 
 
-@pytest.mark.parametrize("bad", ["gpu.count=-1", "config.HOME=/x", "service.port=0", "image.flavor=tpu"])
+def test_no_quantization_job_by_default() -> None:
+    assert by_kind(render(), "Job") == [] and by_kind(render("gpu-1.yaml"), "Job") == []
+
+
+def quantize_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = by_kind(docs, "Job")
+    return job
+
+
+def test_quantization_job_writes_where_the_server_reads() -> None:
+    """A plain Job (no hook: `helm install` does not wait hours on it) beside the Deployment, with the server's
+    settings, the same cache volume at the same path, and a GPU; on the server's node (a ReadWriteOnce volume)."""
+    docs = render("quantize-job.yaml")
+    job = quantize_job(docs)
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    pod, server_pod = job["spec"]["template"]["spec"], by_kind(docs, "Deployment")[0]["spec"]["template"]
+    (job_container,) = pod["containers"]
+    server = server_pod["spec"]["containers"][0]
+    assert job_container["command"] == ["codeserve"]
+    assert job_container["args"][:2] == ["quantize", "--passed-over"]
+    assert job_container["envFrom"] == server["envFrom"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache == next(v for v in server_pod["spec"]["volumes"] if v["name"] == "cache")
+    assert job_container["volumeMounts"] == [m for m in server["volumeMounts"] if m["name"] == "cache"]
+    resources = job_container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1 == resources["requests"]["nvidia.com/gpu"]
+    assert resources["requests"]["memory"] == "80Gi" and resources["requests"]["ephemeral-storage"] == "20Gi"
+    assert pod["restartPolicy"] == "Never" and job["spec"]["ttlSecondsAfterFinished"] == 86400
+    term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= server_pod["metadata"]["labels"].items()
+    assert not term["labelSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    config = by_kind(docs, "ConfigMap")[0]["data"]
+    assert config["CODESERVE_CACHE_DIR"].startswith(job_container["volumeMounts"][0]["mountPath"] + "/")
+
+
+def test_quantization_job_args_are_a_command_codeserve_takes() -> None:
+    from server.cli import build_parser
+
+    for sets in [(), ("quantizeJob.model=qwen2.5-coder-7b", "quantizeJob.groupSize=64", "quantizeJob.gateSamples=0",
+                      "quantizeJob.tensorParallelSize=2", "quantizeJob.gpuCount=0")]:
+        container_ = quantize_job(render("quantize-job.yaml", *sets))["spec"]["template"]["spec"]["containers"][0]
+        args = build_parser().parse_args(container_["args"])
+        assert args.func.__name__ == "cmd_quantize" and (args.samples, args.seq_len) == (32, 256)
+        if sets:
+            assert (args.model, args.passed_over, args.group_size, args.tp, args.gate_samples) == (
+                "qwen2.5-coder-7b", False, 64, 2, 0)
+            assert "nvidia.com/gpu" not in container_["resources"]["limits"]  # gpuCount 0: calibrate on the CPU
+        else:
+            assert (args.model, args.passed_over, args.gate_samples) == (None, True, None)
+
+
+def test_quantization_job_is_replaced_only_when_what_it_runs_changes() -> None:
+    """A Job's pod template is immutable: its name carries a digest of what it runs."""
+    name = quantize_job(render("quantize-job.yaml"))["metadata"]["name"]
+    assert name == quantize_job(render("quantize-job.yaml", "replicaCount=3"))["metadata"]["name"]
+    assert name != quantize_job(render("quantize-job.yaml", "quantizeJob.samples=64"))["metadata"]["name"]
+    assert name != quantize_job(render("quantize-job.yaml", "config.CODESERVE_MAX_START_MINUTES=10"))[
+        "metadata"]["name"]
+
+
+def test_quantization_job_needs_the_persistent_cache() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        render("quantize-job.yaml", "persistence.enabled=false")
+    assert "quantizeJob.enabled needs persistence.enabled" in info.value.stderr
+
+
+@pytest.mark.parametrize("bad", ["gpu.count=-1", "config.HOME=/x", "service.port=0", "image.flavor=tpu",
+                                 "quantizeJob.groupSize=100", "quantizeJob.samples=0"])
 def test_schema_rejects_bad_values(bad: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         render(None, bad)

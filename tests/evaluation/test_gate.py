@@ -93,13 +93,15 @@ def test_serving_warns_about_a_lossy_checkpoint_by_default(monkeypatch: pytest.M
     option, settings = awq_option
     quantize = _QuantizesBadly(tmp_path / "made", answer="pass")
     monkeypatch.setattr(runner, "quantize", quantize)
-    heard: list[str] = []
+    heard: list[tuple[str, str, float | None]] = []
     with caplog.at_level(logging.WARNING, logger="codeserve"):
-        launch = resolved_launch(option, settings, heard.append)
+        launch = resolved_launch(option, settings, lambda *phase: heard.append(phase))
     assert launch.model == str(tmp_path / "made")
     assert quantize.evaluations[0] is not None and len(quantize.evaluations[0]["prompts"]) == 24
     assert "CODESERVE_QUANT_MAX_QUALITY_LOSS=0.05" in caplog.text and "serving it anyway" in caplog.text
-    assert heard == ["quantizing smollm2-135m-instruct to 4-bit: calibrate 3/30 layers elapsed 20s eta 180s"]
+    assert heard == [("quantizing", "quantizing smollm2-135m-instruct to 4-bit", None),
+                     ("quantizing", "quantizing smollm2-135m-instruct to 4-bit: calibrate 3/30 layers elapsed 20s "
+                                    "eta 180s", None)]
 
 
 def test_refusing_gate_falls_back_to_the_next_option(monkeypatch: pytest.MonkeyPatch, awq_option,
@@ -124,7 +126,7 @@ def test_start_engine_takes_the_next_option_after_a_refusal(monkeypatch: pytest.
     plan = choose(simulated("1xT4", FIXED_CPU), catalog, settings)
     started: list[str] = []
 
-    def resolve(option, settings, progress=None):  # type: ignore[no-untyped-def]
+    def resolve(option, settings, progress=None, fetch=None):  # type: ignore[no-untyped-def]
         if option is plan.chosen:
             raise serve.QualityRefused("4-bit lost 20%")
         return option.launch

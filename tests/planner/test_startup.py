@@ -202,3 +202,82 @@ def test_a_quantized_model_directory_downloads_nothing(catalog: Catalog) -> None
     host = startup.Host("cuda", GIB, None)
     start = startup.estimate(own, "awq", 128, False, startup.Cache(frozenset({"my-w4"})), host, 1e8)
     assert start.download_bytes == 0 and start.steps[0] == "the model's own quantized weights"
+
+
+def test_the_quantization_job_makes_the_option_passed_over(no_instruct_32b: Catalog) -> None:
+    """`codeserve quantize --passed-over` (the chart's Job) makes what the plan passed over for calibrating, with its
+    group size and degree; once that is cached the plan chooses it and passes nothing over to quantize."""
+    from server.planner.fleet import Fleet
+    from server.planning import passed_over_to_quantize
+
+    option = passed_over_to_quantize(Fleet.single(_plan(no_instruct_32b, "1xL40S")))
+    assert option is not None
+    assert (option.model.id, option.precision, option.awq_group_size, option.tensor_parallel_size) == (
+        "qwen2.5-coder-32b", "awq", 128, 1)
+    unlocked = _plan(no_instruct_32b, "1xL40S", quantized=frozenset({("qwen2.5-coder-32b", 128)}))
+    assert _chosen(unlocked) == ("qwen2.5-coder-32b", "awq", 1)
+    assert passed_over_to_quantize(Fleet.single(unlocked)) is None
+
+
+def test_a_checkpoint_made_with_a_smaller_calibration_set_is_reused(tmp_path: Path, catalog: Catalog) -> None:
+    """The chart Job's `samples`/`seqLen` (codeserve quantize --samples/--seq-len) change the checkpoint's key, not
+    whether the server finds it; a different recipe version (a key that no longer matches) is never reused."""
+    from dataclasses import asdict
+
+    from server.planning import find_checkpoint, quantized_checkpoints
+    from server.quantize import runner
+    from server.quantize.recipe import Calibration, QuantSpec, fingerprint
+
+    source = tmp_path / "models" / "qwen2.5-coder-7b"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    default = QuantSpec("qwen2.5-coder-7b", fingerprint(source), group_size=64)
+    small = replace(default, calibration=Calibration(samples=8, max_seq_len=128))
+    done = runner.quantized_root(tmp_path) / small.dirname
+    done.mkdir(parents=True)
+    marker = {**asdict(small), "key": small.key, "source_dir": str(source)}
+    (done / runner.COMPLETE_MARKER).write_text(json.dumps(marker))
+    assert runner.find(tmp_path, default) is None and find_checkpoint(tmp_path, default) == done
+    assert quantized_checkpoints(make_settings(cache_dir=tmp_path), catalog) == {("qwen2.5-coder-7b", 64)}
+    (done / runner.COMPLETE_MARKER).write_text(json.dumps({**marker, "key": "0" * 16}))  # another recipe version
+    assert find_checkpoint(tmp_path, default) is None
+
+
+# (what the Hugging Face cache holds of the repo the option downloads, as a share of it; the download left): a
+# published checkpoint vLLM fetched before, or 16-bit weights partly there, count only what is missing.
+@pytest.mark.parametrize(("precision", "cached_share", "left_share"), [
+    ("bf16", 0.0, 1.0), ("bf16", 0.5, 0.5), ("bf16", 1.0, 0.0), ("fp8", 1.0, 0.0), ("awq", 1.0, 0.0),
+    ("awq", 0.25, 0.75),
+])
+def test_the_hugging_face_cache_is_subtracted_from_the_download(catalog: Catalog, precision: str,
+                                                                 cached_share: float, left_share: float) -> None:
+    entry = catalog.get("qwen2.5-coder-32b-instruct")
+    assert entry is not None and entry.prequantized.awq
+    repo = entry.prequantized.awq if precision == "awq" else entry.repo
+    full = weight_bytes(entry.architecture, "awq", 1, entry.prequantized.awq_group_size) if precision == "awq" else \
+        weight_bytes(entry.architecture, "bf16")
+    cache = startup.Cache(hub=((repo, int(full * cached_share)), ("other/repo", 10**12)))
+    start = startup.estimate(entry, precision, entry.prequantized.awq_group_size if precision == "awq" else None,
+                             False, cache, startup.Host("cuda", GIB, None), 1e8)
+    assert start.download_bytes == pytest.approx(full * left_share, abs=1)
+    assert start.steps[0].startswith("download") == (left_share > 0)
+
+
+def test_the_planning_edge_reads_the_hugging_face_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's layout (models--org--name/{blobs,refs,snapshots}), read by its own scan_cache_dir."""
+    from huggingface_hub import constants
+
+    from server.planning import hub_cached_bytes
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_cached_bytes() == ()  # no cache at all
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-Coder-7B"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "aaaa").write_bytes(b"x" * 4096)
+    (repo / "blobs" / "bbbb.incomplete").write_bytes(b"x" * 999)  # a download under way: not counted
+    snapshot = repo / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to("../../blobs/aaaa")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    assert hub_cached_bytes() == (("Qwen/Qwen2.5-Coder-7B", 4096),)

@@ -1,15 +1,20 @@
-"""The real thing, once per CI run: llm-compressor (in its own environment, created on first use)
-quantizes the bundled SmolLM2-135M with a small code calibration set; the checkpoint is cached, its
-linear weights are about a quarter of bf16 plus scales, and vLLM's CPU engine serves it where the CPU
-has the AVX-512 kernels (elsewhere the planner refuses 4-bit on the CPU, and the test checks that)."""
+"""The real thing, once per CI run: the chart's quantization Job (its rendered command, arguments and settings) runs
+here with its cache volume in a temporary directory, and llm-compressor (in its own environment, created on first use)
+quantizes the bundled SmolLM2-135M with a small code calibration set; the checkpoint lands where the server's plan
+finds it and chooses it, its linear weights are about a quarter of bf16 plus scales, and vLLM's CPU engine serves it
+where the CPU has the AVX-512 kernels (elsewhere the planner refuses 4-bit on the CPU, and the test checks that)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,13 +33,78 @@ pytestmark = pytest.mark.slow
 CALIBRATION = Calibration(samples=8, max_seq_len=128, seed=0)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+# The Job as an operator would set it for the bundled model on a CPU node; 8 x 128 calibration tokens and no gate
+# keep it to a few minutes on 2 cores (CALIBRATION above).
+JOB_VALUES = ("image.flavor=cpu", "gpu.count=0", "quantizeJob.enabled=true", "quantizeJob.sameNodeAsServer=false",
+              "quantizeJob.model=smollm2-135m-instruct", f"quantizeJob.samples={CALIBRATION.samples}",
+              f"quantizeJob.seqLen={CALIBRATION.max_seq_len}", "quantizeJob.gateSamples=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRun:
+    cache_dir: Path  # CODESERVE_CACHE_DIR as the Job's pod sees it, on the "volume"
+    env: dict[str, str]  # the Job's settings (its ConfigMap), paths on the volume
+    checkpoint: Path  # what the Job printed last: the checkpoint it made
+
+
+def _job_env(docs: list[dict[str, Any]], mount: str, volume: Path) -> dict[str, str]:
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODESERVE_")}
+    return {**env, **{k: str(volume) + v[len(mount):] if v.startswith(mount + "/") else v for k, v in config.items()},
+            "PYTHONPATH": str(ROOT)}
+
+
 @pytest.fixture(scope="module")
-def checkpoint() -> Path:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    entry = load_catalog(DEFAULT_CATALOG_PATH).bundled()
-    source = prepare_bundled(settings.cache_dir, entry)
-    spec = QuantSpec(entry.id, fingerprint(source), group_size=64, calibration=CALIBRATION)
-    return runner.quantize(spec, source, settings.cache_dir, print)
+def job(tmp_path_factory: pytest.TempPathFactory) -> JobRun:
+    """helm template with the Job on; its container's command and args run here (`codeserve` is this checkout's
+    CLI), with its settings, and the volume it mounts at /cache a temporary directory. The volume starts with what the
+    CPU image bakes into it (the bundled model) and, so that no CI run installs it twice, the llm-compressor
+    environment the cache dir already has (made now if missing)."""
+    from tests.deploy.test_helm import render
+
+    docs = render(None, *JOB_VALUES)
+    (job_doc,) = [d for d in docs if d["kind"] == "Job"]
+    pod = job_doc["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "cache"]
+    volume = tmp_path_factory.mktemp("volume")
+    env = _job_env(docs, mount, volume)
+    cache_dir = Path(env["CODESERVE_CACHE_DIR"])
+    cache_dir.mkdir(parents=True)
+    home = Settings(_env_file=None).cache_dir  # type: ignore[call-arg]
+    prepare_bundled(home, load_catalog(DEFAULT_CATALOG_PATH).bundled())
+    runner.QuantEnv(home).ensure(print)
+    (cache_dir / "models").symlink_to(home / "models", target_is_directory=True)
+    (cache_dir / "quant-venv").symlink_to(home / "quant-venv", target_is_directory=True)
+    assert container["command"] == ["codeserve"]
+    result = subprocess.run([sys.executable, "-m", "server.cli", *container["args"]], env=env, cwd=volume,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return JobRun(cache_dir, env, Path(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(job: JobRun) -> Path:
+    return job.checkpoint
+
+
+def test_the_jobs_checkpoint_is_where_the_servers_plan_finds_and_chooses_it(job: JobRun) -> None:
+    """The server, started with the Job's settings on the same volume, plans the cached 4-bit checkpoint (nothing to
+    calibrate at start) and loads exactly what the Job wrote, without quantizing (auto-quantization off)."""
+    from server.planning import detect_and_plan, quantized_checkpoints
+    from server.serve import resolved_launch
+
+    config = {k.removeprefix("CODESERVE_").lower(): v for k, v in job.env.items() if k.startswith("CODESERVE_")}
+    settings = make_settings(**{**config, "model": "smollm2-135m-instruct", "precision": "awq",
+                                "auto_quantize": False, "gpus": None if cpu_info().avx512 else "1xT4"})
+    catalog = load_catalog(settings.catalog_path)
+    assert job.checkpoint.parent == runner.quantized_root(settings.cache_dir)
+    assert quantized_checkpoints(settings, catalog) == {("smollm2-135m-instruct", 64)}
+    chosen = detect_and_plan(settings).served[0].plan.chosen
+    assert chosen.start is not None and (chosen.precision, chosen.awq_group_size) == ("awq", 64)
+    assert chosen.start.quantize_s == 0 and chosen.start.steps[0] == "the cached 4-bit checkpoint (g64)"
+    assert resolved_launch(chosen, settings).model == str(job.checkpoint)
 
 
 def _tensor_bytes(path: Path) -> dict[str, int]:
@@ -66,12 +136,11 @@ def test_linear_weights_are_a_quarter_of_bf16_plus_scales(checkpoint: Path) -> N
     assert sizes["weight_packed"] / bf16_linear == pytest.approx(0.25, abs=0.001)
 
 
-def test_checkpoint_is_cached_and_reused(checkpoint: Path) -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+def test_checkpoint_is_cached_and_reused(job: JobRun) -> None:
     entry = load_catalog(DEFAULT_CATALOG_PATH).bundled()
-    spec = QuantSpec(entry.id, fingerprint(prepare_bundled(settings.cache_dir, entry)), group_size=64,
+    spec = QuantSpec(entry.id, fingerprint(prepare_bundled(job.cache_dir, entry)), group_size=64,
                      calibration=CALIBRATION)
-    assert runner.find(settings.cache_dir, spec) == checkpoint
+    assert runner.find(job.cache_dir, spec) == job.checkpoint
 
 
 def test_quantize_then_serve_the_directory(checkpoint: Path, tmp_path: Path) -> None:
