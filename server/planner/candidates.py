@@ -26,7 +26,8 @@ MIN_CAPABILITY: dict[WeightPrecision, tuple[int, int]] = {
     "fp8": (8, 0),
     "awq": (7, 5),
 }
-PRECISION_ORDER: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16", "fp8", "awq")  # highest fidelity first
+# highest fidelity first; a GGUF file (llama.cpp, planner/engine_choice.py) is ranked first where the CPU plan chose it
+PRECISION_ORDER: tuple[WeightPrecision, ...] = ("gguf", "fp32", "bf16", "fp16", "fp8", "awq")
 
 
 def precision_ladder(capability: tuple[int, int] | None, cpu_bf16: bool = True) -> list[WeightPrecision]:

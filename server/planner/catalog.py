@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .gguf import GgufFile
+
 
 class CatalogError(ValueError):
     """The catalog file is missing, unreadable or has an invalid entry."""
@@ -159,6 +161,8 @@ class ModelEntry(_Frozen):
         default=None, description="the Transformers versions that code runs on (a PEP 440 specifier such as '<4.50'), "
                                   "checked where the engine starts")
     bundled: Bundled | None = Field(None, description="ships with codeserve (the CPU default)")
+    gguf: GgufFile | None = Field(None, description="its weights as a GGUF file llama.cpp's server loads (set by "
+                                                    "model_source.py: the bundled model's, or CODESERVE_MODEL=x.gguf)")
 
     @property
     def tool_calling(self) -> str:

@@ -204,7 +204,7 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         architecture=arch, params=param_counts(arch).total, params_source="config.json",
         context_length=arch.max_position_embeddings, license="unknown", fim=fim, tool_parser=tool_parser(chat_template),
         humaneval=None, auto=True,
-        superseded_by=None, bundled=None,
+        superseded_by=None, bundled=None, gguf=None,
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],
                          reason=refused),

@@ -158,6 +158,8 @@ class Inventory:
     notes: tuple[str, ...] = field(default=())
     # Free bytes on the filesystem of the cache dir (downloads and 4-bit checkpoints land there); None: not measured.
     disk_free_bytes: int | None = None
+    # The llama-server binary found on this machine (CODESERVE_LLAMA_SERVER, beside Python, PATH); None: none found.
+    llama_server: str | None = None
 
 
 def _read(path: Path) -> str | None:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from .catalog import Architecture
 
-WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq"]
+WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq", "gguf"]  # gguf: as the file stores it (llama.cpp)
 KvDtype = Literal["auto", "fp8"]
 
 GIB = 1024**3
