@@ -36,7 +36,7 @@ from .planner.fleet import Fleet
 from .planner.launch import Launch
 from .planner.plan import NoFit, Option, Plan, StartFailure
 from .planning import detect_and_plan
-from .prepare import resolve_model_dir, source_dir
+from .prepare import gguf_tokenizer_dir, is_complete, local_dir, resolve_model_dir, source_dir
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
 from .roles import role_spec
@@ -50,6 +50,11 @@ QUANTIZE_S_PER_BPARAM_SAMPLE = 200.0
 def resolved_launch(option: Option, settings: Settings, progress: Callable[[str], None] | None = None) -> Launch:
     """The option's Launch with its weights made concrete: our 4-bit checkpoint when the plan needs one
     nobody publishes, else a local directory where there is one, else the repo id."""
+    if option.launch.engine == "llamacpp":  # the GGUF file as it is; codeserve tokenizes with its tokenizer
+        bundled = local_dir(settings.cache_dir, option.model)
+        tokenizer = bundled if option.model.bundled and is_complete(bundled) else gguf_tokenizer_dir(
+            settings.cache_dir, Path(option.launch.model))
+        return replace(option.launch, tokenizer=str(tokenizer))
     if option.needs_quantization:
         checkpoint = _quantized(option, settings, progress or (lambda line: None))
         _check_quality(option, checkpoint, settings)
@@ -129,6 +134,7 @@ def start_engine(plan: Plan, settings: Settings,
     in the log). Returns the engine and the plan as it turned out (the option running, the ones that failed).
     `progress` hears what a long step (quantizing) is doing."""
     from .engine.hf import TransformersEngine
+    from .engine.llamacpp import LlamaCppEngine
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
     if settings.engine_args:
@@ -139,11 +145,14 @@ def start_engine(plan: Plan, settings: Settings,
             log.warning("falling back to %s %s tp=%d after: %s", option.model.id, option.precision,
                         option.tensor_parallel_size, failures[-1].error)
         adapter = TransformersEngine if option.launch.engine == "transformers" else VllmEngine
-        log.info("starting %s: %s %s tp=%d on %s", adapter.__name__, option.model.id, option.precision,
-                 option.tensor_parallel_size, option.device_name)
+        name = "LlamaCppEngine" if option.launch.engine == "llamacpp" else adapter.__name__
+        log.info("starting %s: %s %s tp=%d on %s", name, option.model.id, option.launch.weights_type or
+                 option.precision, option.tensor_parallel_size, option.device_name)
         try:
-            return adapter.start(resolved_launch(option, settings, progress), settings.engine_args), plan.started(
-                option, failures)
+            launch = resolved_launch(option, settings, progress)
+            engine: Engine = LlamaCppEngine.start(launch, plan.inventory.llama_server) if \
+                option.launch.engine == "llamacpp" else adapter.start(launch, settings.engine_args)
+            return engine, plan.started(option, failures)
         except EngineStartError as exc:
             if not (exc.out_of_memory or isinstance(exc, QualityRefused)):
                 raise

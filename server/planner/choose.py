@@ -252,11 +252,8 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                 rejected: list[Rejection], adapters: tuple[Adapter, ...] = ()) -> list[Option]:
     options: list[Option] = []
     pinned_tp = settings.tensor_parallel_size
-    llama, others = engine_choice.llamacpp_candidates(entry, settings, inventory, max_len)
-    for result in llama:
-        _keep(result, entry, "gguf", 1, options, rejected)
-    if not others:
-        return options
+    if not engine_choice.add_llamacpp(entry, settings, inventory, max_len, options, rejected):
+        return options  # llama.cpp's option alone (or why there is none)
     if inventory.gpus:
         for name, gpus in _gpu_groups(inventory.gpus).items():
             capability = gpus[0].compute_capability

@@ -19,7 +19,7 @@ from .catalog import ModelEntry
 from .cpu_binding import cpu_binding
 from .hardware import Inventory
 from .launch import Launch
-from .plan import MemoryBreakdown, Option
+from .plan import MemoryBreakdown, Option, Rejection
 
 CpuEngine = Literal["vllm", "llamacpp"]
 
@@ -65,24 +65,30 @@ def cpu_engine(entry: ModelEntry, settings: Settings, inventory: Inventory) -> t
 GGUF_ON_GPU = "a GGUF file runs on llama.cpp's server, which codeserve runs on the CPU only (GPUs run vLLM)"
 
 
-def llamacpp_candidates(entry: ModelEntry, settings: Settings, inventory: Inventory,
-                        max_len: int) -> tuple[list[Option | str], bool]:
-    """The plan's llama.cpp option for `entry` (or why not), and whether the other engines' options follow it (as
-    the choice where llama.cpp is not, or as fallbacks)."""
+def add_llamacpp(entry: ModelEntry, settings: Settings, inventory: Inventory, max_len: int,
+                 options: list[Option], rejected: list[Rejection]) -> bool:
+    """Add the plan's llama.cpp option for `entry` to `options` (or why there is none to `rejected`); whether the
+    other engines' options follow it (as the choice where llama.cpp is not, or as its fallbacks)."""
     if inventory.gpus:
-        return ([GGUF_ON_GPU], False) if is_gguf_only(entry) else ([], True)
+        if is_gguf_only(entry):
+            rejected.append(Rejection(entry.id, None, None, GGUF_ON_GPU))
+        return not is_gguf_only(entry)
     budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
     engine, why = cpu_engine(entry, settings, inventory)
-    if engine is None:
-        return [why], False
     if engine == "vllm":
-        return [], True
-    if settings.precision != "auto":  # the file's own quantization is the precision
-        result: Option | str = ("llama.cpp serves the GGUF's weights as stored; CODESERVE_PRECISION=auto serves "
-                                "them, CODESERVE_ENGINE=vllm another precision")
+        return True
+    if engine is None:
+        result: Option | str = why
+    elif settings.precision != "auto":  # the file's own quantization is the precision
+        result = ("llama.cpp serves the GGUF's weights as stored; CODESERVE_PRECISION=auto serves them, "
+                  "CODESERVE_ENGINE=vllm another precision")
     else:
         result = llamacpp_option(entry, settings, inventory, max_len, budget)
-    return [result], not (settings.engine == "llamacpp" or is_gguf_only(entry))
+    if isinstance(result, Option):
+        options.append(result)
+    else:
+        rejected.append(Rejection(entry.id, "gguf" if engine else None, 1, result))
+    return engine is not None and not (settings.engine == "llamacpp" or is_gguf_only(entry))
 
 
 def note(option: Option, settings: Settings, inventory: Inventory) -> str | None:

@@ -60,6 +60,9 @@ class Launch:
     max_loras: int = 0
     # llama.cpp: the GGUF file's quantization type (Q4_1, F16, ...): `model` is then the GGUF file
     weights_type: str | None = None
+    # a directory with the model's Transformers tokenizer, where the weights file holds it in a form only the engine
+    # reads (GGUF): codeserve tokenizes and applies chat templates itself (serve.py fills it)
+    tokenizer: str | None = None
     transformers_version: str | None = None  # what the checkpoint's own code needs (ModelEntry.transformers_version)
 
     def to_dict(self) -> dict[str, Any]:
