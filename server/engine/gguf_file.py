@@ -57,6 +57,8 @@ def _largest(value: Any) -> int | None:
 def read_cached(path: Path, cache_dir: Path) -> GgufDescription:
     """read(), remembered in the cache dir by the file's path, size and modification time: reading a large
     vocabulary takes seconds, and every start reads the bundled model's file."""
+    if not path.is_file():
+        raise GgufError(f"{path} is not a file")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     memo = cache_dir / "gguf" / f"{key}.json"

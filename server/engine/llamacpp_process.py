@@ -48,7 +48,7 @@ def threads(launch: Launch) -> int:
     return len(launch.cpu_cores) if launch.cpu_cores else (os.cpu_count() or 1)
 
 
-def server_args(launch: Launch, port: int) -> list[str]:
+def server_args(launch: Launch, port: int | str) -> list[str]:
     """llama-server's flags for the Launch: one slot per planned sequence, each with the whole target context (its
     own KV cells: --no-kv-unified, so -c is slots x context), the plan's threads, metrics on, no web UI."""
     slots = launch.max_num_seqs
