@@ -94,7 +94,9 @@ class LlamaCppEngine(TokenizerChat):
         # no overall timeout: a long generation streams for minutes; the connection is local
         self._client = httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(None, connect=5.0),
                                          limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-        self._streams: dict[str, list[httpx.Response]] = {}
+        self._streams: dict[str, list[httpx.Response]] = {}  # request id -> its open streams (n of them)
+        self._running: dict[str, int] = {}  # request id -> its llama-server requests not yet ended
+        self._aborted: set[str] = set()
         self.metrics = LlamaServerMetrics(server.url)
 
     @classmethod
@@ -167,6 +169,7 @@ class LlamaCppEngine(TokenizerChat):
                       index: int) -> AsyncIterator[Delta]:
         slot = self._slots.take(ids)
         stop_ids = set(sampling.stop_token_ids)
+        self._running[request_id] = self._running.get(request_id, 0) + 1
         try:
             async with self._client.stream("POST", "/completion", json=self._body(ids, sampling, slot)) as response:
                 self._streams.setdefault(request_id, []).append(response)
@@ -184,18 +187,22 @@ class LlamaCppEngine(TokenizerChat):
                     if delta.finish_reason is not None:
                         return
             raise EngineFailure(f"the engine failed on request {request_id}: llama-server ended the stream early")
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            if request_id in self._aborted:  # abort() closed the stream under us
+                return
             await asyncio.sleep(DEATH_GRACE_S)
             why = self.dead()
             if why is not None:
                 raise EngineUnavailable(why) from exc
-            if request_id not in self._streams:  # aborted: abort() closed the stream under us
-                return
             log.warning("llama-server request %s failed: %s", request_id, exc)
             raise EngineFailure(f"the engine failed on request {request_id}") from exc
         finally:
             self._slots.release(slot)
-            self._streams.pop(request_id, None)
+            self._running[request_id] -= 1
+            if not self._running[request_id]:
+                del self._running[request_id]
+                self._streams.pop(request_id, None)
+                self._aborted.discard(request_id)
 
     def _delta(self, chunk: dict[str, Any], index: int, stop_ids: set[int]) -> Delta:
         tokens = [int(t) for t in chunk.get("tokens") or []]
@@ -240,7 +247,9 @@ class LlamaCppEngine(TokenizerChat):
         return EngineFailure(f"the engine failed on request {request_id}")
 
     async def abort(self, request_id: str) -> None:
-        for response in self._streams.pop(request_id, []):
+        if request_id in self._running:
+            self._aborted.add(request_id)
+        for response in self._streams.get(request_id, []):
             await response.aclose()  # llama-server sees the closed connection and frees the slot
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -263,7 +272,7 @@ class LlamaCppEngine(TokenizerChat):
                                  param=field)
 
     def num_unfinished_requests(self) -> int:
-        return sum(len(streams) for streams in self._streams.values())
+        return len(self._running)
 
     def dead(self) -> str | None:
         return self._server.exited()
