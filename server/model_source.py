@@ -237,7 +237,9 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
     facts += [f"LoRA          {a.name}: rank {a.rank} on {', '.join(a.targets) or 'its modules'} ({a.path}; trained "
               f"over {a.base or 'an unnamed base'})" for a in found]
     pins = Pins(pinned.get("model"), pinned.get("chat_model"), precision)
-    if settings.engine != "vllm":  # the bundled model's shipped GGUF, for llama.cpp
+    # the bundled model's shipped GGUF, for llama.cpp, where the bundled model may be planned
+    if settings.engine != "vllm" and any(e.bundled and (settings.model in ("auto", e.id) or settings.chat_model ==
+                                                        e.id) for e in entries):
         entries = [bundled_gguf(e, settings.cache_dir) if e.bundled else e for e in entries]
         return Source(Catalog(models=tuple(entries)), pins, tuple(facts), found)
     return Source(Catalog(models=tuple(entries)) if pinned else catalog, pins, tuple(facts), found)
