@@ -223,7 +223,8 @@ class LlamaCppEngine(TokenizerChat):
             "prompt": ids, "n_predict": sampling.max_tokens, "stream": True, "cache_prompt": True, "id_slot": slot,
             "return_tokens": True, "samplers": SAMPLERS, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p,
-            "repeat_penalty": sampling.repetition_penalty, "repeat_last_n": -1,  # vLLM's: the whole sequence
+            # vLLM's window: the whole sequence (llama-server takes 0..n, not its CLI's -1)
+            "repeat_penalty": sampling.repetition_penalty, "repeat_last_n": self.max_model_len,
             "presence_penalty": sampling.presence_penalty, "frequency_penalty": sampling.frequency_penalty,
             "stop": list(sampling.stop), "ignore_eos": sampling.ignore_eos,
             "logit_bias": [[token, bias] for token, bias in sampling.logit_bias],

@@ -82,6 +82,8 @@ class LlamaServer:
         args = [binary, *server_args(launch, port)]
         cores = set(launch.cpu_cores) if launch.cpu_cores else None
         log.info("starting %s", " ".join(args))
+        # httpx logs every request at INFO: the health polls here, then every completion sent to the child
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace", preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)

@@ -61,6 +61,7 @@ class _Tokenizer:
 def _engine() -> LlamaCppEngine:
     engine = LlamaCppEngine.__new__(LlamaCppEngine)  # no child: only the pure methods run
     engine._tokenizer = _Tokenizer()
+    engine.max_model_len = 4096
     return engine
 
 
