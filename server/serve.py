@@ -166,7 +166,10 @@ WARM_UP_PROMPT = "def fibonacci(n):\n    " * 64  # ~512 tokens: the first large 
 async def warm_up(engine: Engine) -> None:
     """One short and one long request before /ready, so no client pays for first-use kernel setup
     (measured here: the first 700-token prefill on CPU took 20 s, the next 2 s)."""
-    for rid, prompt in (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT)):
+    # an engine without first-use setup (llama.cpp: engine/llamacpp.py) needs only the short one
+    prompts = (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT))[:2 if getattr(engine, "first_use_setup",
+                                                                                     True) else 1]
+    for rid, prompt in prompts:
         ids = engine.tokenize(prompt)[:max(1, engine.max_model_len - 2)]  # a model of a short context takes less
         async for _ in engine.generate(ids, SamplingSettings(max_tokens=2, temperature=0), rid):
             pass

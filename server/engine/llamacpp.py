@@ -17,11 +17,13 @@ re-prefills only what changed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +34,7 @@ from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, T
 from .chat import TokenizerChat
 from .llamacpp_metrics import LlamaServerMetrics
 from .llamacpp_process import LlamaServer
-from .tokenizer import tokenizer_facts
+from .tokenizer import TokenizerFacts
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,19 @@ def _common(a: list[int], b: list[int]) -> int:
 
 
 class LlamaCppEngine(TokenizerChat):
-    def __init__(self, server: LlamaServer, tokenizer: Any, launch: Launch):
+    # llama.cpp has no kernels to set up on first use (llama-server runs its own warm-up decode as it loads): the
+    # server's long warm-up prompt would only delay /ready
+    first_use_setup = False
+
+    def __init__(self, server: LlamaServer, fast: Any, full: concurrent.futures.Future[Any], launch: Launch):
         self._server = server
-        self._tokenizer = tokenizer
+        self._fast = fast  # tokenizers.Tokenizer: tokenizing at once
+        self._full = full  # Transformers' tokenizer, loading in the background: chat templates, tool parsers
         self.launch = launch
         self.model_id = launch.served_name
         self.max_model_len = launch.max_model_len
         self.name = "llama.cpp"
-        facts = tokenizer_facts(tokenizer)
+        facts = fast_tokenizer_facts(fast, Path(launch.tokenizer or "."))
         self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
                                                                       facts.special_tokens)
         self._slots = Slots(launch.max_num_seqs)
@@ -99,17 +106,25 @@ class LlamaCppEngine(TokenizerChat):
         self._aborted: set[str] = set()
         self.metrics = LlamaServerMetrics(server.url)
 
+    @property
+    def _tokenizer(self) -> Any:
+        return self._full.result()  # the first chat request after start may wait for it (~7 s on 2 cores)
+
     @classmethod
     def start(cls, launch: Launch, binary: str | None) -> LlamaCppEngine:
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         if binary is None:
             raise EngineStartError("the plan runs llama.cpp's server and no llama-server binary was found; set "
                                    "CODESERVE_LLAMA_SERVER or run scripts/setup.sh")
-        if launch.tokenizer is None:
-            raise EngineStartError(f"no tokenizer was prepared for {launch.model}")
-        tokenizer = AutoTokenizer.from_pretrained(launch.tokenizer)
-        engine = cls(LlamaServer.start(launch, binary), tokenizer, launch)
+        if launch.tokenizer is None or not (Path(launch.tokenizer) / "tokenizer.json").is_file():
+            raise EngineStartError(f"no tokenizer.json was prepared for {launch.model}")
+        directory = launch.tokenizer
+        # Transformers (which imports torch: ~7 s on 2 cores) loads beside llama-server and the typing workload
+        full = concurrent.futures.ThreadPoolExecutor(1, "transformers-tokenizer").submit(_transformers_tokenizer,
+                                                                                          directory)
+        fast = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+        engine = cls(LlamaServer.start(launch, binary), fast, full, launch)
         from prometheus_client import REGISTRY
 
         # one /metrics shows llama-server's own figures, as vLLM's are shown (an earlier engine of this process may
@@ -208,7 +223,7 @@ class LlamaCppEngine(TokenizerChat):
         tokens = [int(t) for t in chunk.get("tokens") or []]
         cut = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
         if cut is not None:  # a stop token id (a chat template's end marker): the text before it, then stop
-            text = str(self._tokenizer.decode(tokens[:cut], skip_special_tokens=True))
+            text = str(self._fast.decode(tokens[:cut], skip_special_tokens=True))
             return Delta(index, text, cut + 1, "stop")
         finish = stop_string = None
         if chunk.get("stop"):
@@ -254,7 +269,7 @@ class LlamaCppEngine(TokenizerChat):
             await response.aclose()  # llama-server sees the closed connection and frees the slot
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return list(self._fast.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def check(self, sampling: SamplingSettings) -> None:
         changed = sampling.changed()
@@ -288,6 +303,30 @@ class LlamaCppEngine(TokenizerChat):
 
         with contextlib.suppress(KeyError):
             REGISTRY.unregister(self.metrics)
+
+
+def _transformers_tokenizer(directory: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def fast_tokenizer_facts(fast: Any, directory: Path) -> TokenizerFacts:
+    """engine/tokenizer.py's facts from the `tokenizers` library's Tokenizer and the directory's tokenizer_config.json
+    (the named special tokens Transformers adds to them)."""
+    vocab = fast.get_vocab(with_added_tokens=True)
+    special = {t.content for t in fast.get_added_tokens_decoder().values() if t.special}
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"):
+        for token in (config.get(name) if isinstance(config.get(name), list) else [config.get(name)]):
+            value = token.get("content") if isinstance(token, dict) else token
+            if value:
+                special.add(str(value))
+    return TokenizerFacts(int(fast.get_vocab_size(with_added_tokens=True)), max(len(t) for t in vocab),
+                          frozenset(special))
 
 
 def _unsupported(name: str) -> InvalidRequest:

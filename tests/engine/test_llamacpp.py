@@ -60,7 +60,7 @@ class _Tokenizer:
 
 def _engine() -> LlamaCppEngine:
     engine = LlamaCppEngine.__new__(LlamaCppEngine)  # no child: only the pure methods run
-    engine._tokenizer = _Tokenizer()
+    engine._fast = _Tokenizer()
     engine.max_model_len = 4096
     return engine
 
@@ -127,3 +127,22 @@ def test_finding_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert find_llama_server(tmp_path / "missing") is None  # a setting that points nowhere is not a search
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
     assert find_llama_server(None) in (str(binary), str(Path(sys.executable).parent / "llama-server"))
+
+
+def test_the_fast_tokenizer_agrees_with_transformers(catalog: Any) -> None:
+    """The llama.cpp engine tokenizes with the `tokenizers` library (Transformers loads in the background): the same
+    ids and the same facts as the Transformers tokenizer every other engine uses, on the bundled model's."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from server.engine.llamacpp import fast_tokenizer_facts
+    from server.engine.tokenizer import tokenizer_facts
+    from server.prepare import prepare_bundled
+    from tests.conftest import make_settings
+
+    directory = prepare_bundled(make_settings().cache_dir, catalog.bundled())
+    fast, full = Tokenizer.from_file(str(directory / "tokenizer.json")), AutoTokenizer.from_pretrained(directory)
+    assert fast_tokenizer_facts(fast, directory) == tokenizer_facts(full)
+    text = "def fib(n):\n    <|im_start|>héllo\t"
+    for special in (True, False):
+        assert fast.encode(text, add_special_tokens=special).ids == full.encode(text, add_special_tokens=special)
