@@ -58,6 +58,8 @@ def server_args(launch: Launch, port: int | str) -> list[str]:
         "--threads", str(threads(launch)), "--threads-batch", str(threads(launch)),
         "--batch-size", "2048", "--ubatch-size", str(launch.max_num_batched_tokens),
         "--metrics", "--no-webui",
+        # the plan sets the context and slots; llama.cpp's fitting would only probe memory for what it left unset
+        "--fit", "off",
         # the planner budgets slots x context; the host-memory prompt cache (default 8 GiB) would add to it unplanned
         "--cache-ram", "0",
         # every request names its slot (engine/llamacpp.py keeps a typist on the slot that holds its prefix)
