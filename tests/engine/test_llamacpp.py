@@ -146,3 +146,28 @@ def test_the_fast_tokenizer_agrees_with_transformers(catalog: Any) -> None:
     text = "def fib(n):\n    <|im_start|>héllo\t"
     for special in (True, False):
         assert fast.encode(text, add_special_tokens=special).ids == full.encode(text, add_special_tokens=special)
+
+
+def _launch() -> Launch:
+    return Launch(model="/m.gguf", served_name="m", device="cpu", dtype="float32", online_quantization=None,
+                  tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=256, max_num_seqs=1,
+                  max_num_batched_tokens=512, prefix_caching=True, kv_block_tokens=None, kv_cache_dtype="auto",
+                  gpu_memory_fraction=None, kv_cache_bytes=None, eager=True, trust_remote_code=False, engine="llamacpp")
+
+
+@pytest.mark.parametrize(("output", "out_of_memory"), [
+    ("llama_model_load: error loading model: tensor data is not within the file bounds", False),
+    ("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 99999999999", True),
+], ids=["bad-file", "memory"])
+def test_a_child_that_exits_while_loading_says_why(tmp_path: Path, output: str, out_of_memory: bool) -> None:
+    """The child's last lines become the start error; an allocation failure lets the plan's next option start."""
+    from server.engine.base import EngineStartError
+    from server.engine.llamacpp_process import LlamaServer
+
+    binary = tmp_path / "llama-server"
+    binary.write_text(f"#!/bin/sh\necho '{output}'\nexit 1\n")
+    binary.chmod(0o755)
+    with pytest.raises(EngineStartError) as caught:
+        LlamaServer.start(_launch(), str(binary))
+    assert output in str(caught.value) and "exit status 1" in str(caught.value)
+    assert caught.value.out_of_memory is out_of_memory
