@@ -45,6 +45,7 @@ UNSUPPORTED = ("allowed_token_ids", "bad_words", "min_tokens", "include_stop_str
 # penalty over the last 64 tokens (README "Sampling params"), so every sampler is set explicitly, in vLLM's order.
 SAMPLERS = ["penalties", "top_k", "top_p", "min_p", "temperature"]
 DEATH_GRACE_S = 0.5  # a refused connection may come just before the child's exit status does
+ABORTED: dict[str, Any] = {}  # what a cancelled reader leaves its stream
 
 
 class Slots:
@@ -101,9 +102,7 @@ class LlamaCppEngine(TokenizerChat):
         # no overall timeout: a long generation streams for minutes; the connection is local
         self._client = httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(None, connect=5.0),
                                          limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-        self._streams: dict[str, list[httpx.Response]] = {}  # request id -> its open streams (n of them)
-        self._running: dict[str, int] = {}  # request id -> its llama-server requests not yet ended
-        self._aborted: set[str] = set()
+        self._readers: dict[str, list[asyncio.Task[None]]] = {}  # request id -> its llama-server streams (n)
         self.metrics = LlamaServerMetrics(server.url)
 
     @property
@@ -182,42 +181,64 @@ class LlamaCppEngine(TokenizerChat):
 
     async def _stream(self, ids: list[int], sampling: SamplingSettings, request_id: str,
                       index: int) -> AsyncIterator[Delta]:
+        """One llama-server request's deltas. The HTTP stream lives in a reader task of its own: the HTTP layer
+        steps a stream from one task after another (api/endpoint.py `_until_superseded`), and httpx's connection
+        is bound to the task that opened it, so closing it from another task (a superseded keystroke) would leave
+        llama-server generating on the slot the next keystroke waits for."""
         slot = self._slots.take(ids)
         stop_ids = set(sampling.stop_token_ids)
-        self._running[request_id] = self._running.get(request_id, 0) + 1
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(self._body(ids, sampling, slot), slot, queue))
+        self._readers.setdefault(request_id, []).append(reader)
         try:
-            async with self._client.stream("POST", "/completion", json=self._body(ids, sampling, slot)) as response:
-                self._streams.setdefault(request_id, []).append(response)
-                if response.status_code != 200:
-                    raise self._refused(response.status_code, (await response.aread()).decode(errors="replace"),
-                                        sampling, request_id)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    chunk = json.loads(line[len("data: "):])
-                    if "error" in chunk:
-                        raise self._refused(500, json.dumps(chunk), sampling, request_id)
-                    delta = self._delta(chunk, index, stop_ids)
-                    yield delta
-                    if delta.finish_reason is not None:
-                        return
-            raise EngineFailure(f"the engine failed on request {request_id}: llama-server ended the stream early")
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            if request_id in self._aborted:  # abort() closed the stream under us
-                return
-            await asyncio.sleep(DEATH_GRACE_S)
-            why = self.dead()
-            if why is not None:
-                raise EngineUnavailable(why) from exc
-            log.warning("llama-server request %s failed: %s", request_id, exc)
-            raise EngineFailure(f"the engine failed on request {request_id}") from exc
+            while True:
+                item = await queue.get()
+                if item is ABORTED:
+                    return
+                if item is None:
+                    raise EngineFailure(f"the engine failed on request {request_id}: llama-server ended the stream "
+                                        f"early")
+                if isinstance(item, httpx.HTTPStatusError):
+                    raise self._refused(item.response.status_code, item.response.text, sampling, request_id)
+                if isinstance(item, BaseException):
+                    await asyncio.sleep(DEATH_GRACE_S)
+                    why = self.dead()
+                    if why is not None:
+                        raise EngineUnavailable(why) from item
+                    log.warning("llama-server request %s failed: %s", request_id, item)
+                    raise EngineFailure(f"the engine failed on request {request_id}") from item
+                if "error" in item:
+                    raise self._refused(500, json.dumps(item), sampling, request_id)
+                delta = self._delta(item, index, stop_ids)
+                yield delta
+                if delta.finish_reason is not None:
+                    return
         finally:
-            self._slots.release(slot)
-            self._running[request_id] -= 1
-            if not self._running[request_id]:
-                del self._running[request_id]
-                self._streams.pop(request_id, None)
-                self._aborted.discard(request_id)
+            reader.cancel()  # its own task closes the connection; llama-server then stops and frees the slot
+            readers = self._readers.get(request_id, [])
+            if reader in readers:
+                readers.remove(reader)
+            if not readers:
+                self._readers.pop(request_id, None)
+
+    async def _read(self, body: dict[str, Any], slot: int, queue: asyncio.Queue[Any]) -> None:
+        try:
+            async with self._client.stream("POST", "/completion", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    queue.put_nowait(httpx.HTTPStatusError("refused", request=response.request, response=response))
+                    return
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        queue.put_nowait(json.loads(line[len("data: "):]))
+            queue.put_nowait(None)
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            queue.put_nowait(exc)
+        except asyncio.CancelledError:
+            queue.put_nowait(ABORTED)  # abort(): the request ends quietly, as on vLLM
+            raise
+        finally:
+            self._slots.release(slot)  # only now: the connection is closed, llama-server lets the slot go
 
     def _delta(self, chunk: dict[str, Any], index: int, stop_ids: set[int]) -> Delta:
         tokens = [int(t) for t in chunk.get("tokens") or []]
@@ -263,10 +284,8 @@ class LlamaCppEngine(TokenizerChat):
         return EngineFailure(f"the engine failed on request {request_id}")
 
     async def abort(self, request_id: str) -> None:
-        if request_id in self._running:
-            self._aborted.add(request_id)
-        for response in self._streams.get(request_id, []):
-            await response.aclose()  # llama-server sees the closed connection and frees the slot
+        for reader in self._readers.get(request_id, []):
+            reader.cancel()  # closes its connection: llama-server sees it and frees the slot
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._fast.encode(text, add_special_tokens=add_special_tokens).ids)
@@ -288,7 +307,7 @@ class LlamaCppEngine(TokenizerChat):
                                  param=field)
 
     def num_unfinished_requests(self) -> int:
-        return len(self._running)
+        return len(self._readers)
 
     def dead(self) -> str | None:
         return self._server.exited()
