@@ -48,30 +48,40 @@ DEATH_GRACE_S = 0.5  # a refused connection may come just before the child's exi
 ABORTED: dict[str, Any] = {}  # what a cancelled reader leaves its stream
 
 
+# Waiting for a busy slot beats re-prefilling this many more tokens elsewhere: a superseded keystroke frees its slot
+# within a token, and a running completion within its max_tokens (~2.5 s for 128 tokens at ~50 tok/s here), while
+# the bundled Q4_1 model prefills ~170 tokens/s on 2 cores (issue 26: 9.2 s for a 1.5k-token prompt).
+WAIT_FOR_PREFIX_TOKENS = 256
+
+
 class Slots:
     """Which llama-server slot each request runs on: the free one whose last prompt shares the longest prefix, the
-    least recently used among equals."""
+    least recently used among equals; a busy one (llama-server queues the request for it) when it holds
+    WAIT_FOR_PREFIX_TOKENS more of the prompt: the typist's own slot, still closing its superseded keystroke."""
 
     def __init__(self, count: int):
         self.prompts: list[list[int]] = [[] for _ in range(count)]
-        self.busy = [False] * count
+        self.busy = [0] * count  # requests on each slot (running, or queued by llama-server for it)
         self.used = [0] * count
         self._clock = 0
 
     def take(self, ids: list[int]) -> int:
-        """A slot for `ids`, or -1 when all are busy (llama-server queues the request for the next free one)."""
+        """A slot for `ids`, or -1 when all are busy and none holds its prefix (llama-server takes the next free)."""
+        shared = [_common(prompt, ids) for prompt in self.prompts]
         free = [slot for slot, busy in enumerate(self.busy) if not busy]
-        if not free:
-            return -1
-        best = max(free, key=lambda slot: (_common(self.prompts[slot], ids), -self.used[slot]))
-        self.busy[best] = True
-        self.prompts[best] = ids
+        best = max(free, key=lambda slot: (shared[slot], -self.used[slot])) if free else -1
+        longest = max(range(len(shared)), key=lambda slot: shared[slot])
+        if shared[longest] - (shared[best] if best >= 0 else 0) > WAIT_FOR_PREFIX_TOKENS:
+            best = longest
+        if best >= 0:
+            self.busy[best] += 1
+            self.prompts[best] = ids
         return best
 
     def release(self, slot: int) -> None:
         if slot >= 0:
             self._clock += 1
-            self.busy[slot], self.used[slot] = False, self._clock
+            self.busy[slot], self.used[slot] = self.busy[slot] - 1, self._clock
 
 
 def _common(a: list[int], b: list[int]) -> int:

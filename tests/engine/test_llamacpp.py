@@ -37,9 +37,21 @@ def test_without_a_shared_prefix_the_least_recently_used_slot() -> None:
 
 def test_all_busy_lets_llama_server_queue() -> None:
     slots = Slots(1)
-    assert slots.take([1]) == 0 and slots.take([1]) == -1
+    assert slots.take([1]) == 0 and slots.take([2]) == -1
     slots.release(-1)  # a queued request had no slot of ours: nothing to give back
-    assert slots.busy == [True]
+    assert slots.busy == [1]
+
+
+def test_a_long_prefix_is_worth_waiting_for() -> None:
+    """The next keystroke arrives while the superseded one still holds its slot: it queues there rather than
+    prefilling the whole file again in another slot."""
+    slots = Slots(2)
+    prompt = list(range(1000))
+    typist = slots.take(prompt)
+    assert slots.take([*prompt, 5]) == typist and slots.busy[typist] == 2
+    slots.release(typist)
+    assert slots.busy[typist] == 1
+    assert slots.take([7, 8]) != typist  # a short shared prefix: a free slot
 
 
 @pytest.mark.parametrize(("structured", "expected"), [
