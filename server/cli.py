@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .engine import vllm_args
+from .engine.llamacpp_process import server_args
 from .planner.catalog import CatalogError, Retrieval, load_catalog
 from .planner.fleet import Fleet
 from .planner.hardware import HardwareSpecError
@@ -74,7 +76,8 @@ def _print_plan(result: Plan, show_all: bool, quality: dict[str, Any] | None = N
     if chosen.pipeline_parallel_size > 1:
         pp = (f"  layers over {chosen.pipeline_parallel_size} GPUs (device_map)" if chosen.launch.engine ==
               "transformers" else f"  pp={chosen.pipeline_parallel_size} (one stage per node)")
-    print(f"chosen    {chosen.model.id}  {chosen.precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
+    precision = chosen.launch.weights_type or chosen.precision  # a GGUF file's own type (llama.cpp)
+    print(f"chosen    {chosen.model.id}  {precision}{quant}  tp={chosen.tensor_parallel_size}{pp}  "
           f"replicas={chosen.replicas}  on {chosen.device_name}")
     retrieval = chosen.model.retrieval
     active = active_params(chosen.model.architecture) if chosen.model.architecture.moe else None
@@ -142,6 +145,11 @@ def _vllm(result: Plan, overrides: dict[str, Any] | None = None) -> dict[str, An
         return {"name": "transformers", "args": args, "env": {},
                 "command": f"(in process) Transformers generate() on {launch.model}, {launch.dtype} on {where}, "
                            f"dynamic batches of up to {launch.max_num_seqs} sequences"}
+    if launch.engine == "llamacpp":
+        flags = server_args(launch, "PORT")  # codeserve picks a free local port at start
+        pin = ["taskset", "-c", ",".join(map(str, launch.cpu_cores))] if launch.cpu_cores else []
+        return {"name": "llama.cpp", "args": flags, "env": {},
+                "command": " ".join(shlex.quote(flag) for flag in [*pin, "llama-server", *flags])}
     args = vllm_args.engine_args(launch, overrides)
     env = vllm_args.engine_env(launch)
     command = vllm_args.serve_command(args, env)

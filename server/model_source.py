@@ -13,13 +13,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from .engine import gguf_file
 from .engine.support import vllm_refusal
 from .planner.adapters import Adapter
-from .planner.catalog import Catalog
+from .planner.catalog import Catalog, ModelEntry
 from .planner.derive import Derived, DeriveError, SentenceTransformers, derive, is_composite
 from .planner.plan import NoFit
+from .prepare import PrepareError, bundled_gguf_path
 from .settings import Precision, Settings
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -145,6 +147,36 @@ def describe(directory: Path, location: str, name: str) -> Derived:
                   sentence_transformers(directory))
 
 
+def describe_gguf(path: Path, cache_dir: Path) -> Derived:
+    """A catalog entry for a GGUF file: its metadata read as config.json's fields, its weights served as stored by
+    llama.cpp's server (planner/engine_choice.py)."""
+    try:
+        found = gguf_file.read_cached(path, cache_dir)
+    except gguf_file.GgufError as exc:
+        raise DeriveError(str(exc)) from exc
+    derived = derive(path.stem, found.file.path, found.config, found.special_tokens, found.chat_template,
+                     "vLLM has no GGUF loader: llama.cpp's server serves it")
+    entry = derived.entry.model_copy(update={"gguf": found.file, "context_length": found.file.context_length})
+    arch = entry.architecture
+    facts = (f"architecture  {found.file.architecture} from the GGUF metadata: {arch.layers} layers, hidden "
+             f"{arch.hidden_size}, {arch.attention_heads} heads / {arch.kv_heads} KV, {entry.params / 1e9:.2f}B "
+             f"parameters", f"context       {found.file.context_length} tokens (GGUF metadata)",
+             f"weights       {found.file.weights_type}, {found.file.tensor_bytes / 1e6:.0f} MB as stored (llama.cpp)",
+             *derived.facts[3:])
+    return Derived(entry, None, facts)
+
+
+def bundled_gguf(entry: ModelEntry, cache_dir: Path) -> ModelEntry:
+    """The bundled entry with its shipped GGUF described (llama.cpp serves it without conversion); as it is when the
+    package is not installed (vLLM then converts it, prepare.py)."""
+    assert entry.bundled is not None
+    try:
+        path = bundled_gguf_path(entry.bundled)
+        return entry.model_copy(update={"gguf": gguf_file.read_cached(path, cache_dir).file})
+    except (PrepareError, gguf_file.GgufError):
+        return entry
+
+
 def _fetch(repo: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     advice = (f"download it where the network allows (huggingface-cli download {repo} --local-dir DIR) and set "
@@ -162,12 +194,14 @@ def _fetch(repo: str) -> Path:
                     f"at once, or {advice}", []) from exc
 
 
-def _derived(setting: str, variable: str) -> Derived | None:
+def _derived(setting: str, variable: str, cache_dir: Path) -> Derived | None:
     """The derived description for a pin that is not a catalog id, or None for 'auto'."""
     if setting == "auto":
         return None
     path = Path(setting).expanduser()
     try:
+        if path.suffix.lower() == ".gguf" or (path.is_file() and _starts_gguf(path)):
+            return describe_gguf(path, cache_dir)
         if path.is_dir():
             return describe(path, str(path.resolve()), path.resolve().name)
         if REPO_ID.fullmatch(setting):
@@ -176,6 +210,11 @@ def _derived(setting: str, variable: str) -> Derived | None:
         raise NoFit(f"{variable}={setting}: {exc}", []) from exc
     raise NoFit(f"{variable}={setting!r} is neither a catalog id (`codeserve models` lists them), a local model "
                 f"directory, nor a Hugging Face repo id (org/name)", [])
+
+
+def _starts_gguf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == gguf_file.MAGIC
 
 
 def adapters(settings: Settings) -> tuple[Adapter, ...]:
@@ -212,7 +251,7 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
         setting = getattr(settings, field)
         if setting == "auto" or catalog.get(setting) is not None:
             continue
-        derived = _derived(setting, variable)
+        derived = _derived(setting, variable, settings.cache_dir)
         assert derived is not None
         if any(e.id == derived.entry.id for e in entries):  # a directory named like a catalog model
             derived = Derived(derived.entry.model_copy(update={"id": f"{derived.entry.id}-local"}),
@@ -224,10 +263,15 @@ def resolve(settings: Settings, catalog: Catalog) -> Source:
             if settings.precision not in ("auto", derived.precision):
                 raise NoFit(f"{derived.entry.repo} holds {derived.precision} weights; CODESERVE_PRECISION="
                             f"{settings.precision} cannot be served from it (set it to auto)", [])
-            precision = derived.precision
+            precision = cast(Precision, derived.precision)  # derive() reads only config.json's methods
     found = adapters(settings)
     facts += [f"LoRA          {a.name}: rank {a.rank} on {', '.join(a.targets) or 'its modules'} ({a.path}; trained "
               f"over {a.base or 'an unnamed base'})" for a in found]
     pins = Pins(pinned.get("model"), pinned.get("chat_model"), precision, pinned.get("embedding_model"),
                 pinned.get("rerank_model"))
+    # the bundled model's shipped GGUF, for llama.cpp, where the bundled model may be planned
+    if settings.engine != "vllm" and any(e.bundled and (settings.model in ("auto", e.id) or settings.chat_model ==
+                                                        e.id) for e in entries):
+        entries = [bundled_gguf(e, settings.cache_dir) if e.bundled else e for e in entries]
+        return Source(Catalog(models=tuple(entries)), pins, tuple(facts), found)
     return Source(Catalog(models=tuple(entries)) if pinned else catalog, pins, tuple(facts), found)

