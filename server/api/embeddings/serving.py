@@ -27,6 +27,13 @@ def pooler(target: Target) -> Pooler:
     return cast(Pooler, target.core.engine)
 
 
+def bounded(count: int, most: int, param: str) -> None:
+    """A batch within CODESERVE_MAX_EMBEDDING_INPUTS, or a 400 naming the field."""
+    if count > most:
+        raise InvalidRequest(f"{param} has {count} items; at most {most} per request "
+                             f"(CODESERVE_MAX_EMBEDDING_INPUTS): send them in batches", param=param)
+
+
 def truncated(ids: list[int], limit: int, body: Truncation, param: str) -> list[int]:
     """The input within the model's limit: as it is, cut as the request asks (truncate_prompt_tokens), or a 400
     naming it."""
@@ -61,9 +68,7 @@ class Embeddings(Endpoint[EmbeddingRequest]):
 
     def convert(self, target: Target, body: EmbeddingRequest) -> Job[EmbeddingRequest]:
         inputs = body.inputs()
-        if len(inputs) > self.max_inputs:
-            raise InvalidRequest(f"input has {len(inputs)} items; at most {self.max_inputs} per request "
-                                 f"(CODESERVE_MAX_EMBEDDING_INPUTS): send them in batches", param="input")
+        bounded(len(inputs), self.max_inputs, "input")
         entry = target.core.served.entry
         if body.dimensions is not None and entry.retrieval is not None:
             problem = entry.retrieval.dimensions_problem(body.dimensions)

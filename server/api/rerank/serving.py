@@ -7,12 +7,11 @@ import uuid
 from dataclasses import dataclass
 
 from ...engine.base import PairTokens, SamplingSettings
-from ...errors import InvalidRequest
 from ...generation.core import Prepared, Prompt
 from ...generation.served import Target
 from ...metrics import RequestObserver
 from ...settings import Settings
-from ..embeddings.serving import pooler, truncated
+from ..embeddings.serving import bounded, pooler, truncated
 from ..endpoint import Endpoint, Job
 from .protocol import DocumentOut, RerankRequest, RerankResponse, RerankResult, RerankUsage
 
@@ -37,9 +36,7 @@ class Rerank(Endpoint[RerankRequest]):
 
     def convert(self, target: Target, body: RerankRequest) -> Job[RerankRequest]:
         texts = body.texts()
-        if len(texts) > self.max_inputs:
-            raise InvalidRequest(f"documents has {len(texts)} items; at most {self.max_inputs} per request "
-                                 f"(CODESERVE_MAX_EMBEDDING_INPUTS): send them in batches", param="documents")
+        bounded(len(texts), self.max_inputs, "documents")
         engine, limit = pooler(target), target.core.served.max_model_len
         pairs = []
         for index, text in enumerate(texts):
