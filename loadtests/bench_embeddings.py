@@ -11,9 +11,7 @@ Usage (after scripts/setup.sh): .venv/bin/python loadtests/bench_embeddings.py [
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtests.run import start_server, stop_server
 
 BATCH = 64
 CHUNK_TOKENS = 256
@@ -57,26 +56,6 @@ def tiny_model() -> Path:
     return build_retrieval("embedding", settings.cache_dir / "bench" / "tiny-embed", tokenizer)
 
 
-def serve(port: int, model: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CODESERVE_GPUS": "none", "CODESERVE_PORT": str(port), "CODESERVE_HOST": "127.0.0.1",
-           "CODESERVE_ROLE": "embedding", "CODESERVE_EMBEDDING_MODEL": str(model)}
-    log = Path(tempfile.mkdtemp()) / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited; its log: {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    process.kill()
-    sys.exit("the server was not ready in 15 minutes")
-
-
 def run(client: httpx.Client, batches: list[list[list[int]]], concurrency: int) -> tuple[float, list[float]]:
     def one(batch: list[list[int]]) -> float:
         start = time.perf_counter()
@@ -101,10 +80,9 @@ def main() -> None:
     process = None
     url = args.url
     model = args.model or tiny_model()
-    if url is None:
-        port = 18000 + os.getpid() % 1000
-        process = serve(port, model)
-        url = f"http://127.0.0.1:{port}"
+    if url is None:  # loadtests/run.py's server start: a free port, /ready awaited, its log kept
+        process, url = start_server(Path(tempfile.mkdtemp(prefix="bench-embeddings-")), {
+            "CODESERVE_GPUS": "none", "CODESERVE_ROLE": "embedding", "CODESERVE_EMBEDDING_MODEL": str(model)})
     try:
         data = chunks(BATCH * args.batches, args.tokenizer or model)
         batches = [data[i * BATCH:(i + 1) * BATCH] for i in range(args.batches)]
@@ -120,8 +98,7 @@ def main() -> None:
                       f"p50 {statistics.median(latencies) * 1000:6.0f} ms, p95 {cuts[18] * 1000:6.0f} ms")
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+            stop_server(process)
 
 
 if __name__ == "__main__":
