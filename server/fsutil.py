@@ -1,4 +1,4 @@
-"""Directories that appear complete or not at all: write to a temporary sibling, then rename."""
+"""Files and directories that appear complete or not at all: write to a temporary sibling, then rename."""
 
 from __future__ import annotations
 
@@ -23,3 +23,15 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield `<target>.tmp-<pid>` to write; on success it replaces `target` in one rename, on any error it is
+    removed and `target` is left as it was."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from .api.chat.serving import Chat
 from .api.limits import Limiter
 from .api.runtime import Runtime
 from .api.supersession import Supersession
+from .engine import gguf_convert
 from .engine.base import Engine, EngineStartError, Pooler, SamplingSettings
 from .evaluation import gate
 from .fim.templates import template_for
@@ -79,11 +80,16 @@ def resolved_launch(option: Option, settings: Settings, progress: Progress | Non
     nobody publishes, else a local directory where there is one, else the repo id (fetched into the Hugging Face
     cache first with `fetch`, so that /ready can say how far the download is)."""
     report = progress or _silent
-    if option.launch.engine == "llamacpp":  # the GGUF file as it is; codeserve tokenizes with its tokenizer
+    if option.launch.engine == "llamacpp":  # the GGUF file, in the type the plan chose; codeserve tokenizes
         bundled = local_dir(settings.cache_dir, option.model)
+        source = Path(option.launch.model)
         tokenizer = bundled if option.model.bundled and is_complete(bundled) else gguf_tokenizer_dir(
-            settings.cache_dir, Path(option.launch.model))
-        return replace(option.launch, tokenizer=str(tokenizer))
+            settings.cache_dir, source)
+        stored = option.model.gguf.weights_type if option.model.gguf else None
+        weights = option.launch.weights_type
+        if weights is not None and weights != stored:
+            source = gguf_convert.convert(source, weights, settings.cache_dir)
+        return replace(option.launch, model=str(source), tokenizer=str(tokenizer))
     if option.needs_quantization:
         checkpoint = _quantized(option, settings, report)
         _check_quality(option, checkpoint, settings)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..planner.gguf import GgufFile
+from .gguf_convert import converted_bytes
 
 MAGIC = b"GGUF"  # gguf-py/gguf/constants.py GGUF_MAGIC, as the file's first four bytes
 # tokenizer.ggml.token_type values that mark template markers (gguf-py/gguf/constants.py TokenType): CONTROL,
@@ -130,5 +131,6 @@ def read(path: Path) -> GgufDescription:
     special = {str(token) for token, kind in zip(tokens, kinds, strict=False) if int(kind) in SPECIAL_TOKEN_TYPES}
     template = _value(reader, "tokenizer.chat_template")
     described = GgufFile(path=str(path.resolve()), architecture=arch, weights_type=weights_type,
-                         tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors), context_length=context)
+                         tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors), context_length=context,
+                         bytes_as=converted_bytes(reader))
     return GgufDescription(described, config, special, str(template) if template else None)

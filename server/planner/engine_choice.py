@@ -17,7 +17,7 @@ from ..settings import Settings
 from . import memory
 from .catalog import ModelEntry
 from .cpu_binding import cpu_binding
-from .hardware import Inventory
+from .hardware import BF16_FLAGS, Inventory
 from .launch import Launch
 from .plan import MemoryBreakdown, Option, Rejection
 
@@ -34,6 +34,21 @@ LLAMACPP_UBATCH_TOKENS = 512
 # Outside weights, KV and compute buffer: the llama-server process (~60 MB of code and buffers) and codeserve's own
 # Python process with the tokenizer and HTTP stack (no torch, no vLLM): measured RSS ~450 MB here; rounded up.
 LLAMACPP_RUNTIME_BYTES = 768 * 1024**2
+
+
+def cpu_weights(entry: ModelEntry, inventory: Inventory) -> str:
+    """The GGUF type llama-server runs `entry` in. The bundled model ships as Q4_1, which llama.cpp's CPU backend has
+    no fast prompt kernel for: it is converted once (engine/gguf_convert.py, which has the measurements), to BF16
+    where both the CPU and the llama-server build have native bf16 (a cold prefill 2.2x the shipped file's), else
+    to Q8_0 (1.6x, decoding as fast or faster); both keep what the file holds. A GGUF the user names is served as
+    stored: its type is their choice, and a model larger than the bundled one decodes as fast as memory moves its
+    weights, which a wider type slows."""
+    gguf = entry.gguf
+    assert gguf is not None
+    if entry.bundled is None or gguf.weights_type != "Q4_1":
+        return gguf.weights_type
+    native_bf16 = inventory.cpu.bf16 and bool(BF16_FLAGS & inventory.llama_server_features)
+    return "BF16" if native_bf16 else "Q8_0"
 
 
 def is_gguf_only(entry: ModelEntry) -> bool:
@@ -96,7 +111,13 @@ def note(option: Option, settings: Settings, inventory: Inventory) -> str | None
     if option.device != "cpu" or option.launch.engine == "transformers":
         return None
     if option.launch.engine == "llamacpp":
-        return MEASURED
+        stored = option.model.gguf.weights_type if option.model.gguf else None
+        if option.launch.weights_type in (None, stored):
+            return MEASURED
+        why = ("this CPU and the llama-server build have native bf16" if option.launch.weights_type == "BF16" else
+               "BF16 needs native bf16 in both the CPU and the llama-server build")
+        return (f"{MEASURED}; weights: the shipped {stored} converted once to {option.launch.weights_type} "
+                f"(llama.cpp has no fast prompt kernel for {stored}; {why})")
     engine, why = cpu_engine(option.model, settings, inventory)
     return why if engine == "vllm" else "vLLM-CPU: llama.cpp's option did not fit or was refused (see rejected)"
 
@@ -119,12 +140,14 @@ def llamacpp_option(entry: ModelEntry, settings: Settings, inventory: Inventory,
     arch = entry.architecture
     slots = settings.max_concurrent_sequences
     kv_per_token = memory.kv_bytes_per_token(arch, LLAMACPP_KV_BYTES)
+    weights_type = cpu_weights(entry, inventory)
+    weights = gguf.bytes_as[weights_type] if weights_type != gguf.weights_type else gguf.tensor_bytes
     breakdown = MemoryBreakdown(
-        weights=gguf.tensor_bytes, kv_cache=kv_per_token * max_len * slots,
+        weights=weights, kv_cache=kv_per_token * max_len * slots,
         activation=memory.activation_peak_bytes(arch, LLAMACPP_UBATCH_TOKENS, slots),
         overhead=LLAMACPP_RUNTIME_BYTES, budget=budget)
     if breakdown.headroom < 0:
-        return (f"llama.cpp needs {breakdown.total / memory.GIB:.1f} GiB (weights {gguf.weights_type} "
+        return (f"llama.cpp needs {breakdown.total / memory.GIB:.1f} GiB (weights {weights_type} "
                 f"{breakdown.weights / memory.GIB:.2f}, KV for {slots} slots x {max_len} tokens "
                 f"{breakdown.kv_cache / memory.GIB:.2f}); the budget is {budget / memory.GIB:.1f} GiB "
                 f"(CODESERVE_CPU_MEMORY_FRACTION, CODESERVE_MAX_CONCURRENT_SEQUENCES, CODESERVE_MAX_MODEL_LEN)")
@@ -134,5 +157,5 @@ def llamacpp_option(entry: ModelEntry, settings: Settings, inventory: Inventory,
         max_num_batched_tokens=LLAMACPP_UBATCH_TOKENS, prefix_caching=True, kv_block_tokens=None,
         kv_cache_dtype="auto", gpu_memory_fraction=None, kv_cache_bytes=breakdown.kv_cache, eager=True,
         trust_remote_code=False, cpu_cores=cpu_binding(inventory.cpu, settings.cpu_cores), engine="llamacpp",
-        weights_type=gguf.weights_type)
+        weights_type=weights_type)
     return Option(entry, "gguf", 1, "cpu", "cpu", breakdown, kv_per_token, max_len * slots, None, 1, launch)

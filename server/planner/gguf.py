@@ -13,3 +13,5 @@ class GgufFile(BaseModel):
     weights_type: str = Field(description="general.file_type as llama.cpp names it (Q4_1, Q8_0, F16, ...)")
     tensor_bytes: int = Field(gt=0, description="the tensors' bytes as stored: what llama.cpp loads")
     context_length: int = Field(gt=0, description="{architecture}.context_length")
+    bytes_as: dict[str, int] = Field(description="the tensors' bytes with the weight matrices converted to each type "
+                                                 "engine/gguf_convert.py writes (Q8_0, BF16)")

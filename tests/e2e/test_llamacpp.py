@@ -25,6 +25,7 @@ import psutil
 import pytest
 from jsonschema import Draft202012Validator
 
+from server.engine.gguf_file import read
 from server.engine.llamacpp_process import find_llama_server
 from tests.e2e.conftest import MODEL, Live, isolated_env, wait_ready
 from tests.serverutil import free_port
@@ -73,10 +74,17 @@ def _settle(live: Live) -> None:
     assert live.metric("llamacpp:requests_processing") == 0
 
 
-def test_the_plan_runs_llamacpp_on_the_shipped_gguf(llama: Live) -> None:
+def test_the_plan_runs_llamacpp_on_the_converted_bundled_gguf(llama: Live) -> None:
+    """The shipped Q4_1 file, converted once to the type the plan chose for this CPU and build, is what llama-server
+    loaded."""
     plan = httpx.get(llama.url + "/v1/plan").json()
-    text = json.dumps(plan)
-    assert "llama.cpp" in text and "Q4_1.gguf" in text
+    weights = plan["launch"]["weights_type"]
+    assert weights in ("BF16", "Q8_0") and plan["launch"]["model"].endswith("Q4_1.gguf")
+    args = plan["engine"]["args"]
+    loaded = Path(args[args.index("--model") + 1])
+    assert plan["engine"]["name"] == "llama.cpp" and loaded.name.endswith(f".{weights}.gguf")
+    assert read(loaded).file.weights_type == weights
+    assert any(f"converted once to {weights}" in note for note in plan["notes"])
 
 
 def test_streaming_equals_blocking(llama_client: openai.OpenAI) -> None:

@@ -15,7 +15,7 @@ from server.planner.plan import NoFit
 from tests.conftest import FIXED_CPU, make_settings
 
 GGUF = GgufFile(path="/models/smollm2.Q4_1.gguf", architecture="llama", weights_type="Q4_1", tensor_bytes=96576768,
-                context_length=8192)
+                context_length=8192, bytes_as={"Q8_0": 143025408, "BF16": 269100288})
 BINARY = "/venv/bin/llama-server"
 
 
@@ -29,8 +29,9 @@ def _catalog(catalog: Catalog, gguf: GgufFile | None = GGUF, only_gguf: bool = F
     return Catalog(models=(*others, entry))
 
 
-def _cpu(binary: str | None = BINARY) -> Inventory:
-    return replace(simulated("none", FIXED_CPU), llama_server=binary)
+def _cpu(binary: str | None = BINARY, cpu_bf16: bool = False, build: frozenset[str] = frozenset()) -> Inventory:
+    return replace(simulated("none", replace(FIXED_CPU, bf16=cpu_bf16)), llama_server=binary,
+                   llama_server_features=build)
 
 
 @pytest.mark.parametrize(("gguf", "binary", "engine", "expected", "note"), [
@@ -47,13 +48,35 @@ def test_cpu_engine(catalog: Catalog, gguf: GgufFile | None, binary: str | None,
     assert any(note in n for n in plan.notes), plan.notes
 
 
+NATIVE_AVX512 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+
+
+@pytest.mark.parametrize(("only_gguf", "cpu_bf16", "build", "weights", "note"), [
+    # the bundled model's Q4_1 has no fast prompt kernel in llama.cpp: converted once
+    (False, True, NATIVE_AVX512, "BF16", "this CPU and the llama-server build have native bf16"),
+    (False, True, frozenset({"avx", "avx2", "fma"}), "Q8_0", "BF16 needs native bf16"),  # a portable build
+    (False, True, frozenset(), "Q8_0", "BF16 needs native bf16"),  # a binary built elsewhere: nothing assumed
+    (False, False, NATIVE_AVX512, "Q8_0", "BF16 needs native bf16"),  # (the build cannot outrun its CPU)
+    # a GGUF the user names: served as stored, whatever the machine
+    (True, True, NATIVE_AVX512, "Q4_1", None),
+], ids=["native-bf16", "portable-build", "unknown-build", "cpu-without-bf16", "user-gguf"])
+def test_weights_type(catalog: Catalog, only_gguf: bool, cpu_bf16: bool, build: frozenset[str], weights: str,
+                      note: str | None) -> None:
+    plan = choose(_cpu(cpu_bf16=cpu_bf16, build=build), _catalog(catalog, only_gguf=only_gguf),
+                  make_settings(model="smollm2.q4_1" if only_gguf else "auto"))
+    launch = plan.chosen.launch
+    assert (launch.weights_type, launch.model) == (weights, GGUF.path)  # serve.py converts the file before start
+    assert plan.chosen.memory.weights == (GGUF.tensor_bytes if weights == "Q4_1" else GGUF.bytes_as[weights])
+    converted = [n for n in plan.notes if "converted once" in n]
+    assert (note in converted[0]) if note else not converted, plan.notes
+
+
 def test_llamacpp_option(catalog: Catalog) -> None:
     plan = choose(_cpu(), _catalog(catalog), make_settings(max_concurrent_sequences=4, max_model_len=4096))
     chosen = plan.chosen
     launch = chosen.launch
-    assert (chosen.precision, launch.weights_type, launch.model) == ("gguf", "Q4_1", GGUF.path)
-    # weights as the file stores them; F16 KV: 2 x 30 layers x 3 KV heads x 64 x 2 B per token, per slot x context
-    assert chosen.memory.weights == GGUF.tensor_bytes
+    assert (chosen.precision, launch.model) == ("gguf", GGUF.path)
+    # F16 KV: 2 x 30 layers x 3 KV heads x 64 x 2 B per token, per slot x context
     assert chosen.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
     assert chosen.memory.kv_cache == chosen.kv_bytes_per_token * 4096 * 4
     assert (launch.max_num_seqs, launch.max_model_len) == (4, 4096)
