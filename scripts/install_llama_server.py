@@ -54,14 +54,6 @@ CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx
                 "avx512dq", "avx512_vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
-# What a portable build compiles in (its FLAVOURS flags, as /proc/cpuinfo names them).
-PORTABLE_FEATURES = ("avx", "avx2", "fma", "f16c", "bmi2")
-# Beside the binary: the CPU features it was compiled for, one line, space-separated. The planner reads it
-# (server/engine/llamacpp_process.py build_features) to choose the weights' type: a binary built without native bf16
-# runs BF16 weights emulated, slowly.
-FEATURES_SUFFIX = ".features"
-
-
 def _cpu_features() -> list[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
@@ -137,10 +129,6 @@ def install() -> Path:
     if not TARGET.exists() or not filecmp.cmp(TARGET, cached / "llama-server", shallow=True):
         TARGET.unlink(missing_ok=True)
         shutil.copy2(cached / "llama-server", TARGET)  # a copy: the venv works if the cache is cleared
-    # the cache key holds the features a native build was made for, so a build cached before this file existed
-    # gets it too
-    features = " ".join(_cpu_features()[1:] if flavour == "native" else PORTABLE_FEATURES) + "\n"
-    TARGET.with_name(TARGET.name + FEATURES_SUFFIX).write_text(features, encoding="utf-8")
     return TARGET
 
 

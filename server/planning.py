@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import model_source
-from .engine.llamacpp_process import build_features, find_llama_server
+from .engine.llamacpp_process import find_llama_server
 from .planner import hardware
 from .planner.catalog import Catalog, load_catalog
 from .planner.fleet import Fleet, plan_fleet
@@ -85,8 +85,7 @@ def detect_and_plan(settings: Settings) -> Fleet:
     inventory = hardware.detect(settings.gpus, cache_dir=settings.cache_dir)
     if inventory.source != "simulated":  # a simulated machine's caches are not this one's (as its disk)
         inventory = replace(inventory, hub_cached_bytes=hub_cached_bytes())
-    binary = find_llama_server(settings.llama_server)
-    inventory = replace(inventory, llama_server=binary, llama_server_features=build_features(binary))
+    inventory = replace(inventory, llama_server=find_llama_server(settings.llama_server))
     pinned = source.pins.applied(settings)  # derived models replace the user's pins for planning only
     fleet = plan_fleet(inventory, source.catalog, pinned, local_models(settings, source.catalog), source.adapters,
                        quantized_checkpoints(settings, source.catalog))

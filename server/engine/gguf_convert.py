@@ -1,22 +1,25 @@
-"""A GGUF file's weight matrices rewritten in another llama.cpp type (Q8_0 or BF16), with llama.cpp's own Python
-quantizers (the `gguf` package, gguf-py/gguf/quants.py `dequantize` / `quantize`, bit-exact with ggml's reference
-C code), written once into the cache dir and reused.
+"""A GGUF file's weight matrices rewritten as Q8_0, with llama.cpp's own Python quantizers (the `gguf` package,
+gguf-py/gguf/quants.py `dequantize` / `quantize`, bit-exact with ggml's reference C code), written once into the
+cache dir and reused.
 
-Why (issue 26, measured with llama-server b11434 on 2 cores, bundled SmolLM2-135M-Instruct, a 1,728-token prompt):
-the file it ships is Q4_1, a type llama.cpp's CPU backend has no fast prompt kernel for (neither llamafile's
-tinyBLAS, ggml-cpu/llamafile/sgemm.cpp, nor the repacked Q4_0/IQ4_NL/Q4_K/Q2_K layouts, ggml-cpu/repack.cpp):
+Why (issue 26; llama-server b11434 on 2 cores, bundled SmolLM2-135M-Instruct): the file it ships is Q4_1, a type
+llama.cpp's CPU backend has no fast prompt kernel for (neither llamafile's tinyBLAS, ggml-cpu/llamafile/sgemm.cpp,
+nor the repacked Q4_0/IQ4_NL/Q4_K/Q2_K layouts, ggml-cpu/repack.cpp). Measured with llama-server alone, a 1,728-token
+prompt, one slot:
 
-    type    prefill AVX-512 build (AVX512_BF16)   prefill AVX2 build (x86-64-v3)   decode, tok/s (AVX-512 / AVX2)
-    Q4_1    8.5-9.5 s                             7.5-7.9 s                        55-62 / 44
-    Q8_0    5.3-5.8 s                             4.7-5.0 s                        62 / 47
-    BF16    3.7-3.8 s                             5.0-5.7 s (no native bf16)       52-54 / 38
-    Q4_0    3.7-4.2 s                             4.8-5.5 s                        69 / 59
+    type    prefill, AVX-512 build   prefill, AVX2 build (x86-64-v3)   decode, tok/s (AVX-512 / AVX2)
+    Q4_1    8.5-9.5 s                7.5-7.9 s                         55-62 / 44
+    Q8_0    5.3-5.8 s                4.7-5.0 s                         62 / 47
+    BF16    3.7-3.8 s                5.0-5.7 s (no native bf16)        52-54 / 38
+    Q4_0    3.7-4.2 s                4.8-5.5 s                         69 / 59
 
-Fidelity, greedy decoding of 48 tokens on 10 code prompts, tokens before the first divergence from the same weights
-in F16 (dequantized Q4_1: the shipped weights exactly): Q4_1 as shipped 16.9 on average (its kernels quantize the
-activations to 8 bits), Q8_0 19.2, BF16 31.5, Q4_0 0.7. Q8_0 and BF16 keep what the file holds; requantizing to
-Q4_0 would lose it, so it is never offered. Warm typing (a few new tokens on a cached prefix) is ~22-30 ms on every
-type: the conversion only moves cold prefills.
+and through loadtests/bench_cpu_engines.py (codeserve, one run each, AVX-512): BF16 cold TTFT 4.0 s, warm typing p50
+70 ms, decode 51.8 tok/s; Q8_0 3.8 s, 52 ms, 65.0 tok/s (the shipped Q4_1: 7.0 s, 57 ms, 62.2). Q8_0 is as fast or
+faster on every workload on both builds; BF16 only on a cold prefill with native bf16, and slows typing and
+decoding. Fidelity, greedy decoding of 48 tokens on 10 code prompts, tokens before the first divergence from the
+same weights in F16 (dequantized Q4_1: the shipped weights exactly): Q4_1 as shipped 16.9 on average (its kernels
+quantize the activations to 8 bits), Q8_0 19.2, BF16 31.5, Q4_0 0.7: Q8_0 keeps what the file holds, requantizing
+to Q4_0 would lose it.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from ..fsutil import atomic_file
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("Q8_0", "BF16")
-# general.file_type of the result (gguf-py/gguf/constants.py LlamaFileType: MOSTLY_Q8_0, MOSTLY_BF16)
-FILE_TYPES = {"Q8_0": 7, "BF16": 32}
+TARGETS = ("Q8_0",)
+# general.file_type of the result (gguf-py/gguf/constants.py LlamaFileType.MOSTLY_Q8_0)
+FILE_TYPES = {"Q8_0": 7}
 
 
 def _converts(tensor: Any, target: Any) -> bool:
@@ -47,7 +50,7 @@ def _converts(tensor: Any, target: Any) -> bool:
 
 
 def converted_bytes(reader: Any) -> dict[str, int]:
-    """The bytes of the file's tensors in each target type (planner/gguf.py GgufFile.bytes_as)."""
+    """The bytes of the file's tensors converted to each target (planner/gguf.py GgufFile.bytes_as)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     sizes = {}

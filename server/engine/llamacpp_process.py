@@ -44,17 +44,6 @@ def find_llama_server(setting: Path | None) -> str | None:
     return shutil.which(BINARY)
 
 
-def build_features(binary: str | None) -> frozenset[str]:
-    """The CPU features `binary` was compiled for, as scripts/install_llama_server.py records them beside it
-    (`llama-server.features`); empty for a binary built elsewhere: nothing is assumed of it."""
-    if binary is None:
-        return frozenset()
-    try:
-        return frozenset(Path(binary + ".features").read_text(encoding="utf-8").split())
-    except OSError:
-        return frozenset()
-
-
 def threads(launch: Launch) -> int:
     return len(launch.cpu_cores) if launch.cpu_cores else (os.cpu_count() or 1)
 

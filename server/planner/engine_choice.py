@@ -17,7 +17,7 @@ from ..settings import Settings
 from . import memory
 from .catalog import ModelEntry
 from .cpu_binding import cpu_binding
-from .hardware import BF16_FLAGS, Inventory
+from .hardware import Inventory
 from .launch import Launch
 from .plan import MemoryBreakdown, Option, Rejection
 
@@ -36,19 +36,15 @@ LLAMACPP_UBATCH_TOKENS = 512
 LLAMACPP_RUNTIME_BYTES = 768 * 1024**2
 
 
-def cpu_weights(entry: ModelEntry, inventory: Inventory) -> str:
+def cpu_weights(entry: ModelEntry) -> str:
     """The GGUF type llama-server runs `entry` in. The bundled model ships as Q4_1, which llama.cpp's CPU backend has
-    no fast prompt kernel for: it is converted once (engine/gguf_convert.py, which has the measurements), to BF16
-    where both the CPU and the llama-server build have native bf16 (a cold prefill 2.2x the shipped file's), else
-    to Q8_0 (1.6x, decoding as fast or faster); both keep what the file holds. A GGUF the user names is served as
-    stored: its type is their choice, and a model larger than the bundled one decodes as fast as memory moves its
-    weights, which a wider type slows."""
+    no fast prompt kernel for: it is converted once to Q8_0 (engine/gguf_convert.py has the measurements: a cold
+    prefill ~1.5-2x faster, typing and decoding as fast or faster, on AVX2 and AVX-512 builds alike; it keeps what the
+    file holds). A GGUF the user names is served as stored: its type is their choice, and a model larger than the
+    bundled one decodes as fast as memory moves its weights, which a wider type slows."""
     gguf = entry.gguf
     assert gguf is not None
-    if entry.bundled is None or gguf.weights_type != "Q4_1":
-        return gguf.weights_type
-    native_bf16 = inventory.cpu.bf16 and bool(BF16_FLAGS & inventory.llama_server_features)
-    return "BF16" if native_bf16 else "Q8_0"
+    return "Q8_0" if entry.bundled is not None and gguf.weights_type == "Q4_1" else gguf.weights_type
 
 
 def is_gguf_only(entry: ModelEntry) -> bool:
@@ -114,10 +110,8 @@ def note(option: Option, settings: Settings, inventory: Inventory) -> str | None
         stored = option.model.gguf.weights_type if option.model.gguf else None
         if option.launch.weights_type in (None, stored):
             return MEASURED
-        why = ("this CPU and the llama-server build have native bf16" if option.launch.weights_type == "BF16" else
-               "BF16 needs native bf16 in both the CPU and the llama-server build")
         return (f"{MEASURED}; weights: the shipped {stored} converted once to {option.launch.weights_type} "
-                f"(llama.cpp has no fast prompt kernel for {stored}; {why})")
+                f"(llama.cpp has no fast prompt kernel for {stored})")
     engine, why = cpu_engine(option.model, settings, inventory)
     return why if engine == "vllm" else "vLLM-CPU: llama.cpp's option did not fit or was refused (see rejected)"
 
@@ -140,7 +134,7 @@ def llamacpp_option(entry: ModelEntry, settings: Settings, inventory: Inventory,
     arch = entry.architecture
     slots = settings.max_concurrent_sequences
     kv_per_token = memory.kv_bytes_per_token(arch, LLAMACPP_KV_BYTES)
-    weights_type = cpu_weights(entry, inventory)
+    weights_type = cpu_weights(entry)
     weights = gguf.bytes_as[weights_type] if weights_type != gguf.weights_type else gguf.tensor_bytes
     breakdown = MemoryBreakdown(
         weights=weights, kv_cache=kv_per_token * max_len * slots,

@@ -14,4 +14,4 @@ class GgufFile(BaseModel):
     tensor_bytes: int = Field(gt=0, description="the tensors' bytes as stored: what llama.cpp loads")
     context_length: int = Field(gt=0, description="{architecture}.context_length")
     bytes_as: dict[str, int] = Field(description="the tensors' bytes with the weight matrices converted to each type "
-                                                 "engine/gguf_convert.py writes (Q8_0, BF16)")
+                                                 "engine/gguf_convert.py writes (Q8_0)")

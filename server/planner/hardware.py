@@ -162,9 +162,6 @@ class Inventory:
     hub_cached_bytes: tuple[tuple[str, int], ...] = ()
     # The llama-server binary found on this machine (CODESERVE_LLAMA_SERVER, beside Python, PATH); None: none found.
     llama_server: str | None = None
-    # The CPU features that binary was compiled for (/proc/cpuinfo names; scripts/install_llama_server.py records
-    # them beside it); empty: unknown.
-    llama_server_features: frozenset[str] = frozenset()
 
 
 def _read(path: Path) -> str | None:

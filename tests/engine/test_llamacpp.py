@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 import sys
@@ -13,11 +12,9 @@ import pytest
 
 from server.engine.base import SamplingSettings, StructuredOutput
 from server.engine.llamacpp import LlamaCppEngine, Slots, _constraint
-from server.engine.llamacpp_process import build_features, find_llama_server, server_args
+from server.engine.llamacpp_process import find_llama_server, server_args
 from server.errors import InvalidRequest
 from server.planner.launch import Launch
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_typist_keeps_the_slot_that_holds_its_prefix() -> None:
@@ -142,31 +139,6 @@ def test_finding_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert find_llama_server(tmp_path / "missing") is None  # a setting that points nowhere is not a search
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
     assert find_llama_server(None) in (str(binary), str(Path(sys.executable).parent / "llama-server"))
-
-
-@pytest.mark.parametrize("flavour", ["portable", "native"])
-def test_the_builds_cpu_features_reach_the_planner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   flavour: str) -> None:
-    """scripts/install_llama_server.py records beside the binary what it was compiled for (a cached build too), and
-    build_features reads it back: a portable build never claims native bf16, whatever the CPU has."""
-    spec = importlib.util.spec_from_file_location("install_llama_server", ROOT / "scripts" / "install_llama_server.py")
-    assert spec is not None and spec.loader is not None
-    installer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(installer)
-    monkeypatch.setenv("CODESERVE_BUILD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CODESERVE_LLAMA_BUILD", flavour)
-    monkeypatch.setattr(installer, "TARGET", tmp_path / "bin" / "llama-server")
-    cached = tmp_path / "cache" / installer.cache_key(flavour)
-    cached.mkdir(parents=True)
-    (cached / "llama-server").write_text("#!/bin/sh\n")  # as a build cached before the features file existed
-    (tmp_path / "bin").mkdir()
-    features = build_features(str(installer.install()))
-    if flavour == "portable":
-        assert features == {"avx", "avx2", "fma", "f16c", "bmi2"}
-    else:
-        assert features == set(installer._cpu_features()[1:])
-    assert build_features(str(tmp_path / "elsewhere" / "llama-server")) == frozenset()
-    assert build_features(None) == frozenset()
 
 
 def test_the_fast_tokenizer_agrees_with_transformers(catalog: Any) -> None:
