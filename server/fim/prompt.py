@@ -83,9 +83,6 @@ class HoleFormat:
         assert self.codec is not None, "token ids need the served tokenizer"
         return self.codec.tokenize(self.text(hole), add_special_tokens=not self.chat)
 
-    def token_count(self, hole: Hole) -> int:
-        return len(self.token_ids(hole))
-
     @property
     def markers(self) -> tuple[str, ...]:
         """Every template token of this format: none of them belongs in the middle."""

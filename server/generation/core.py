@@ -205,13 +205,19 @@ class GenerationCore:
             raise InvalidRequest(f"model '{self.served.id}' has no fill-in-the-middle format, so 'suffix' cannot "
                                  "be honoured; send the prefix alone", param="suffix")
         truncation = None
+        counted: list[tuple[Hole, list[int]]] = []  # the last hole fit() counted: its ids, if that is the one sent
+
+        def count(candidate: Hole) -> int:
+            counted[:] = [(candidate, self.holes.token_ids(candidate))]
+            return len(counted[0][1])
+
         if hole.fit:
             reserve = min(hole.reserve_tokens or DEFAULT_RESERVE_TOKENS, self.served.max_model_len // 2)
             room = self.served.max_model_len - reserve
-            hole, truncation = fit(bounded(hole, room * self.engine.max_token_chars), self.holes.token_count, room)
+            hole, truncation = fit(bounded(hole, room * self.engine.max_token_chars), count, room)
         else:
             self._check_length(len(hole.prefix) + len(hole.suffix) + sum(len(f.text) for f in hole.extra))
-        ids = self.holes.token_ids(hole)
+        ids = counted[0][1] if counted and counted[0][0] is hole else self.holes.token_ids(hole)
         if hole.typed:  # llama.cpp's `prompt`: text typed at the cursor, after the middle marker
             ids += self.codec.tokenize(hole.typed, add_special_tokens=False)
         context = InfillContext(hole.prefix + hole.typed, hole.suffix, self.markers, chat=self.holes.chat,
