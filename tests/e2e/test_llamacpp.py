@@ -110,6 +110,28 @@ def test_chat_streams_and_ends_at_the_template_marker(llama_client: openai.OpenA
     assert text and "<|im_end|>" not in text and "<|im_start|>" not in text
 
 
+def test_n_sampled_choices_are_separate_samples(llama_client: openai.OpenAI, llama: Live) -> None:
+    """n > 1 sampled: one llama-server request each (seeded seed, seed+1, ...), streamed together, every choice
+    ended; greedy n > 1 runs once and is copied."""
+    sampled = llama_client.completions.create(model=MODEL, prompt="def parse(text):\n", max_tokens=24, n=3,
+                                              temperature=1.0, seed=11)
+    texts = {c.index: c.text for c in sampled.choices}
+    assert sorted(texts) == [0, 1, 2] and all(c.finish_reason in ("length", "stop") for c in sampled.choices)
+    assert len(set(texts.values())) >= 2  # three samples at temperature 1, not one copied
+    assert sampled.usage is not None and 3 <= sampled.usage.completion_tokens <= 3 * 24
+    again = llama_client.completions.create(model=MODEL, prompt="def parse(text):\n", max_tokens=24, n=3,
+                                            temperature=1.0, seed=11)
+    assert {c.index: c.text for c in again.choices} == texts  # the seeds make it repeatable
+    streamed = list(llama_client.completions.create(model=MODEL, prompt="def parse(text):\n", max_tokens=24, n=3,
+                                                    temperature=1.0, seed=11, stream=True))
+    assert {i: "".join(c.choices[0].text for c in streamed if c.choices and c.choices[0].index == i)
+            for i in range(3)} == texts
+    greedy = llama_client.completions.create(model=MODEL, prompt="def parse(text):\n", max_tokens=8, n=2,
+                                             temperature=0)
+    assert greedy.choices[0].text == greedy.choices[1].text
+    _settle(llama)
+
+
 def test_fill_in_the_middle_and_infill(llama: Live) -> None:
     body = {"prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n", "max_tokens": 16, "temperature": 0}
     response = httpx.post(llama.url + "/v1/completions", json=body, timeout=60)
