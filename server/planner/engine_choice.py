@@ -2,11 +2,14 @@
 
 GPUs always run vLLM. On the CPU the plan takes llama.cpp's server (`llama-server`) where the model has a GGUF file
 and the binary was found (planning.py looks for it, hardware.Inventory.llama_server), because it serves the IDE
-typing session faster. Measured side by side on one 2-core AVX2 machine, bundled SmolLM2-135M-Instruct, through
-/v1/completions (issue 26; loadtests/bench_cpu_engines.py runs the comparison):
-  codeserve on vLLM-CPU fp32 compiled: cold TTFT 4,276 ms, warm TTFT p50 287 ms, 16.0 tok/s, 8 streams 77.5 tok/s,
-  243 s to ready; llama.cpp's server on the shipped Q4_1 GGUF, 2 threads, 8 slots: 9,218 ms, 89 ms, 73.4 tok/s,
-  94.9 tok/s, ~1 s to ready. vLLM-CPU keeps the cold prefill (1.4-2.2x faster); typing and decoding favour llama.cpp.
+typing session faster: every keystroke after the first, decoding, and the start. Measured through /v1/completions
+with the bundled SmolLM2-135M-Instruct (issue 26; loadtests/bench_cpu_engines.py runs the comparison):
+  2-core AVX2 machine (the issue's table): codeserve on vLLM-CPU fp32 compiled: cold TTFT 4,276 ms, warm TTFT p50
+  287 ms, 16.0 tok/s, 8 streams 77.5 tok/s, 243 s to ready; llama.cpp's server on the shipped Q4_1 GGUF, 2 threads,
+  8 slots: 9,218 ms, 89 ms, 73.4 tok/s, 94.9 tok/s, ~1 s to ready (the Q8_0 it now runs prefills ~1.6x faster).
+  2-core AVX-512 machine with native bf16 (one run, 2026-12-02): codeserve on llama.cpp (Q8_0) 5,278 ms, 68 ms,
+  52.9 tok/s, 21.0 tok/s, 8 s to ready; codeserve on vLLM-CPU (bf16, compiled) 1,966 ms, 111 ms, 25.4 tok/s,
+  40.2 tok/s, 111 s. vLLM-CPU keeps the cold prefill (1.4-2.7x faster) and many concurrent cold prompts.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from .plan import MemoryBreakdown, Option, Rejection
 
 CpuEngine = Literal["vllm", "llamacpp"]
 
-MEASURED = ("llama.cpp's server (llama-server): measured on 2 AVX2 cores with the bundled model, warm typing TTFT "
-            "p50 89 ms vs vLLM-CPU's 287 ms, decode 73.4 vs 16.0 tok/s, ready in ~1 s vs ~4 min; vLLM-CPU prefills a "
-            "cold 1.5k-token prompt faster (4.3 vs 9.2 s); CODESERVE_ENGINE=vllm runs vLLM-CPU instead")
+MEASURED = ("llama.cpp's server (llama-server): measured faster for IDE typing with the bundled model on 2 cores: warm "
+            "typing TTFT p50 89 ms vs vLLM-CPU's 287 ms (AVX2) and 68 vs 111 ms (AVX-512 bf16), decode 2-4x, ready "
+            "in seconds vs minutes; vLLM-CPU prefills a cold 1.6k-token prompt 1.4-2.7x faster; "
+            "CODESERVE_ENGINE=vllm runs vLLM-CPU instead")
 # llama.cpp's KV cache is F16 unless told otherwise (common/common.h cache_type_k/v = GGML_TYPE_F16).
 LLAMACPP_KV_BYTES = 2
 # llama-server's physical batch (-ub, default 512, common/common.h n_ubatch): its compute buffer holds one
