@@ -88,8 +88,13 @@ def resolved_launch(option: Option, settings: Settings, progress: Progress | Non
         stored = option.model.gguf.weights_type if option.model.gguf else None
         weights = option.launch.weights_type
         if weights is not None and weights != stored:
-            source = gguf_convert.convert(source, weights, settings.cache_dir)
-        return replace(option.launch, model=str(source), tokenizer=str(tokenizer))
+            try:
+                source = gguf_convert.convert(source, weights, settings.cache_dir)
+            except OSError as exc:  # a full or read-only cache dir costs prompt speed, not the start
+                log.warning("converting %s to %s failed (%s): serving it as stored (%s), its prompts prefill slower; "
+                            "free space in CODESERVE_CACHE_DIR", source.name, weights, exc, stored)
+                weights = stored
+        return replace(option.launch, model=str(source), tokenizer=str(tokenizer), weights_type=weights)
     if option.needs_quantization:
         checkpoint = _quantized(option, settings, report)
         _check_quality(option, checkpoint, settings)

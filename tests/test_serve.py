@@ -430,3 +430,29 @@ def test_cpu_serves_both_roles_from_one_engine(monkeypatch: pytest.MonkeyPatch, 
     runtime, _, started = _fleet_runtime(catalog, "none", monkeypatch)
     assert len(started) == 1 and len(runtime.cores) == 1
     assert runtime.roles["completion"] is runtime.roles["chat"] is runtime.cores[0]
+
+
+def test_a_failed_gguf_conversion_serves_the_file_as_stored(monkeypatch: pytest.MonkeyPatch, catalog: Catalog,
+                                                             tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The bundled Q4_1 is planned as Q8_0; a cache dir that cannot take the converted file (full, read-only) costs
+    prompt speed, not the start: llama-server loads the shipped file, and the log says why."""
+    from server.engine import gguf_convert
+    from tests.engine.test_gguf_convert import write_q4_1
+    from tests.planner.test_engine_choice import GGUF, _catalog, _cpu
+
+    shipped = write_q4_1(tmp_path / "shipped.Q4_1.gguf")
+    plan = choose(_cpu(), _catalog(catalog, GGUF.model_copy(update={"path": str(shipped)})), make_settings())
+    assert plan.chosen.launch.weights_type == "Q8_0"
+    settings = make_settings(cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(serve, "gguf_tokenizer_dir", lambda cache, path: tmp_path / "tokenizer")
+    converted = serve.resolved_launch(plan.chosen, settings)
+    assert converted.model.endswith(".Q8_0.gguf") and Path(converted.model).is_file()
+
+    def full(source: Path, target: str, cache_dir: Path) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf_convert, "convert", full)
+    with caplog.at_level(logging.WARNING):
+        launch = serve.resolved_launch(plan.chosen, make_settings(cache_dir=tmp_path / "other"))
+    assert (launch.model, launch.weights_type) == (str(shipped), "Q4_1")
+    assert "No space left on device" in caplog.text and "as stored" in caplog.text
