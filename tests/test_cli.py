@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -131,3 +132,21 @@ def test_quantize_passed_over_with_nothing_passed_over_does_nothing(capsys: pyte
     assert "nothing to do" in capsys.readouterr().out and not (tmp_path / "quantized").exists()
     assert main(["quantize"]) == 2 and main(["quantize", "qwen2.5-coder-7b", "--passed-over"]) == 2
     assert "name a catalog model or --passed-over" in capsys.readouterr().err
+
+
+def test_prepare_also_makes_the_gguf_llamacpp_serves(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`codeserve prepare` (the CPU image runs it at build time) leaves the bundled model ready for both CPU engines:
+    the Hugging Face directory for vLLM-CPU and the Q8_0 GGUF for llama.cpp, made once."""
+    from server import prepare
+    from server.engine.gguf_file import read
+
+    monkeypatch.setenv("CODESERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prepare, "prepare_bundled", lambda cache_dir, entry: cache_dir / "models" / entry.id)
+    assert main(["prepare"]) == 0
+    directory, gguf = capsys.readouterr().out.split()
+    assert directory == str(tmp_path / "models" / "smollm2-135m-instruct")
+    assert gguf.startswith(str(tmp_path / "gguf")) and read(Path(gguf)).file.weights_type == "Q8_0"
+    made = Path(gguf).stat().st_mtime_ns
+    assert main(["prepare"]) == 0 and capsys.readouterr().out.split()[1] == gguf
+    assert Path(gguf).stat().st_mtime_ns == made
