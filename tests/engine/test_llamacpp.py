@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from server.engine.base import SamplingSettings, StructuredOutput
-from server.engine.llamacpp import LlamaCppEngine, Slots, _constraint
+from server.engine.llamacpp import LlamaCppEngine, Slots, _common, _constraint
 from server.engine.llamacpp_process import find_llama_server, server_args
 from server.errors import InvalidRequest
 from server.planner.launch import Launch
@@ -33,6 +34,16 @@ def test_without_a_shared_prefix_the_least_recently_used_slot() -> None:
     slots.release(second)
     slots.release(first)
     assert slots.take([7]) == second  # released earlier
+
+
+def test_the_shared_prefix_length() -> None:
+    rng = random.Random(3)
+    for _ in range(500):
+        a = [rng.randrange(4) for _ in range(rng.randrange(0, 40))]
+        b = a[:rng.randrange(0, len(a) + 1)] + [rng.randrange(4) for _ in range(rng.randrange(0, 40))]
+        expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                        min(len(a), len(b)))
+        assert _common(a, b) == _common(b, a) == expected, (a, b)
 
 
 def test_all_busy_lets_llama_server_queue() -> None:
