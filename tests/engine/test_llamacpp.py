@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,29 @@ def test_a_child_that_exits_while_loading_says_why(tmp_path: Path, output: str, 
         LlamaServer.start(_launch(), str(binary))
     assert output in str(caught.value) and "exit status 1" in str(caught.value)
     assert caught.value.out_of_memory is out_of_memory
+
+
+def test_the_chat_tokenizer_loads_without_torch_and_renders_as_autotokenizer(catalog: Any) -> None:
+    """Chat templates and tool parsers on llama.cpp use a Transformers tokenizer loaded beside llama-server; /ready
+    waits for it (the plan's chat markers are read from the rendered template). Without torch it loads in ~1.6 s on
+    2 cores; AutoTokenizer imports torch first (~4.3 s), which held /ready ~3 s after llama-server was up."""
+    from transformers import AutoTokenizer
+
+    from server.engine.chat import render_chat
+    from server.engine.llamacpp import _transformers_tokenizer
+    from server.prepare import prepare_bundled
+    from tests.conftest import make_settings
+
+    directory = prepare_bundled(make_settings().cache_dir, catalog.bundled())
+    code = ("import sys; from server.engine.llamacpp import _transformers_tokenizer; "
+            f"_transformers_tokenizer({str(directory)!r}); print('torch' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert loaded.stdout.strip() == "False", loaded.stderr[-2000:]
+    ours, theirs = _transformers_tokenizer(str(directory)), AutoTokenizer.from_pretrained(directory)
+    tools = [{"type": "function", "function": {"name": "open", "parameters": {"type": "object"}}}]
+    for messages in ([{"role": "user", "content": "hi"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}]):
+        assert render_chat(ours, messages, None, tools, None) == render_chat(theirs, messages, None, tools, None)
+    assert ours.get_vocab() == theirs.get_vocab()
