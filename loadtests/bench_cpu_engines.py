@@ -5,6 +5,7 @@ default before).
 
     .venv/bin/python loadtests/bench_cpu_engines.py                 # every row (vLLM-CPU starts in ~4 min)
     .venv/bin/python loadtests/bench_cpu_engines.py --skip-vllm --skip-shipped --json
+    .venv/bin/python loadtests/bench_cpu_engines.py --skip-vllm --skip-shipped --paired-rounds 6
 
 Each row: time from start to ready (codeserve's /ready; llama-server's /health), the typing session of
 loadtests/typing_session.py through /v1/completions (a ~1,500-token prefix growing 2 characters a request, each read
@@ -12,13 +13,16 @@ to its first token; cold = the first request, warm = the rest), then one stream 
 once. llama.cpp's own server gets the same prefixes without `suffix` (its /v1/completions refuses the field;
 codeserve continues the prefix of the bundled model, which has no FIM tokens, so the model sees the same prompt),
 with llama.cpp's defaults for threads (the CPU binding's cores) and --parallel 8 slots. Prints the table and the
-ratios the issue targets; it asserts nothing.
+ratios the issue targets; it asserts nothing. With --paired-rounds N, codeserve on llama.cpp and llama.cpp's own
+server then run side by side and are measured in turns, N rounds: the medians of each round's ratios, steadier on a
+shared machine than rows measured minutes apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +104,10 @@ def decoding(host: str, session: TypingSession, streams: int, decode_tokens: int
             f"decode_{streams}_streams_tok_s": round(sum(p[1] for p in parallel) / parallel_s, 1)}
 
 
-def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str, url: str, out: Path,
-            measure_args: tuple[Any, ...], prompt_only: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    """The row's figures, and for codeserve the GGUF file its llama-server loaded; with `prompt_only` a second typing
-    session on the same server without `suffix` (the prompt llama.cpp's own server gets: the engine's latency apart
-    from codeserve's fill-in-the-middle)."""
+@contextlib.contextmanager
+def running(name: str, command: list[str], env: dict[str, str], ready_path: str, url: str,
+            out: Path) -> Iterator[float]:
+    """The server started and ready (the seconds that took), stopped with its process group afterwards."""
     log = out / f"{name.replace(' ', '_').replace(',', '')}.log"
     print(f"{name}: starting ({log})", file=sys.stderr)
     started = time.perf_counter()
@@ -111,7 +115,21 @@ def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str,
                                start_new_session=True)
     try:
         wait_ready(url, process, ready_path, log)
-        ready_s = time.perf_counter() - started
+        yield time.perf_counter() - started
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str, url: str, out: Path,
+            measure_args: tuple[Any, ...], prompt_only: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """The row's figures, and for codeserve the GGUF file its llama-server loaded; with `prompt_only` a second typing
+    session on the same server without `suffix` (the prompt llama.cpp's own server gets: the engine's latency apart
+    from codeserve's fill-in-the-middle)."""
+    with running(name, command, env, ready_path, url, out) as ready_s:
         loaded = None
         if ready_path == "/ready":
             args = requests.get(url + "/v1/plan", timeout=10).json()["engine"].get("args") or []
@@ -121,13 +139,29 @@ def run_row(name: str, command: list[str], env: dict[str, str], ready_path: str,
             # the same keystrokes again: their prompts are cached by now, so no cold figure
             rows.append({"server": name + ", prompt only", "ready_s": None,
                          **typing(url, measure_args[0], False), "cold_ttft_ms": None})
-    finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
     return rows, loaded
+
+
+def paired(ours: tuple[list[str], dict[str, str], str], theirs: tuple[list[str], str], rounds: int, seed: int,
+           decode_tokens: int, out: Path) -> dict[str, Any]:
+    """codeserve on llama.cpp and llama.cpp's own server up side by side, measured in turns (each idle while the other
+    runs; who goes first alternates): a typing session of a new file and one decode stream per round on each. On a
+    shared machine the separate rows move by +-15 ms between runs; each round's ratio sees the same conditions."""
+    warm, decode = [], []
+    with running("codeserve, llama.cpp (paired)", ours[0], ours[1], "/ready", ours[2], out), \
+            running("llama.cpp's own server (paired)", theirs[0], dict(os.environ), "/health", theirs[1], out):
+        for round_ in range(rounds):
+            session = TypingSession(seed + 1 + round_)
+            figures = {}
+            order = [(ours[2], True), (theirs[1], False)]
+            for url, with_suffix in order if round_ % 2 == 0 else order[::-1]:
+                figures[with_suffix] = {**typing(url, session, with_suffix), **decoding(url, session, 1, decode_tokens)}
+            warm.append(figures[True]["warm_ttft_p50_ms"] / figures[False]["warm_ttft_p50_ms"])
+            decode.append(figures[True]["decode_tok_s"] / figures[False]["decode_tok_s"])
+    return {"rounds": rounds, "warm_ttft_p50_ratio_median": round(statistics.median(warm), 2),
+            "warm_ttft_p50_ratio_range": [round(min(warm), 2), round(max(warm), 2)],
+            "decode_ratio_median": round(statistics.median(decode), 2),
+            "decode_ratio_range": [round(min(decode), 2), round(max(decode), 2)]}
 
 
 def main() -> int:
@@ -138,6 +172,9 @@ def main() -> int:
     parser.add_argument("--skip-vllm", action="store_true", help="leave out codeserve on vLLM-CPU (~4 min to start)")
     parser.add_argument("--skip-shipped", action="store_true",
                         help="leave out llama.cpp's own server on the shipped Q4_1 file")
+    parser.add_argument("--paired-rounds", type=int, default=0,
+                        help="then codeserve on llama.cpp and llama.cpp's own server side by side, in turns, this "
+                             "many rounds: the ratios the issue targets, each round under the same conditions")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     binary = find_llama_server(Path(os.environ["CODESERVE_LLAMA_SERVER"]) if os.environ.get(
@@ -150,6 +187,7 @@ def main() -> int:
     session = TypingSession(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-cpu-engines-"))
     rows = []
+    served_gguf = gguf
     for name, engine in (("codeserve, llama.cpp", "llamacpp"), ("codeserve, vLLM-CPU", "vllm")):
         if engine == "vllm" and args.skip_vllm:
             continue
@@ -162,19 +200,26 @@ def main() -> int:
         rows += found
         if engine != "llamacpp":
             continue
+        served_gguf = loaded or gguf
         # llama.cpp's own server next: on the file codeserve's llama-server loaded (the shipped Q4_1 converted for
         # this CPU), then on the shipped Q4_1 as the issue ran it
         for file, label in ((loaded or gguf, "same GGUF"), (gguf, "shipped Q4_1")):
             if label == "shipped Q4_1" and (args.skip_shipped or file == loaded):
                 continue
             port = free_port()
-            command = [binary, "-m", file, "--host", "127.0.0.1", "--port", str(port), "--threads",
-                       str(len(os.sched_getaffinity(0))), "--parallel", "8", "--no-webui"]
-            rows += run_row(f"llama.cpp's own server, {label} ({Path(file).name.rsplit('.', 2)[-2]})", command,
-                            dict(os.environ), "/health", f"http://127.0.0.1:{port}", out,
-                            (session, False, args.streams, args.decode_tokens))[0]
+            rows += run_row(f"llama.cpp's own server, {label} ({Path(file).name.rsplit('.', 2)[-2]})",
+                            own_server(binary, file, port), dict(os.environ), "/health", f"http://127.0.0.1:{port}",
+                            out, (session, False, args.streams, args.decode_tokens))[0]
+    pairs = None
+    if args.paired_rounds:
+        ours_port, theirs_port = free_port(), free_port()
+        env = {**os.environ, "CODESERVE_ENGINE": "llamacpp", "CODESERVE_LLAMA_SERVER": binary,
+               "CODESERVE_HOST": "127.0.0.1", "CODESERVE_PORT": str(ours_port), "CODESERVE_LOG_LEVEL": "warning"}
+        pairs = paired(([sys.executable, "-m", "server.cli", "serve"], env, f"http://127.0.0.1:{ours_port}"),
+                       (own_server(binary, served_gguf, theirs_port), f"http://127.0.0.1:{theirs_port}"),
+                       args.paired_rounds, args.seed, args.decode_tokens, out)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"rows": rows, "paired": pairs} if pairs else rows))
         return 0
     keys = list(rows[0])
     print(" | ".join(keys))
@@ -188,7 +233,17 @@ def main() -> int:
     vllm = next((row for row in rows if row["server"] == "codeserve, vLLM-CPU"), None)
     if vllm is not None:
         print(f"cold TTFT / codeserve on vLLM-CPU: {ours['cold_ttft_ms'] / vllm['cold_ttft_ms']:.2f} (target <= 1)")
+    if pairs:
+        print(f"paired, {pairs['rounds']} rounds in turns: warm TTFT p50 ratio median "
+              f"{pairs['warm_ttft_p50_ratio_median']} (range {pairs['warm_ttft_p50_ratio_range']}), decode ratio "
+              f"median {pairs['decode_ratio_median']} (range {pairs['decode_ratio_range']})")
     return 0
+
+
+def own_server(binary: str, gguf: str, port: int) -> list[str]:
+    """llama.cpp's own server as the issue ran it: its defaults, the CPU binding's threads, 8 slots."""
+    return [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "--threads",
+            str(len(os.sched_getaffinity(0))), "--parallel", "8", "--no-webui"]
 
 
 if __name__ == "__main__":
