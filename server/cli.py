@@ -101,8 +101,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 0
     print(prepare_bundled(settings.cache_dir, entry))
     described = bundled_gguf(entry, settings.cache_dir)  # and the GGUF llama.cpp serves, where it converts one
-    if described.gguf is not None and cpu_weights(described) != described.gguf.weights_type:
-        print(gguf_convert.convert(Path(described.gguf.path), cpu_weights(described), settings.cache_dir))
+    if described.gguf is not None and (weights := cpu_weights(described)) != described.gguf.weights_type:
+        print(gguf_convert.convert(Path(described.gguf.path), weights, settings.cache_dir))
     return 0
 
 
