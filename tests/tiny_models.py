@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from server.planner.launch import Launch
+
 TINY = {"hidden": 128, "heads": 2, "layers": 2, "ffn": 256, "positions": 512}  # head size 64: every CPU kernel has it
 
 
@@ -116,3 +118,12 @@ def build_retrieval(kind: str, out: Path, tokenizer_dir: Path, seed: int = 0) ->
         (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pos}))
     tmp.rename(out)
     return out
+
+
+def retrieval_launch(path: Path, pooling: str, pooling_type: str, max_model_len: int) -> Launch:
+    """A Transformers pooling engine's Launch for a model build_retrieval saved, on the CPU."""
+    return Launch(model=str(path), served_name=path.name, device="cpu", dtype="float32", online_quantization=None,
+                  tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=max_model_len, max_num_seqs=16,
+                  max_num_batched_tokens=4096, prefix_caching=False, kv_block_tokens=None, kv_cache_dtype="auto",
+                  gpu_memory_fraction=None, kv_cache_bytes=None, eager=True, trust_remote_code=False,
+                  engine="transformers", pooling=pooling, pooling_type=pooling_type)  # type: ignore[arg-type]

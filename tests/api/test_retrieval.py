@@ -23,13 +23,12 @@ from server.generation.core import GenerationCore
 from server.generation.served import ServedModel
 from server.model_source import describe
 from server.planner.catalog import Catalog
-from server.planner.launch import Launch
 from server.prepare import prepare_bundled
 from tests.api.conftest import ready_runtime
 from tests.conftest import make_settings
 from tests.fake_engine import FakeEngine
 from tests.serverutil import openai_error, running
-from tests.tiny_models import build_retrieval
+from tests.tiny_models import build_retrieval, retrieval_launch
 
 CHUNKS = ["def add(a, b):\n    return a + b", "class Stack:\n    def push(self, x): ...", "import os",
           "SELECT name FROM users WHERE id = 1;"]
@@ -41,14 +40,6 @@ def retrieval_dirs(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -
     tokenizer = prepare_bundled(make_settings().cache_dir, catalog.bundled())
     root = tmp_path_factory.mktemp("tiny-retrieval")
     return {kind: build_retrieval(kind, root / kind, tokenizer) for kind in ("embedding", "reranker")}
-
-
-def _launch(path: Path, pooling: str, pooling_type: str) -> Launch:
-    return Launch(model=str(path), served_name=path.name, device="cpu", dtype="float32", online_quantization=None,
-                  tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=64, max_num_seqs=16,
-                  max_num_batched_tokens=4096, prefix_caching=False, kv_block_tokens=None, kv_cache_dtype="auto",
-                  gpu_memory_fraction=None, kv_cache_bytes=None, eager=True, trust_remote_code=False,
-                  engine="transformers", pooling=pooling, pooling_type=pooling_type)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -69,7 +60,8 @@ def live(retrieval_dirs: dict[str, Path], catalog: Catalog) -> Iterator[Live]:
     for role, kind, pooling in (("embedding", "embedding", "embed"), ("rerank", "reranker", "score")):
         entry = describe(retrieval_dirs[kind], str(retrieval_dirs[kind]), kind).entry
         assert entry.retrieval is not None
-        engine = TransformersPooler.start(_launch(retrieval_dirs[kind], pooling, entry.retrieval.pooling))
+        launch = retrieval_launch(retrieval_dirs[kind], pooling, entry.retrieval.pooling, 64)
+        engine = TransformersPooler.start(launch)
         runtime.serve(GenerationCore(engine, ServedModel(entry.id, entry, engine.max_model_len)), (role,))
     with running(build_app(runtime, settings)) as url:
         yield Live(url, runtime, retrieval_dirs)

@@ -5,37 +5,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from server.engine.hf_pooling import TransformersPooler
 from server.errors import InvalidRequest
 from server.planner.catalog import Catalog
-from server.planner.launch import Launch
 from server.prepare import prepare_bundled
 from tests.conftest import make_settings
-from tests.tiny_models import build_retrieval
+from tests.tiny_models import build_retrieval, retrieval_launch
 
 TEXTS = ["def add(a, b): return a + b", "x", "class A:\n    pass\n" * 5]
-
-
-def _launch(path: Path, pooling: str, pooling_type: str) -> Launch:
-    return Launch(model=str(path), served_name=path.name, device="cpu", dtype="float32", online_quantization=None,
-                  tensor_parallel_size=1, pipeline_parallel_size=1, max_model_len=128, max_num_seqs=16,
-                  max_num_batched_tokens=4096, prefix_caching=False, kv_block_tokens=None, kv_cache_dtype="auto",
-                  gpu_memory_fraction=None, kv_cache_bytes=None, eager=True, trust_remote_code=False,
-                  engine="transformers", pooling=pooling, pooling_type=pooling_type)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Iterator[dict[str, TransformersPooler]]:
     tokenizer = prepare_bundled(make_settings().cache_dir, catalog.bundled())
     root = tmp_path_factory.mktemp("tiny-pooling")
-    started = {"embed": TransformersPooler.start(_launch(build_retrieval("embedding", root / "e", tokenizer), "embed",
-                                                         "mean")),
-               "score": TransformersPooler.start(_launch(build_retrieval("reranker", root / "r", tokenizer), "score",
-                                                         "cls"))}
+    embedder, reranker = build_retrieval("embedding", root / "e", tokenizer), build_retrieval("reranker", root / "r",
+                                                                                              tokenizer)
+    started = {"embed": TransformersPooler.start(retrieval_launch(embedder, "embed", "mean", 128)),
+               "score": TransformersPooler.start(retrieval_launch(reranker, "score", "cls", 128))}
     yield started
     for engine in started.values():
         asyncio.run(engine.shutdown())
