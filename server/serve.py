@@ -256,14 +256,24 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings, fetch: Fetch 
                 raise EngineStartError(problem)
             runtime.enter("loading", f"warming {plan.chosen.model.id} up")
             await warm_up(engine, plan.chosen.launch.pooling)
+        _publish(runtime, fleet, settings, started)
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
         for _, engine, _ in started:
             await engine.shutdown()
-        runtime.status = "failed"
+        runtime.status, runtime.engine, runtime.cores, runtime.roles = "failed", {}, (), {}
         runtime.enter("failed", str(exc))
         return
-    # Publish what runs, not what was planned: the options that started and the engines' own numbers.
+    runtime.status = "ready"
+    runtime.enter("serving")
+    if runtime.metrics is not None:
+        runtime.metrics.ready.set(1)
+
+
+def _publish(runtime: Runtime, fleet: Fleet, settings: Settings, started: list[tuple[tuple[str, ...], Engine, Plan]]
+             ) -> None:
+    """Serve the started engines: what runs, not what was planned (the options that started and the engines' own
+    numbers). Reading a served model's tokenizer and chat template can still fail here, as a start does."""
     runtime.fleet = fleet.started([plan for _, _, plan in started])
     # the generation engines first (retrieval ones started first): /v1/models lists them first, and clients that
     # read data[0] (Continue's vllm provider) find the completion model there
@@ -285,10 +295,6 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings, fetch: Fetch 
             for adapter in adapters:  # their requests are counted under their own name
                 runtime.metrics.serve_model(adapter)
         log.info("ready: serving %s (%s) on %s", entry.id, ", ".join(roles), plan.chosen.device_name)
-    runtime.status = "ready"
-    runtime.enter("serving")
-    if runtime.metrics is not None:
-        runtime.metrics.ready.set(1)
 
 
 def make_runtime(settings: Settings, metrics: Metrics | None) -> Runtime:

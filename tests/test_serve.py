@@ -174,6 +174,37 @@ def test_a_model_whose_tokenizer_splits_its_fim_markers_fails_to_start(
     assert runtime.cores == ()
 
 
+class _TokenizerFailsToLoad(FakeEngine):
+    """An engine up and warm whose chat template cannot be read: llama.cpp's Transformers tokenizer, which loads
+    beside llama-server, raised (a tokenizer_config.json that is not JSON)."""
+
+    shut = False
+
+    def chat_prompt(self, *args: Any, **kwargs: Any) -> str:
+        raise OSError("tokenizer_config.json: Expecting value: line 1 column 1")
+
+    def template_takes_tools(self, template: str | None = None) -> bool:  # the generation core asks at start
+        raise OSError("tokenizer_config.json: Expecting value: line 1 column 1")
+
+    async def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_an_engine_that_fails_after_warming_up_is_reported_failed_and_shut_down(
+        monkeypatch: pytest.MonkeyPatch, catalog: Catalog, tmp_path: Path) -> None:
+    """Not left on 'loading' for ever: what serving the engine needs (its chat template, read by the generation
+    core) fails like a start does."""
+    settings = make_settings(engine="vllm")  # the shared cache: the bundled model is converted for vLLM once
+    plan = choose(simulated("none", FIXED_CPU), catalog, settings)
+    assert plan.chosen.model.fim is None  # the bundled instruct model: the core reads its chat template's markers
+    engine = _TokenizerFailsToLoad(model_id=plan.chosen.model.id)
+    monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(lambda launch, overrides=None: engine))
+    runtime = serve.make_runtime(settings, None)
+    asyncio.run(serve.load(runtime, Fleet.single(plan), settings))
+    assert runtime.status == "failed" and "tokenizer_config.json" in runtime.detail
+    assert engine.shut and not runtime.engine and runtime.cores == ()
+
+
 def test_api_keys_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nfile-key-1\n\nfile-key-2\n")
