@@ -32,6 +32,7 @@ from ..errors import EngineFailure, EngineUnavailable, InvalidRequest
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
 from .chat import TokenizerChat
+from .chunked_tokenizer import ChunkedTokenizer
 from .llamacpp_metrics import LlamaServerMetrics
 from .llamacpp_process import LlamaServer
 from .tokenizer import TokenizerFacts
@@ -108,6 +109,7 @@ class LlamaCppEngine(TokenizerChat):
     def __init__(self, server: LlamaServer, fast: Any, full: concurrent.futures.Future[Any], launch: Launch):
         self._server = server
         self._fast = fast  # tokenizers.Tokenizer: tokenizing at once
+        self._prompts = ChunkedTokenizer(fast)  # a typist's file, a line chunk at a time
         self._full = full  # Transformers' tokenizer, loading in the background: chat templates, tool parsers
         self.launch = launch
         self.model_id = launch.served_name
@@ -306,7 +308,7 @@ class LlamaCppEngine(TokenizerChat):
             reader.cancel()  # closes its connection: llama-server sees it and frees the slot
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._fast.encode(text, add_special_tokens=add_special_tokens).ids)
+        return self._prompts.encode(text, add_special_tokens=add_special_tokens)
 
     def check(self, sampling: SamplingSettings) -> None:
         changed = sampling.changed()

@@ -17,6 +17,7 @@ from ..errors import EngineFailure, EngineUnavailable
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, PairTokens, SamplingSettings, StructuredOutput, TokenLogprob
 from .chat import TokenizerChat
+from .chunked_tokenizer import chunked_for_transformers
 from .structured import check_structured
 from .tokenizer import tokenizer_facts
 from .vllm_args import engine_args, engine_env
@@ -47,6 +48,7 @@ class VllmEngine(TokenizerChat):
         self.name = name
         self.adapters: dict[str, Any] = {}  # LoRA adapter name -> its LoRARequest (set by start())
         self._tokenizer = llm.get_tokenizer()
+        self._prompts = chunked_for_transformers(self._tokenizer)  # a typist's file, a line chunk at a time
         facts = tokenizer_facts(self._tokenizer)
         self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
                                                                       facts.special_tokens)
@@ -192,6 +194,8 @@ class VllmEngine(TokenizerChat):
         await self._llm.abort(request_id)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self._prompts is not None:
+            return self._prompts.encode(text, add_special_tokens=add_special_tokens)
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def num_unfinished_requests(self) -> int:
