@@ -26,13 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ..errors import EngineFailure, EngineUnavailable, InvalidRequest
 from ..planner.launch import Launch
 from .base import Delta, EngineStartError, SamplingSettings, StructuredOutput, TokenLogprob
 from .chat import TokenizerChat
 from .chunked_tokenizer import ChunkedTokenizer
+from .llamacpp_client import CompletionClient, Refused
 from .llamacpp_metrics import LlamaServerMetrics
 from .llamacpp_process import LlamaServer
 from .tokenizer import TokenizerFacts
@@ -119,9 +118,8 @@ class LlamaCppEngine(TokenizerChat):
         self.vocab_size, self.max_token_chars, self.special_tokens = (facts.vocab_size, facts.max_token_chars,
                                                                       facts.special_tokens)
         self._slots = Slots(launch.max_num_seqs)
-        # no overall timeout: a long generation streams for minutes; the connection is local
-        self._client = httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(None, connect=5.0),
-                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        # every event may carry the prompt back as JSON-escaped text (the last one does)
+        self._client = CompletionClient(server.url, launch.max_model_len * self.max_token_chars * 6)
         self._readers: dict[str, list[asyncio.Task[None]]] = {}  # request id -> its llama-server streams (n)
         self.metrics = LlamaServerMetrics(server.url)
 
@@ -202,9 +200,9 @@ class LlamaCppEngine(TokenizerChat):
     async def _stream(self, ids: list[int], sampling: SamplingSettings, request_id: str,
                       index: int) -> AsyncIterator[Delta]:
         """One llama-server request's deltas. The HTTP stream lives in a reader task of its own: the HTTP layer
-        steps a stream from one task after another (api/endpoint.py `_until_superseded`), and httpx's connection
-        is bound to the task that opened it, so closing it from another task (a superseded keystroke) would leave
-        llama-server generating on the slot the next keystroke waits for."""
+        steps a stream from one task after another (api/endpoint.py `_until_superseded`), and the connection must
+        be closed where it is read, or a superseded keystroke would leave llama-server generating on the slot the
+        next keystroke waits for."""
         slot = self._slots.take(ids)
         stop_ids = set(sampling.stop_token_ids)
         queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
@@ -218,8 +216,8 @@ class LlamaCppEngine(TokenizerChat):
                 if item is None:
                     raise EngineFailure(f"the engine failed on request {request_id}: llama-server ended the stream "
                                         f"early")
-                if isinstance(item, httpx.HTTPStatusError):
-                    raise self._refused(item.response.status_code, item.response.text, sampling, request_id)
+                if isinstance(item, Refused):
+                    raise self._refused(item.status, item.text, sampling, request_id)
                 if isinstance(item, BaseException):
                     await asyncio.sleep(DEATH_GRACE_S)
                     why = self.dead()
@@ -243,16 +241,10 @@ class LlamaCppEngine(TokenizerChat):
 
     async def _read(self, body: dict[str, Any], slot: int, queue: asyncio.Queue[Any]) -> None:
         try:
-            async with self._client.stream("POST", "/completion", json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    queue.put_nowait(httpx.HTTPStatusError("refused", request=response.request, response=response))
-                    return
-                async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        queue.put_nowait(json.loads(line[len("data: "):]))
+            async for event in self._client.events(body):
+                queue.put_nowait(event)
             queue.put_nowait(None)
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except Exception as exc:  # Refused, Unreachable, or anything else: the stream ends with it, never hangs
             queue.put_nowait(exc)
         except asyncio.CancelledError:
             queue.put_nowait(ABORTED)  # abort(): the request ends quietly, as on vLLM
@@ -336,7 +328,7 @@ class LlamaCppEngine(TokenizerChat):
         return {"name": self.name, "args": self._server.args[1:], "max_model_len": self.max_model_len}
 
     async def shutdown(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
         await asyncio.to_thread(self._server.stop)
         from prometheus_client import REGISTRY
 
