@@ -33,10 +33,11 @@ MIN_CHUNKED_CHARS = 2048
 # A cut is taken at one candidate in CUT_EVERY (by the hash of the line after it): chunks of ~4 lines
 CUT_EVERY = 4
 CACHED_CHUNKS = 4096  # ~64 typists' 1.5k-token files
-# (?<=\S)\n(?=\S): a line start after one line break; \n[ \t]*(?=[ \t]X): before an indented line's last indentation
-# character, where the line starts with an ASCII letter or punctuation (StarCoder2's Digits splitter isolates a digit
-# from the space before it, which then joins the indentation)
-_CUT = re.compile(r"(?<=\S)\n(?=\S)|\n[ \t]*(?=[ \t][A-Za-z_!-/:-@\[-`{-~])")
+# After a line break that follows visible text, where the line starts visibly; or before an indented line's last
+# indentation character, where the line starts with an ASCII letter or punctuation (StarCoder2's Digits splitter
+# isolates a digit from the space before it, which then joins the indentation). Led by the literal line break, the
+# scan takes ~60 us over 6,000 characters (~240 us with the lookbehind first).
+_CUT = re.compile(r"\n(?:(?<=\S\n)(?=\S)|[ \t]*(?=[ \t][A-Za-z_!-/:-@\[-`{-~]))")
 _PIECE_SPLITTERS = {"ByteLevel", "Split", "Digits"}
 # Whitespace, indentation, blank lines, tabs, CRLF, digits, punctuation, non-ASCII text and both cut kinds: the
 # probe a tokenizer's chunked tokens must match its whole tokens on before its prompts are chunked.
