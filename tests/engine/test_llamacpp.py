@@ -7,9 +7,11 @@ import random
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from server.engine.base import SamplingSettings, StructuredOutput
@@ -221,3 +223,29 @@ def test_the_chat_tokenizer_loads_without_torch_and_renders_as_autotokenizer(cat
                       {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}]):
         assert render_chat(ours, messages, None, tools, None) == render_chat(theirs, messages, None, tools, None)
     assert ours.get_vocab() == theirs.get_vocab()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_child_goes_when_codeserve_is_killed_outright(tmp_path: Path) -> None:
+    """A parent that starts a child with llama-server's setup (from a worker thread, as serve.py's load does), then
+    dies by SIGKILL: the child gets SIGTERM instead of living on with the model's memory."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import subprocess, sys, threading, time\n"
+        "from server.engine.llamacpp_process import child_setup\n"
+        "def start():\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " preexec_fn=child_setup(None))\n"
+        "    print(child.pid, flush=True)\n"
+        "    time.sleep(60)  # the starting thread lives on, as the event loop's executor threads do\n"
+        "threading.Thread(target=start).start()\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).resolve().parents[2]))
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(0.5)
+    assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE  # not sent off while its parent lives
+    parent.kill()
+    parent.wait()
+    child.wait(timeout=10)  # psutil.TimeoutExpired if it lives on
