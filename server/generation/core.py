@@ -274,6 +274,18 @@ class GenerationCore:
         async for prompt_index, delta in _merge(streams):
             yield prompt_index * sampling.n + delta.index, delta
 
+    async def prefill(self, prompts: Sequence[Prompt], sampling: SamplingSettings, request_id: str,
+                      observer: RequestObserver) -> None:
+        """Run each prompt through the engine without answering, so its prefix is cached for the requests that
+        follow: llama.cpp's `n_predict: 0`, which llama.vscode sends to warm the server with the editor's context
+        (src/llama-server.ts, createRequestPayload's noPredict). The engine computes one token, which is dropped."""
+        once = replace(sampling, max_tokens=1, n=1, temperature=0.0, structured=None, logprobs=None)
+        for index, prompt in enumerate(prompts):
+            observer.prompt_tokens(len(prompt.token_ids))
+            async with aclosing(self.engine.generate(prompt.token_ids, once, f"{request_id}-{index}")) as deltas:
+                async for _ in deltas:
+                    pass
+
     async def _one(self, prompt: Prompt, sampling: SamplingSettings, request_id: str,
                    observer: RequestObserver) -> AsyncGenerator[Delta, None]:
         sampling = replace(sampling, stop=tuple(sampling.stop) + prompt.stop,

@@ -33,10 +33,19 @@ def test_infill_with_the_cursor_at_the_end_keeps_the_fim_format(fake: Served) ->
     assert fake.engine.prompts[-1] == fake.engine.tokenize("<|fim_prefix|>x = <|fim_suffix|><|fim_middle|>")
 
 
-def test_infill_warm_up_with_n_predict_zero(fake: Served) -> None:
-    response = httpx.post(fake.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 0})
-    assert response.status_code == 200 and response.json()["content"] == ""
-    assert fake.engine.prompts == []  # answered without generating
+def test_infill_warm_up_with_n_predict_zero_prefills_the_prompt(fake: Served) -> None:
+    """llama.vscode warms the server with the editor's context (n_predict 0, input_extra chunks): the prompt goes
+    through the engine, so its prefix is cached for the completions that follow, and nothing is answered."""
+    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n", "n_predict": 0, "samplers": [],
+            "cache_prompt": True, "t_max_predict_ms": 1,
+            "input_extra": [{"filename": "util.py", "text": "def g(): pass"}]}
+    response = httpx.post(fake.url + "/infill", json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["content"] == "" and data["tokens_predicted"] == 0 and data["tokens_evaluated"] > 0
+    completion = httpx.post(fake.url + "/infill", json={**body, "n_predict": 4})
+    assert fake.engine.prompts[-2] == fake.engine.prompts[-1]  # the prompt the completion then reuses
+    assert fake.engine.samplings[-2].max_tokens == 1 and completion.json()["content"]
 
 
 def test_llama_vim_response_fields_and_compact_json(fake: Served) -> None:
@@ -76,13 +85,13 @@ def test_bad_n_predict_is_named(fake: Served) -> None:
 
 
 def test_streamed_warm_up_answers_one_final_event(fake) -> None:
-    """n_predict 0, streamed: no content events, one result with stop true; the engine is never asked."""
+    """n_predict 0, streamed: no content events, one result with stop true; the engine only prefilled the prompt."""
     response = httpx.post(fake.url + "/infill", json={"input_prefix": "def f(", "input_suffix": ")", "n_predict": 0,
                                                       "stream": True})
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert response.status_code == 200 and len(events) == 1
     assert events[0]["stop"] is True and events[0]["content"] == "" and events[0]["tokens_predicted"] == 0
-    assert fake.engine.prompts == []
+    assert len(fake.engine.prompts) == 1 and fake.engine.samplings[0].max_tokens == 1
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

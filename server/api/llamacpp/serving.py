@@ -92,6 +92,8 @@ async def _run(job: Job[LlamaCppRequest], observer: RequestObserver) -> AsyncIte
     """The job's deltas, each choice ended as llama.cpp's t_max_predict_ms ends it: once generating has taken that
     long, at the next newline (llama.cpp's server.cpp: "if we have seen a new line, we stop after a certain time
     limit, but only upon another new line"). Leaving the engine's stream early aborts its request."""
+    if job.sampling.max_tokens == 0:  # n_predict 0: the prompt is processed and cached, nothing is generated
+        await job.target.core.prefill(job.prepared.prompts, job.sampling, job.id, observer)
     limit_s = job.body.t_max_predict_ms / 1000
     ended: set[int] = set()
     # closed on leaving, not whenever the collector gets to it: that is what aborts the engine's request now
