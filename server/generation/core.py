@@ -278,11 +278,12 @@ class GenerationCore:
                       observer: RequestObserver) -> None:
         """Run each prompt through the engine without answering, so its prefix is cached for the requests that
         follow: llama.cpp's `n_predict: 0`, which llama.vscode sends to warm the server with the editor's context
-        (src/llama-server.ts, createRequestPayload's noPredict). The engine computes one token, which is dropped."""
+        (src/llama-server.ts, createRequestPayload's noPredict). The engine computes one token (counted in the
+        metrics: it was computed), which is dropped; a client that goes away aborts it as any request."""
         once = replace(sampling, max_tokens=1, n=1, temperature=0.0, structured=None, logprobs=None)
         for index, prompt in enumerate(prompts):
-            observer.prompt_tokens(len(prompt.token_ids))
-            async with aclosing(self.engine.generate(prompt.token_ids, once, f"{request_id}-{index}")) as deltas:
+            warm = self._one(replace(prompt, infill=None), once, f"{request_id}-{index}", observer)
+            async with aclosing(warm) as deltas:
                 async for _ in deltas:
                     pass
 
