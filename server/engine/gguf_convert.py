@@ -25,6 +25,8 @@ to Q4_0 would lose it.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -63,9 +65,19 @@ def converted_bytes(reader: Any) -> dict[str, int]:
     return sizes
 
 
+SAMPLED_BYTES = 1 << 20  # the file's head (header, metadata, first tensors) and tail hashed with its size
+
+
 def converted_path(cache_dir: Path, source: Path, target: str) -> Path:
-    stat = source.stat()
-    return cache_dir / "gguf" / f"{source.stem}.{stat.st_size}-{stat.st_mtime_ns}.{target}.gguf"
+    """Named by the source's content, not its path or mtime: a reinstalled package's identical file (a new mtime)
+    finds its conversion; size plus the hash of its first and last MiB tells files apart in ~5 ms at every start."""
+    size = source.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with source.open("rb") as file:
+        digest.update(file.read(SAMPLED_BYTES))
+        file.seek(max(0, size - SAMPLED_BYTES))
+        digest.update(file.read(SAMPLED_BYTES))
+    return cache_dir / "gguf" / f"{source.stem}.{digest.hexdigest()[:16]}.{target}.gguf"
 
 
 def convert(source: Path, target: str, cache_dir: Path) -> Path:
@@ -103,4 +115,7 @@ def convert(source: Path, target: str, cache_dir: Path) -> Path:
         writer.write_tensors_to_file()
         writer.close()
     log.info("converted %s to %s in %.0f s: %s", source.name, target, time.monotonic() - started, out)
+    for stale in out.parent.glob(f"{glob.escape(source.stem)}.*.{target}.gguf"):  # an earlier version's conversion
+        if stale != out and stale.name.count(".") == out.name.count("."):
+            stale.unlink(missing_ok=True)
     return out

@@ -12,13 +12,13 @@ from server.engine import gguf_convert
 from server.engine.gguf_file import read
 
 
-def write_q4_1(path: Path) -> Path:
+def write_q4_1(path: Path, seed: int = 0) -> Path:
     """A tiny llama GGUF as the bundled model ships: Q4_1 matrices, an F32 norm, and an F16 matrix whose rows (40)
     Q8_0's 32-wide blocks do not divide."""
     import gguf
     from gguf.quants import quantize
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
     writer.add_context_length(2048)
@@ -75,8 +75,11 @@ def test_made_once_and_reused(tmp_path: Path) -> None:
     made = out.stat().st_mtime_ns
     assert gguf_convert.convert(source, "Q8_0", tmp_path / "cache") == out
     assert out.stat().st_mtime_ns == made
-    source.write_bytes(source.read_bytes())  # a new file at the same path: converted again, under another name
-    assert gguf_convert.convert(source, "Q8_0", tmp_path / "cache") != out
+    source.write_bytes(source.read_bytes())  # reinstalled: the same content, a new mtime: the conversion is reused
+    assert gguf_convert.convert(source, "Q8_0", tmp_path / "cache") == out and out.stat().st_mtime_ns == made
+    write_q4_1(source, seed=1)  # another version of the file: converted again, the old conversion removed
+    again = gguf_convert.convert(source, "Q8_0", tmp_path / "cache")
+    assert again != out and again.is_file() and not out.exists()
 
 
 def test_a_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
