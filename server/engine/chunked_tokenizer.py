@@ -100,7 +100,7 @@ def cuts(text: str) -> list[int]:
 def splits_at_line_cuts(backend: Any) -> bool:
     """Whether the tokenizer's configuration is one the module's cut rule holds for: no normalizer, pieces split
     by regular expressions (ByteLevel / Split / Digits) with no space added at the text's start, and no added token
-    that swallows the whitespace beside it."""
+    that swallows the whitespace beside it or holds a line break."""
     config = json.loads(backend.to_str())
     normalizer = config.get("normalizer")
     if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
@@ -111,7 +111,9 @@ def splits_at_line_cuts(backend: Any) -> bool:
         return False
     if not any(p.get("type") == "ByteLevel" for p in parts):
         return False
-    return not any(t.get("lstrip") or t.get("rstrip") for t in config.get("added_tokens") or [])
+    # an added token is matched in the whole text before pre-tokenizing: one that spans a line break could be cut
+    return not any(t.get("lstrip") or t.get("rstrip") or "\n" in str(t.get("content", ""))
+                   for t in config.get("added_tokens") or [])
 
 
 def chunked_for_transformers(tokenizer: Any) -> ChunkedTokenizer | None:

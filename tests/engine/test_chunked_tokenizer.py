@@ -180,6 +180,17 @@ def test_tokenizers_the_rule_does_not_hold_for_are_tokenized_whole(pre: dict[str
     assert tokenizer.encode(text) == backend.encode(text).ids
 
 
+def test_an_added_token_holding_a_line_break_turns_chunking_off() -> None:
+    from tokenizers import AddedToken
+
+    backend = _with()
+    backend.add_special_tokens([AddedToken("<|sep|>\nuser", special=True)])
+    tokenizer = ChunkedTokenizer(backend)
+    assert not tokenizer.chunked
+    text = _sources(1, 4000, seed=8)[0] + "<|sep|>\nuser" + _sources(1, 1000, seed=9)[0]
+    assert tokenizer.encode(text) == backend.encode(text).ids
+
+
 def test_short_texts_and_special_tokens_are_tokenized_whole() -> None:
     backend = _with()
     tokenizer = ChunkedTokenizer(backend)
