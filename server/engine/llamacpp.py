@@ -49,8 +49,12 @@ ABORTED: dict[str, Any] = {}  # what a cancelled reader leaves its stream
 
 
 # Waiting for a busy slot beats re-prefilling this many more tokens elsewhere: a superseded keystroke frees its slot
-# within a token, and a running completion within its max_tokens (~2.5 s for 128 tokens at ~50 tok/s here), while
-# the bundled Q4_1 model prefills ~170 tokens/s on 2 cores (issue 26: 9.2 s for a 1.5k-token prompt).
+# within two decode steps (llama-server sees the closed stream when it writes the next token, then finishes the step
+# in flight: server-context.cpp polls `should_stop` between results), and a running completion within its max_tokens
+# (~2.5 s for 128 tokens at ~50 tok/s here), while the bundled Q4_1 model prefills ~170 tokens/s on 2 cores (issue
+# 26: 9.2 s for a 1.5k-token prompt). Two slots a typist, taking turns, do not win those steps back: measured with
+# both slots holding the file, typing p50 was 52.5 ms against 47.2 ms on one (the superseded request's last steps
+# share the batch with the new one).
 WAIT_FOR_PREFIX_TOKENS = 256
 
 
