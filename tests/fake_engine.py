@@ -18,7 +18,7 @@ from typing import Any
 from server.engine.base import Delta, SamplingSettings, TokenLogprob
 from server.engine.structured import check_structured
 from server.engine.tool_parsing import ToolParserSession
-from server.errors import EngineFailure, EngineUnavailable
+from server.errors import EngineFailure, EngineUnavailable, InvalidRequest
 
 WORDS = ("return", " x", " +", " 1", "\n", "    ", "if", " y", ":", " pass", " print", "(", ")", " None")
 MAX_TOKEN_CHARS = 16
@@ -34,6 +34,8 @@ class FakeEngine:
     eos_after: int | None = None  # finish with "stop" after this many tokens (like an EOS)
     fail_after: int | None = None  # raise EngineFailure after this many tokens (mid-stream failure)
     fail_message: str = "fake engine failure"
+    refuse: InvalidRequest | None = None  # raised at the first step, as an engine refuses what it cannot run (a 400
+    # from llama-server: a grammar it cannot parse, a schema it cannot convert)
     vocab_size: int = VOCAB_SIZE
     max_token_chars: int = MAX_TOKEN_CHARS
     special_tokens: frozenset[str] = frozenset({"<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"})
@@ -109,6 +111,8 @@ class FakeEngine:
                         request_id: str) -> AsyncIterator[Delta]:
         if self.death is not None:
             raise EngineUnavailable(self.death)
+        if self.refuse is not None:
+            raise self.refuse
         if request_id in self._running:
             raise EngineFailure(f"request id {request_id} is already running")
         self.prompts.append(prompt)

@@ -317,6 +317,8 @@ class GenerationCore:
         except EngineUnavailable as exc:
             raise EngineUnavailable(f"the engine stopped while serving request {request_id}: {exc}; the server "
                                     "restarts, retry shortly") from exc
+        except InvalidRequest:  # the engine refused the request as it ran it (llama-server's 400): the client's error
+            raise
         except Exception as exc:  # the engine's text (paths, device details) is for the log, not the client
             log.error("request %s failed in the engine: %s", request_id, exc, exc_info=exc)
             raise EngineFailure(f"the engine failed on request {request_id}; the server log has the details") from exc

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from server.errors import InvalidRequest
 from tests.api.conftest import Served
 from tests.fake_engine import FakeEngine
 from tests.serverutil import openai_error, wait_until
@@ -172,6 +173,26 @@ def test_error_mid_stream_is_an_sse_error_event(serve_fake) -> None:
     assert served.engine.num_unfinished_requests() == 0
     # and the next request is served normally
     assert httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_a_request_the_engine_refuses_is_a_400_naming_the_field(serve_fake) -> None:
+    """An engine that refuses a request once it runs it (llama-server's 400 for a grammar it cannot parse) is the
+    client's error: 400 naming the field, not a 500; in a stream, an invalid_request_error event; nothing held."""
+    refusal = InvalidRequest("the engine (llama.cpp) refused the request: failed to parse grammar",
+                             param="structured_outputs.grammar")
+    served = serve_fake(engine=FakeEngine(refuse=refusal))
+    body = {"prompt": "x", "max_tokens": 4}
+    response = httpx.post(served.url + "/v1/completions", json=body)
+    error = openai_error(response, 400)
+    assert error["param"] == "structured_outputs.grammar" and "failed to parse grammar" in error["message"]
+    streamed = httpx.post(served.url + "/v1/completions", json={**body, "stream": True})
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert events[-1]["error"]["type"] == "invalid_request_error"
+    assert events[-1]["error"]["param"] == "structured_outputs.grammar"
+    assert served.engine.num_unfinished_requests() == 0
+    assert served.value("in_flight", "completions") == 0
+    served.engine.refuse = None
+    assert httpx.post(served.url + "/v1/completions", json=body).status_code == 200
 
 
 def test_concurrent_requests_queue_and_all_complete(serve_fake) -> None:

@@ -220,6 +220,26 @@ def test_what_llamacpp_cannot_honour_is_a_400(llama: Live) -> None:
     assert response.status_code == 400 and response.json()["error"]["param"] == "min_tokens"
 
 
+def test_a_constraint_llama_server_refuses_is_a_400_naming_it(llama: Live) -> None:
+    """llama-server refuses, when it runs the request, a schema it cannot convert (a $ref outside the document,
+    common/json-schema.cpp) and a GBNF grammar it cannot parse: each is a 400 naming the field, not a 500."""
+    outside = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "https://example.com/x.json"}}}
+    response = httpx.post(llama.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+        "response_format": outside})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "response_format.json_schema"
+    assert "only references into the same document" in response.json()["error"]["message"]
+    response = httpx.post(llama.url + "/v1/completions", timeout=60, json={
+        "prompt": "a", "max_tokens": 4, "structured_outputs": {"grammar": "root ::= ("}})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "structured_outputs.grammar"
+    streamed = httpx.post(llama.url + "/v1/completions", timeout=60, json={
+        "prompt": "a", "max_tokens": 4, "stream": True, "structured_outputs": {"grammar": "root ::= ("}})
+    last = [line for line in streamed.text.splitlines() if line.startswith("data: {")][-1]
+    assert json.loads(last[6:])["error"]["type"] == "invalid_request_error"
+    _settle(llama)
+
+
 def test_metrics_show_codeserve_and_llama_server(llama: Live) -> None:
     assert llama.metric("codeserve_time_to_first_token_seconds_count") >= 1
     assert llama.metric("llamacpp:tokens_predicted_total") >= 1
